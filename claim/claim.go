@@ -1,0 +1,103 @@
+// Package claim extracts the caller's identity from an HTTP request.
+//
+// In a Beep deployment traefik forwards every request to backend-auth, which
+// verifies the user's JWT and adds the X-User-Claim header:
+//
+//	X-User-Claim: {"userid":"u-<32 hex>","clientid":"<device id>"}
+//
+// The router trusts that header only because backend-auth sits in front of it;
+// its HTTP port must not be reachable by clients directly.
+package claim
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// Header is the name of the header backend-auth adds to verified requests.
+const Header = "X-User-Claim"
+
+// maxLen bounds the header value we are willing to parse.
+const maxLen = 4096
+
+// Errors returned by Parse. All of them mean the request is answered 400.
+var (
+	ErrMissing    = errors.New("missing " + Header + " header")
+	ErrMalformed  = errors.New(Header + " is not a JSON object")
+	ErrIncomplete = errors.New(Header + " needs a non-empty userid and clientid")
+	ErrTooLong    = errors.New(Header + " is too long")
+)
+
+// Claim identifies one device (client) of one user.
+type Claim struct {
+	UserID   string `json:"userid"`
+	ClientID string `json:"clientid"`
+}
+
+// String returns "user:client", the form used in logs and SSE ids.
+func (c Claim) String() string { return c.UserID + ":" + c.ClientID }
+
+// Parse decodes and validates the value of an X-User-Claim header.
+func Parse(value string) (Claim, error) {
+	value = strings.TrimSpace(value)
+	if value == "" {
+		return Claim{}, ErrMissing
+	}
+	if len(value) > maxLen {
+		return Claim{}, ErrTooLong
+	}
+	var c Claim
+	if err := json.Unmarshal([]byte(value), &c); err != nil {
+		return Claim{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if c.UserID == "" || c.ClientID == "" {
+		return Claim{}, ErrIncomplete
+	}
+	return c, nil
+}
+
+// Extractor returns the verified identity of a request's caller.
+type Extractor func(r *http.Request) (Claim, error)
+
+// FromHeader is the production Extractor: it reads X-User-Claim.
+func FromHeader(r *http.Request) (Claim, error) {
+	return Parse(r.Header.Get(Header))
+}
+
+// FromHeaderOrQuery reads X-User-Claim and, when the header is absent, the
+// query parameters userid and clientid. It exists for local demos (-dev),
+// where no backend-auth runs and a browser's WebSocket cannot set headers.
+// Never use it where clients can reach the router directly.
+func FromHeaderOrQuery(r *http.Request) (Claim, error) {
+	if r.Header.Get(Header) != "" {
+		return FromHeader(r)
+	}
+	q := r.URL.Query()
+	c := Claim{UserID: q.Get("userid"), ClientID: q.Get("clientid")}
+	if c.UserID == "" && c.ClientID == "" {
+		return Claim{}, ErrMissing
+	}
+	if c.UserID == "" || c.ClientID == "" {
+		return Claim{}, ErrIncomplete
+	}
+	return c, nil
+}
+
+// Handler is an http handler that needs the caller's identity.
+type Handler func(w http.ResponseWriter, r *http.Request, c Claim)
+
+// Require wraps h so that it only runs with a valid claim; a request without
+// one is answered 400 with the reason in the body.
+func Require(extract Extractor, h Handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		c, err := extract(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		h(w, r, c)
+	}
+}

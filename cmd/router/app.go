@@ -1,0 +1,230 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/permissions"
+	"github.com/beepvoice/router/pipeline"
+	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/signal/beep"
+	"github.com/beepvoice/router/stages"
+)
+
+// app is the wired router: NATS, the pipeline, the session manager and the
+// HTTP front-ends.
+type app struct {
+	log      *slog.Logger
+	ns       *server.Server // embedded NATS, or nil
+	nc       *nats.Conn
+	pipe     *pipeline.Pipeline
+	sessions *session.Manager
+	srv      *http.Server
+	ln       net.Listener
+	served   chan error
+}
+
+// registry returns the stage kinds the router knows.
+func registry() *pipeline.Registry {
+	r := pipeline.NewRegistry()
+	stages.Register(r)
+	return r
+}
+
+// pipelineConfig reads the PIPELINE file, or returns the default.
+func pipelineConfig(path string, reg *pipeline.Registry) (*pipeline.Config, error) {
+	if path == "" {
+		return reg.Config(stages.Default...)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("PIPELINE: %w", err)
+	}
+	defer f.Close()
+	c, err := pipeline.ParseConfig(f)
+	if err != nil {
+		return nil, fmt.Errorf("PIPELINE %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// start builds and starts the router. On error, what was started is stopped.
+func start(cfg config, log *slog.Logger) (a *app, err error) {
+	a = &app{log: log, served: make(chan error, 1)}
+	defer func() {
+		if err != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+			defer cancel()
+			_ = a.shutdown(ctx)
+			a = nil
+		}
+	}()
+
+	reg := registry()
+	pc, err := pipelineConfig(cfg.Pipeline, reg)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.connectNATS(cfg); err != nil {
+		return nil, err
+	}
+	a.pipe, err = reg.Build(pc, pipeline.Env{NATS: a.nc, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("PIPELINE: %w", err)
+	}
+	a.sessions, err = session.New(session.Config{
+		Sink:                a.pipe,
+		Logger:              log,
+		ICEIPs:              cfg.ICEIPs,
+		PublicIPs:           cfg.PublicIPs,
+		UDPPort:             cfg.UDPPort,
+		ICEServers:          cfg.ICEServers,
+		ConnectTimeout:      cfg.ConnectTimeout,
+		DisconnectedTimeout: cfg.ICEDisconnected,
+		FailedTimeout:       cfg.ICEFailed,
+		KeepaliveInterval:   cfg.ICEKeepalive,
+		MaxSlots:            cfg.MaxSlots,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("media: %w", err)
+	}
+
+	var perms permissions.Checker = permissions.AllowAll{}
+	if cfg.PermissionsHost != "allow-all" {
+		c, err := permissions.NewClient(cfg.PermissionsHost, cfg.PermTimeout)
+		if err != nil {
+			return nil, fmt.Errorf("PERMISSIONS_HOST: %w", err)
+		}
+		perms = c
+	} else {
+		log.Warn("PERMISSIONS_HOST=allow-all: every user may join every conversation (demo only)")
+	}
+	claims := claim.FromHeader
+	if cfg.Dev {
+		claims = claim.FromHeaderOrQuery
+		log.Warn("DEV MODE: identities are taken from ?userid=&clientid= query parameters, permissions are not checked. Never expose this router.")
+	}
+
+	r := mux.NewRouter()
+	beep.New(beep.Config{
+		Sessions:     a.sessions,
+		Permissions:  perms,
+		Claims:       claims,
+		Logger:       log,
+		OfferTimeout: cfg.OfferTimeout,
+		MaxMessage:   cfg.MaxMessage,
+	}).Register(r)
+
+	a.ln, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("LISTEN: %w", err)
+	}
+	a.srv = &http.Server{
+		Handler:           r,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	go func() { a.served <- a.srv.Serve(a.ln) }()
+	log.Info("router listening", "addr", a.ln.Addr().String(), "pipeline", strings.Join(a.pipe.Names(), " → "), "nats", a.nc.ConnectedUrlRedacted())
+	return a, nil
+}
+
+// connectNATS connects to the configured NATS, starting the embedded one if
+// so configured. An external NATS that is down at start is retried in the
+// background: the router serves calls meanwhile and counts unsent bites.
+func (a *app) connectNATS(cfg config) error {
+	opts := []nats.Option{
+		nats.Name("beep-router"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				a.log.Warn("NATS disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { a.log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }),
+	}
+	if cfg.NATS != nil {
+		nc, err := nats.Connect(strings.Join(cfg.NATS, ","), append(opts, nats.RetryOnFailedConnect(true))...)
+		if err != nil {
+			return fmt.Errorf("NATS: %w", err)
+		}
+		a.nc = nc
+		return nil
+	}
+	so := &server.Options{ServerName: "beep-router", NoSigs: true, NoLog: true, DontListen: true}
+	if cfg.NATSExpose != "" {
+		host, port, _ := net.SplitHostPort(cfg.NATSExpose)
+		so.DontListen = false
+		so.Host = host
+		so.Port, _ = strconv.Atoi(port)
+	}
+	ns, err := server.NewServer(so)
+	if err != nil {
+		return fmt.Errorf("embedded NATS: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return errors.New("embedded NATS: not ready in 10s")
+	}
+	a.ns = ns
+	nc, err := nats.Connect("", append(opts, nats.InProcessServer(ns))...)
+	if err != nil {
+		return fmt.Errorf("embedded NATS: connect: %w", err)
+	}
+	a.nc = nc
+	if cfg.NATSExpose != "" {
+		a.log.Info("embedded NATS serving clients", "url", ns.ClientURL())
+	}
+	return nil
+}
+
+// addr returns the HTTP listen address.
+func (a *app) addr() string { return a.ln.Addr().String() }
+
+// shutdown stops accepting requests, closes every peer (which flushes open
+// bites into the pipeline), closes the pipeline (which publishes them), and
+// closes NATS, within ctx.
+func (a *app) shutdown(ctx context.Context) error {
+	var errs []error
+	if a.srv != nil {
+		if err := a.srv.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("http: %w", err))
+		}
+	}
+	if a.sessions != nil {
+		if err := a.sessions.Close(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if a.pipe != nil {
+		if err := a.pipe.Close(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if a.nc != nil {
+		a.nc.Close()
+	}
+	if a.ns != nil {
+		a.ns.Shutdown()
+		a.ns.WaitForShutdown()
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pion/webrtc/v3"
+
+	"github.com/beepvoice/router/session"
+)
+
+// config is the router's configuration, from the environment.
+type config struct {
+	Listen          string
+	NATS            []string // nil: embedded
+	NATSExpose      string   // embedded server's client listen address; "": in-process only
+	PermissionsHost string   // "allow-all" skips the check
+	PermTimeout     time.Duration
+	UDPPort         int
+	ICEIPs          []net.IP
+	PublicIPs       []string
+	ICEServers      []webrtc.ICEServer
+	Pipeline        string
+	ConnectTimeout  time.Duration
+	ICEDisconnected time.Duration
+	ICEFailed       time.Duration
+	ICEKeepalive    time.Duration
+	OfferTimeout    time.Duration
+	MaxMessage      int64
+	MaxSlots        int
+	LogFormat       string
+	LogLevel        slog.Level
+	ShutdownTimeout time.Duration
+	Dev             bool
+}
+
+// setting documents one environment variable; the README's table is made
+// from the same facts.
+type setting struct {
+	name, def, doc string
+}
+
+// settings lists every environment variable the router reads.
+var settings = []setting{
+	{"LISTEN", ":80", "HTTP listen address (-dev: :8080)"},
+	{"NATS", "embedded", "NATS URL or comma list; `embedded` runs an in-process NATS server"},
+	{"NATS_EMBEDDED_LISTEN", "", "with NATS=embedded, also serve NATS clients on this address (e.g. 127.0.0.1:4222); empty: in-process only"},
+	{"PERMISSIONS_HOST", "http://permissions", "backend-permissions base URL; `allow-all` skips the check (demos only)"},
+	{"PERMISSIONS_TIMEOUT", "5s", "deadline of one permission check; past it /join answers 503"},
+	{"UDP_PORT", "0", "one UDP port for all ICE traffic (pion UDP mux); 0: an ephemeral port per peer"},
+	{"ICE_IPS", "", "comma list of local IPs ICE gathers on; empty: every non-loopback address; 127.0.0.1 keeps media on loopback"},
+	{"PUBLIC_IPS", "", "comma list of IPs announced instead of the local ones (1:1 NAT)"},
+	{"ICE_SERVERS", "", "comma list of STUN/TURN URLs"},
+	{"TURN_USERNAME", "", "username for the TURN URLs of ICE_SERVERS"},
+	{"TURN_CREDENTIAL", "", "credential for the TURN URLs of ICE_SERVERS"},
+	{"PIPELINE", "", "path of the pipeline YAML file; empty: the built-in default (see -print-pipeline)"},
+	{"CONNECT_TIMEOUT", "30s", "a peer that has not connected by then is closed"},
+	{"ICE_DISCONNECTED_TIMEOUT", "5s", "a peer that sent nothing (not even ICE keepalives) for this long is disconnected"},
+	{"ICE_FAILED_TIMEOUT", "10s", "a disconnected peer that stays silent this much longer is closed and released (pion v3 ignores DTLS close_notify, so this is how a closed client is seen)"},
+	{"ICE_KEEPALIVE", "2s", "interval of ICE keepalives to each peer"},
+	{"OFFER_TIMEOUT", "10s", "a /connect socket must send its offer within this time"},
+	{"MAX_MESSAGE", "65536", "largest signalling WebSocket message in bytes"},
+	{"MAX_SLOTS", "16", "most receiving audio m-lines one offer may have"},
+	{"LOG_FORMAT", "text", "`text` or `json`"},
+	{"LOG_LEVEL", "info", "`debug`, `info`, `warn` or `error`"},
+	{"SHUTDOWN_TIMEOUT", "10s", "how long SIGTERM waits for peers to close and bites to flush"},
+}
+
+// loadConfig reads the configuration through getenv. An invalid value is an
+// error that names the setting.
+func loadConfig(getenv func(string) string, dev bool) (config, error) {
+	get := func(name string) string {
+		if v := strings.TrimSpace(getenv(name)); v != "" {
+			return v
+		}
+		for _, s := range settings {
+			if s.name == name {
+				if name == "LISTEN" && dev {
+					return ":8080"
+				}
+				return s.def
+			}
+		}
+		panic("undeclared setting " + name)
+	}
+	c := config{Dev: dev}
+	var errs []error
+	bad := func(name string, err error) {
+		errs = append(errs, fmt.Errorf("%s=%q: %w", name, getenv(name), err))
+	}
+	duration := func(name string) time.Duration {
+		d, err := time.ParseDuration(get(name))
+		if err != nil || d <= 0 {
+			bad(name, errors.New("want a positive duration such as 5s"))
+		}
+		return d
+	}
+	integer := func(name string, min, max int) int {
+		n, err := strconv.Atoi(get(name))
+		if err != nil || n < min || n > max {
+			bad(name, fmt.Errorf("want an integer from %d to %d", min, max))
+		}
+		return n
+	}
+
+	c.Listen = get("LISTEN")
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("LISTEN", errors.New("want host:port or :port"))
+	}
+	if n := get("NATS"); n != "embedded" && !dev {
+		for _, u := range strings.Split(n, ",") {
+			u = strings.TrimSpace(u)
+			if p, err := url.Parse(u); err != nil || p.Host == "" {
+				bad("NATS", errors.New("want `embedded` or nats:// URLs"))
+				break
+			}
+			c.NATS = append(c.NATS, u)
+		}
+	}
+	c.NATSExpose = get("NATS_EMBEDDED_LISTEN")
+	if c.NATSExpose != "" {
+		if _, _, err := net.SplitHostPort(c.NATSExpose); err != nil {
+			bad("NATS_EMBEDDED_LISTEN", errors.New("want host:port"))
+		}
+	}
+	c.PermissionsHost = get("PERMISSIONS_HOST")
+	if dev {
+		c.PermissionsHost = "allow-all"
+	}
+	if c.PermissionsHost != "allow-all" {
+		if u, err := url.Parse(c.PermissionsHost); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("PERMISSIONS_HOST", errors.New("want an http(s) URL or allow-all"))
+		}
+	}
+	c.PermTimeout = duration("PERMISSIONS_TIMEOUT")
+	c.UDPPort = integer("UDP_PORT", 0, 65535)
+	for _, s := range splitList(get("ICE_IPS")) {
+		ip := net.ParseIP(s)
+		if ip == nil {
+			bad("ICE_IPS", fmt.Errorf("%q is not an IP address", s))
+			continue
+		}
+		c.ICEIPs = append(c.ICEIPs, ip)
+	}
+	for _, s := range splitList(get("PUBLIC_IPS")) {
+		if net.ParseIP(s) == nil {
+			bad("PUBLIC_IPS", fmt.Errorf("%q is not an IP address", s))
+			continue
+		}
+		c.PublicIPs = append(c.PublicIPs, s)
+	}
+	servers, err := session.ParseICEServers(get("ICE_SERVERS"), get("TURN_USERNAME"), get("TURN_CREDENTIAL"))
+	if err != nil {
+		bad("ICE_SERVERS", err)
+	}
+	c.ICEServers = servers
+	c.Pipeline = get("PIPELINE")
+	c.ConnectTimeout = duration("CONNECT_TIMEOUT")
+	c.ICEDisconnected = duration("ICE_DISCONNECTED_TIMEOUT")
+	c.ICEFailed = duration("ICE_FAILED_TIMEOUT")
+	c.ICEKeepalive = duration("ICE_KEEPALIVE")
+	c.OfferTimeout = duration("OFFER_TIMEOUT")
+	c.MaxMessage = int64(integer("MAX_MESSAGE", 1024, 16<<20))
+	c.MaxSlots = integer("MAX_SLOTS", 1, 64)
+	c.LogFormat = get("LOG_FORMAT")
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("LOG_FORMAT", errors.New("want text or json"))
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(get("LOG_LEVEL"))); err != nil {
+		bad("LOG_LEVEL", errors.New("want debug, info, warn or error"))
+	}
+	c.ShutdownTimeout = duration("SHUTDOWN_TIMEOUT")
+	return c, errors.Join(errs...)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}

@@ -1,0 +1,92 @@
+// Command router is the Beep media router: a WebRTC selective forwarding
+// unit for voice that cuts speech into bites and publishes them on NATS.
+//
+// Configuration comes from the environment, with a .env file filling in
+// what the environment lacks; see README.md for every setting.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/joho/godotenv"
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	dev := flag.Bool("dev", false, "local demo: listen on :8080, embedded NATS, allow-all permissions, identity from query parameters")
+	printPipeline := flag.Bool("print-pipeline", false, "print the default pipeline YAML (every stage and its default settings) and exit")
+	envFile := flag.String("env-file", ".env", "file of KEY=value lines that fill in settings the environment lacks")
+	flag.Parse()
+
+	// godotenv.Load never overrides a variable the environment already has.
+	if err := godotenv.Load(*envFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		fmt.Fprintf(os.Stderr, "router: %s: %v\n", *envFile, err)
+		return 2
+	}
+	cfg, err := loadConfig(os.Getenv, *dev)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "router: invalid settings:\n%v\n", err)
+		return 2
+	}
+	if *printPipeline {
+		c, err := pipelineConfig("", registry())
+		if err == nil {
+			var b []byte
+			if b, err = c.Marshal(); err == nil {
+				_, err = os.Stdout.Write(b)
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "router: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+
+	log := newLogger(cfg)
+	slog.SetDefault(log)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	a, err := start(cfg, log)
+	if err != nil {
+		log.Error("router did not start", "err", err)
+		return 1
+	}
+	code := 0
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err := <-a.served:
+		if !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server failed", "err", err)
+			code = 1
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := a.shutdown(sctx); err != nil {
+		log.Error("unclean shutdown", "err", err)
+		code = 1
+	}
+	log.Info("stopped")
+	return code
+}
+
+func newLogger(cfg config) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}

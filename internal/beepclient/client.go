@@ -1,0 +1,379 @@
+// Package beepclient is a Beep voice client built on pion: it connects to a
+// router's /connect the way Beep's clients do, publishes Opus packets with
+// the RFC 6464 audio level extension, and records what it receives. The
+// router's tests and load tool use it. It gathers ICE candidates on
+// 127.0.0.1 only, so its traffic never leaves loopback.
+package beepclient
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/pion/ice/v2"
+	"github.com/pion/interceptor"
+	"github.com/pion/rtp"
+	"github.com/pion/sdp/v3"
+	"github.com/pion/webrtc/v3"
+
+	"github.com/beepvoice/router/claim"
+)
+
+// Framing selects the /connect message framing.
+type Framing int
+
+// Framings of the Beep /connect protocol.
+const (
+	// Bare sends the offer after gathering and expects a bare SDP answer.
+	Bare Framing = iota
+	// Prefixed sends "offer::" at once and trickles "ice::" candidates.
+	Prefixed
+)
+
+// Options configure a Client.
+type Options struct {
+	// URL is the router's /connect WebSocket URL.
+	URL string
+	// Claim is sent as X-User-Claim.
+	Claim claim.Claim
+	// Framing is the signalling framing.
+	Framing Framing
+	// Publish adds a sending audio track (on a sendrecv m-line).
+	Publish bool
+	// Receive is the number of receiving audio m-lines (the first is the
+	// sendrecv one when Publish).
+	Receive int
+	// NoAudioLevel leaves the audio level extension out of the offer.
+	NoAudioLevel bool
+	// NoNACK leaves out NACK feedback and its interceptors.
+	NoNACK bool
+}
+
+// Packet is one received RTP packet.
+type Packet struct {
+	// Mid is the m-line the packet arrived on.
+	Mid string
+	// At is when it was read.
+	At time.Time
+	rtp.Packet
+}
+
+// Client is one connected device.
+type Client struct {
+	pc        *webrtc.PeerConnection
+	track     *webrtc.TrackLocalStaticRTP
+	levelID   uint8
+	seq       uint16
+	ts        uint32
+	ssrcShown uint32
+
+	mu       sync.Mutex
+	closing  bool
+	received map[string][]Packet
+	notify   chan struct{}
+	wg       sync.WaitGroup
+}
+
+// loopbackAPI returns a pion API that gathers on 127.0.0.1 only.
+func loopbackAPI(o Options) (*webrtc.API, error) {
+	m := &webrtc.MediaEngine{}
+	codec := webrtc.RTPCodecParameters{
+		RTPCodecCapability: webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2, SDPFmtpLine: "minptime=10;useinbandfec=1"},
+		PayloadType:        111,
+	}
+	if !o.NoNACK {
+		codec.RTCPFeedback = []webrtc.RTCPFeedback{{Type: "nack"}}
+	}
+	if err := m.RegisterCodec(codec, webrtc.RTPCodecTypeAudio); err != nil {
+		return nil, err
+	}
+	if !o.NoAudioLevel {
+		if err := m.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.AudioLevelURI}, webrtc.RTPCodecTypeAudio); err != nil {
+			return nil, err
+		}
+	}
+	reg := &interceptor.Registry{}
+	if !o.NoNACK {
+		if err := webrtc.ConfigureNack(m, reg); err != nil {
+			return nil, err
+		}
+	}
+	s := webrtc.SettingEngine{}
+	s.SetIncludeLoopbackCandidate(true)
+	s.SetIPFilter(func(ip net.IP) bool { return ip.Equal(net.IPv4(127, 0, 0, 1)) })
+	s.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
+	s.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(s)), nil
+}
+
+// Dial connects a client: it signals over /connect and waits until the peer
+// connection is established and the router has closed the socket.
+func Dial(ctx context.Context, o Options) (*Client, error) {
+	api, err := loopbackAPI(o)
+	if err != nil {
+		return nil, err
+	}
+	pc, err := api.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{pc: pc, received: make(map[string][]Packet), notify: make(chan struct{}, 1), seq: 1000, ts: 160000}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Close()
+		}
+	}()
+	recv := o.Receive
+	if o.Publish {
+		c.track, err = webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2}, "audio", o.Claim.ClientID)
+		if err != nil {
+			return nil, err
+		}
+		dir := webrtc.RTPTransceiverDirectionSendonly
+		if recv > 0 {
+			dir = webrtc.RTPTransceiverDirectionSendrecv
+			recv--
+		}
+		tr, err := pc.AddTransceiverFromTrack(c.track, webrtc.RTPTransceiverInit{Direction: dir})
+		if err != nil {
+			return nil, err
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			buf := make([]byte, 1500)
+			for {
+				if _, _, err := tr.Sender().Read(buf); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	for i := 0; i < recv; i++ {
+		if _, err := pc.AddTransceiverFromKind(webrtc.RTPCodecTypeAudio, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionRecvonly}); err != nil {
+			return nil, err
+		}
+	}
+	pc.OnTrack(c.read)
+	connected := make(chan struct{})
+	var once sync.Once
+	pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
+		if s == webrtc.PeerConnectionStateConnected {
+			once.Do(func() { close(connected) })
+		}
+	})
+
+	h := http.Header{}
+	b, _ := json.Marshal(o.Claim)
+	h.Set(claim.Header, string(b))
+	ws, resp, err := websocket.DefaultDialer.DialContext(ctx, o.URL, h)
+	if err != nil {
+		if resp != nil {
+			return nil, fmt.Errorf("dial %s: %w (HTTP %d)", o.URL, err, resp.StatusCode)
+		}
+		return nil, fmt.Errorf("dial %s: %w", o.URL, err)
+	}
+	defer ws.Close()
+	var wmu sync.Mutex
+	send := func(m string) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		return ws.WriteMessage(websocket.TextMessage, []byte(m))
+	}
+
+	offer, err := pc.CreateOffer(nil)
+	if err != nil {
+		return nil, err
+	}
+	gathered := webrtc.GatheringCompletePromise(pc)
+	if o.Framing == Prefixed {
+		pc.OnICECandidate(func(ci *webrtc.ICECandidate) {
+			if ci == nil {
+				return
+			}
+			b, _ := json.Marshal(ci.ToJSON())
+			_ = send("ice::" + string(b))
+		})
+	}
+	if err := pc.SetLocalDescription(offer); err != nil {
+		return nil, err
+	}
+	if o.Framing == Prefixed {
+		if err := send("offer::" + offer.SDP); err != nil {
+			return nil, err
+		}
+	} else {
+		select {
+		case <-gathered:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if err := send(pc.LocalDescription().SDP); err != nil {
+			return nil, err
+		}
+	}
+
+	// Read the answer, then candidates, until the router closes the socket.
+	closed := make(chan error, 1)
+	go func() {
+		answered := false
+		for {
+			_, data, err := ws.ReadMessage()
+			if err != nil {
+				var ce *websocket.CloseError
+				if errors.As(err, &ce) && ce.Code != websocket.CloseNormalClosure {
+					closed <- fmt.Errorf("router closed signalling: %d %s", ce.Code, ce.Text)
+				} else if !answered {
+					closed <- fmt.Errorf("signalling ended before an answer: %w", err)
+				} else {
+					closed <- nil
+				}
+				return
+			}
+			m := string(data)
+			switch {
+			case strings.HasPrefix(m, "ice::"):
+				var ci webrtc.ICECandidateInit
+				if err := json.Unmarshal([]byte(strings.TrimPrefix(m, "ice::")), &ci); err == nil {
+					_ = pc.AddICECandidate(ci)
+				}
+			case !answered:
+				sdpText := m
+				if o.Framing == Prefixed {
+					sdpText = strings.TrimPrefix(m, "answer::")
+				}
+				if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: sdpText}); err != nil {
+					closed <- fmt.Errorf("set answer: %w", err)
+					return
+				}
+				answered = true
+			}
+		}
+	}()
+	select {
+	case err := <-closed:
+		if err != nil {
+			return nil, err
+		}
+	case <-ctx.Done():
+		return nil, fmt.Errorf("signalling: %w", ctx.Err())
+	}
+	select {
+	case <-connected:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("connect: %w", ctx.Err())
+	}
+	if o.Publish {
+		for _, tr := range pc.GetTransceivers() {
+			if tr.Sender() == nil {
+				continue
+			}
+			for _, e := range tr.Sender().GetParameters().HeaderExtensions {
+				if e.URI == sdp.AudioLevelURI {
+					c.levelID = uint8(e.ID)
+				}
+			}
+		}
+	}
+	ok = true
+	return c, nil
+}
+
+func (c *Client) read(t *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.wg.Add(1)
+	c.mu.Unlock()
+	defer c.wg.Done()
+	mid := ""
+	for _, tr := range c.pc.GetTransceivers() {
+		if tr.Receiver() != nil && tr.Receiver().Track() == t {
+			mid = tr.Mid()
+		}
+	}
+	for {
+		p, _, err := t.ReadRTP()
+		if err != nil {
+			return
+		}
+		c.mu.Lock()
+		c.received[mid] = append(c.received[mid], Packet{Mid: mid, At: time.Now(), Packet: *p})
+		c.mu.Unlock()
+		select {
+		case c.notify <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Send publishes one 20 ms Opus packet with the given audio level (-dBov,
+// 0 loudest .. 127 silence; negative: no level extension).
+func (c *Client) Send(payload []byte, level int) error {
+	if c.track == nil {
+		return errors.New("client does not publish")
+	}
+	p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SequenceNumber: c.seq, Timestamp: c.ts, SSRC: 1}, Payload: payload}
+	c.seq++
+	c.ts += 960
+	if level >= 0 && c.levelID != 0 {
+		b := byte(level) & 0x7f
+		if level < 127 {
+			b |= 0x80
+		}
+		if err := p.SetExtension(c.levelID, []byte{b}); err != nil {
+			return err
+		}
+	}
+	return c.track.WriteRTP(p)
+}
+
+// SkipTime advances the RTP timestamp as if d of audio were not sent (DTX).
+func (c *Client) SkipTime(d time.Duration) { c.ts += uint32(d * 48000 / time.Second) }
+
+// Received returns a copy of the packets received on each m-line.
+func (c *Client) Received() map[string][]Packet {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string][]Packet, len(c.received))
+	for k, v := range c.received {
+		out[k] = append([]Packet(nil), v...)
+	}
+	return out
+}
+
+// WaitFor waits until cond holds on the received packets, or ctx ends.
+func (c *Client) WaitFor(ctx context.Context, cond func(map[string][]Packet) bool) error {
+	for {
+		c.mu.Lock()
+		ok := cond(c.received)
+		c.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-c.notify:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Close closes the peer connection and waits for the client's goroutines.
+func (c *Client) Close() {
+	c.mu.Lock()
+	c.closing = true
+	c.mu.Unlock()
+	_ = c.pc.Close()
+	c.wg.Wait()
+}

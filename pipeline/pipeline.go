@@ -1,0 +1,125 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/beepvoice/router/session"
+)
+
+// Pipeline is an ordered list of stages. It implements session.Sink.
+type Pipeline struct {
+	stages []named
+}
+
+type named struct {
+	name  string
+	stage Stage
+}
+
+// New returns a Pipeline of the given stages, for tests and embedding; the
+// router builds its pipeline from a Config with Registry.Build.
+func New(stages map[string]Stage, order ...string) *Pipeline {
+	p := &Pipeline{}
+	for _, n := range order {
+		p.stages = append(p.stages, named{name: n, stage: stages[n]})
+	}
+	return p
+}
+
+// Names returns the stage names in order.
+func (p *Pipeline) Names() []string {
+	names := make([]string, len(p.stages))
+	for i, s := range p.stages {
+		names[i] = s.name
+	}
+	return names
+}
+
+// Open returns the chain of processors for one published track.
+func (p *Pipeline) Open(t *session.Track) (session.TrackSink, error) {
+	c := &Chain{track: t, procs: make([]Processor, len(p.stages))}
+	c.pkt.Track = t
+	for i, s := range p.stages {
+		proc, err := s.stage.Open(t, c.emitter(i+1))
+		if err != nil {
+			for _, opened := range c.procs[:i] {
+				opened.Close()
+			}
+			return nil, fmt.Errorf("stage %s: open track: %w", s.name, err)
+		}
+		c.procs[i] = proc
+	}
+	return c, nil
+}
+
+// Close closes the stages in order, so that what an earlier stage flushes
+// still reaches the later ones. Call it after every track is closed.
+func (p *Pipeline) Close(ctx context.Context) error {
+	var errs []error
+	for _, s := range p.stages {
+		if err := s.stage.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stage %s: %w", s.name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (p *Pipeline) closeStages() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = p.Close(ctx)
+}
+
+// Chain runs one track's packets through its processors. It is used by one
+// goroutine: the track's reader.
+type Chain struct {
+	track *session.Track
+	procs []Processor
+	pkt   Packet
+}
+
+// emitter returns the Emit that delivers bites to processors from index i on.
+func (c *Chain) emitter(from int) Emit {
+	return func(b *Bite) {
+		for _, proc := range c.procs[from:] {
+			proc.HandleBite(b)
+		}
+	}
+}
+
+// WriteRTP parses one received RTP packet and passes it through the
+// processors. raw is only borrowed: it may be reused once WriteRTP returns.
+func (c *Chain) WriteRTP(raw []byte, arrival time.Time) error {
+	p := &c.pkt
+	if err := p.RTP.Unmarshal(raw); err != nil {
+		return fmt.Errorf("parse rtp: %w", err)
+	}
+	p.Raw = raw
+	p.Arrival = arrival
+	p.Conversation = nil
+	p.HasLevel = false
+	if id := c.track.LevelExtID; id != 0 {
+		if ext := p.RTP.GetExtension(id); len(ext) > 0 {
+			p.HasLevel = true
+			p.Level = ext[0] & 0x7f
+			p.Voice = ext[0]&0x80 != 0
+		}
+	}
+	for _, proc := range c.procs {
+		if !proc.HandlePacket(p) {
+			break
+		}
+	}
+	return nil
+}
+
+// Close tells every processor that the track ended.
+func (c *Chain) Close() {
+	for _, proc := range c.procs {
+		proc.Close()
+	}
+}
+

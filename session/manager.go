@@ -1,0 +1,328 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/pion/ice/v2"
+	"github.com/pion/webrtc/v3"
+
+	"github.com/beepvoice/router/claim"
+)
+
+// Sink receives the packets of published tracks: the pipeline implements it.
+type Sink interface {
+	// Open starts a track; the returned TrackSink gets its packets.
+	Open(t *Track) (TrackSink, error)
+}
+
+// TrackSink takes the packets of one track, from one goroutine.
+type TrackSink interface {
+	// WriteRTP handles one RTP packet; raw is reused after it returns.
+	WriteRTP(raw []byte, arrival time.Time) error
+	// Close ends the track.
+	Close()
+}
+
+// Config configures a Manager.
+type Config struct {
+	// Sink receives every published track's packets.
+	Sink Sink
+	// Logger is the structured logger; nil means slog.Default().
+	Logger *slog.Logger
+	// ICEIPs restricts ICE gathering to these local addresses; empty means
+	// every non-loopback address. A loopback address enables loopback
+	// candidates.
+	ICEIPs []net.IP
+	// PublicIPs are announced instead of the local addresses (1:1 NAT).
+	PublicIPs []string
+	// UDPPort, when positive, carries all ICE traffic on one UDP port.
+	UDPPort int
+	// ICEServers are STUN/TURN servers for gathering.
+	ICEServers []webrtc.ICEServer
+	// ConnectTimeout closes a peer that has not connected by then.
+	ConnectTimeout time.Duration
+	// DisconnectedTimeout, FailedTimeout and KeepaliveInterval tune ICE;
+	// zero keeps pion's defaults (5 s, 25 s, 2 s).
+	DisconnectedTimeout, FailedTimeout, KeepaliveInterval time.Duration
+	// MaxSlots bounds the receiving audio m-lines of one offer.
+	MaxSlots int
+}
+
+// Defaults for Config fields left zero.
+const (
+	DefaultConnectTimeout = 30 * time.Second
+	DefaultMaxSlots       = 16
+)
+
+// Manager owns all peers, users and conversations of the router.
+type Manager struct {
+	cfg Config
+	log *slog.Logger
+	api *webrtc.API
+	mux ice.UDPMux
+
+	mu     sync.Mutex
+	users  map[string]*User
+	convs  map[string]*Conversation
+	peers  map[*Peer]struct{}
+	closed bool
+
+	// wg counts every goroutine the Manager's peers start.
+	wg sync.WaitGroup
+}
+
+// ErrClosed is returned once the Manager is closing.
+var ErrClosed = errors.New("session manager closed")
+
+// New returns a Manager. It opens the UDP port, if one is configured.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Sink == nil {
+		return nil, errors.New("session: Config.Sink is nil")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.MaxSlots <= 0 {
+		cfg.MaxSlots = DefaultMaxSlots
+	}
+	api, mux, err := newAPI(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Manager{
+		cfg:   cfg,
+		log:   cfg.Logger,
+		api:   api,
+		mux:   mux,
+		users: make(map[string]*User),
+		convs: make(map[string]*Conversation),
+		peers: make(map[*Peer]struct{}),
+	}, nil
+}
+
+// user returns the user with id, creating it. Callers hold m.mu.
+func (m *Manager) user(id string) *User {
+	u, ok := m.users[id]
+	if !ok {
+		u = &User{ID: id, peers: make(map[string]*Peer)}
+		m.users[id] = u
+	}
+	return u
+}
+
+// forget drops a user that has no devices and no membership. Callers hold m.mu.
+func (m *Manager) forget(u *User) {
+	if len(u.peers) == 0 && u.conv.Load() == nil {
+		delete(m.users, u.ID)
+	}
+}
+
+// Join makes the user a member of conversation convID, moving it out of the
+// conversation it was in. All the user's devices follow: their tracks are
+// forwarded to, and their slots receive from, the new conversation only.
+// Permission must have been checked by the caller.
+func (m *Manager) Join(userID, convID string) error {
+	if userID == "" || convID == "" {
+		return errors.New("session: join needs a user and a conversation")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	u := m.user(userID)
+	old := u.conv.Load()
+	if old != nil && old.ID == convID {
+		return nil
+	}
+	c, ok := m.convs[convID]
+	if !ok {
+		c = newConversation(convID)
+		m.convs[convID] = c
+	}
+	// The gate reads u.conv on every packet: from here on the user's
+	// packets are for c, and forwarding into old stops at once.
+	u.conv.Store(c)
+	if old != nil {
+		m.leave(u, old)
+	}
+	c.add(u, u.connectedPeers(), u.tracks())
+	m.log.Info("joined conversation", "user", userID, "conversation", convID)
+	return nil
+}
+
+// Leave takes the user out of its conversation, if any.
+func (m *Manager) Leave(userID string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	u, ok := m.users[userID]
+	if !ok {
+		return
+	}
+	if old := u.conv.Swap(nil); old != nil {
+		m.leave(u, old)
+	}
+	m.forget(u)
+}
+
+// leave removes u's devices and tracks from c. Callers hold m.mu.
+func (m *Manager) leave(u *User, c *Conversation) {
+	if c.remove(u) {
+		delete(m.convs, c.ID)
+	}
+}
+
+// Conversation returns the conversation with id, or nil.
+func (m *Manager) Conversation(id string) *Conversation {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.convs[id]
+}
+
+// User returns the user with id, or nil.
+func (m *Manager) User(id string) *User {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.users[id]
+}
+
+// Stats is a snapshot of the Manager's size.
+type Stats struct {
+	Users, Conversations, Peers int
+}
+
+// Stats returns the current counts.
+func (m *Manager) Stats() Stats {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return Stats{Users: len(m.users), Conversations: len(m.convs), Peers: len(m.peers)}
+}
+
+// NewPeer creates the peer connection of one device. A device that already
+// has a peer replaces it: the older one is closed.
+func (m *Manager) NewPeer(c claim.Claim) (*Peer, error) {
+	pc, err := m.api.NewPeerConnection(webrtc.Configuration{ICEServers: m.cfg.ICEServers})
+	if err != nil {
+		return nil, fmt.Errorf("new peer connection: %w", err)
+	}
+	p := newPeer(m, c, pc)
+
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		_ = pc.Close()
+		return nil, ErrClosed
+	}
+	u := m.user(c.UserID)
+	p.user = u
+	old := u.peers[c.ClientID]
+	u.peers[c.ClientID] = p
+	m.peers[p] = struct{}{}
+	m.mu.Unlock()
+
+	if old != nil {
+		old.log.Info("replaced by a new connection of the same device")
+		old.Close()
+	}
+	p.start()
+	return p, nil
+}
+
+// peerConnected makes p's slots receive from its user's conversation.
+func (m *Manager) peerConnected(p *Peer) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p.user.peers[p.Claim.ClientID] != p {
+		return // replaced or closed meanwhile
+	}
+	p.connectedFlag = true
+	if c := p.user.conv.Load(); c != nil {
+		c.add(p.user, []*Peer{p}, nil)
+	}
+}
+
+// peerClosed forgets p.
+func (m *Manager) peerClosed(p *Peer) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.peers, p)
+	u := p.user
+	if u.peers[p.Claim.ClientID] == p {
+		delete(u.peers, p.Claim.ClientID)
+	}
+	if c := u.conv.Load(); c != nil {
+		c.removePeer(p)
+	}
+	m.forget(u)
+}
+
+// trackStarted adds t to its user's conversation.
+func (m *Manager) trackStarted(t *Track) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t.peer.tracksMu.Lock()
+	t.peer.published = append(t.peer.published, t)
+	t.peer.tracksMu.Unlock()
+	if c := t.User().conv.Load(); c != nil {
+		c.add(t.User(), nil, []*Track{t})
+	}
+}
+
+// trackEnded removes t from its user's conversation.
+func (m *Manager) trackEnded(t *Track) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t.peer.tracksMu.Lock()
+	for i, pt := range t.peer.published {
+		if pt == t {
+			t.peer.published = append(t.peer.published[:i], t.peer.published[i+1:]...)
+			break
+		}
+	}
+	t.peer.tracksMu.Unlock()
+	if c := t.User().conv.Load(); c != nil {
+		c.removeTrack(t)
+	}
+	t.targets.Store(nil)
+}
+
+// Close closes every peer and waits, until ctx ends, for their goroutines
+// (and so for their tracks' final packets and bites) to finish.
+func (m *Manager) Close(ctx context.Context) error {
+	m.mu.Lock()
+	m.closed = true
+	peers := make([]*Peer, 0, len(m.peers))
+	for p := range m.peers {
+		peers = append(peers, p)
+	}
+	m.mu.Unlock()
+	for _, p := range peers {
+		p.Close()
+	}
+	done := make(chan struct{})
+	go func() { m.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("session: waiting for peers: %w", ctx.Err())
+	}
+	if m.mux != nil {
+		if cerr := m.mux.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("session: close UDP mux: %w", cerr)
+		}
+	}
+	return err
+}
+
+// Wait blocks until every goroutine of every closed peer has ended.
+func (m *Manager) Wait() { m.wg.Wait() }

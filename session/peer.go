@@ -1,0 +1,314 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/interceptor"
+	"github.com/pion/sdp/v3"
+	"github.com/pion/webrtc/v3"
+
+	"github.com/beepvoice/router/claim"
+)
+
+// Peer is the peer connection of one device.
+type Peer struct {
+	// Claim identifies the device.
+	Claim claim.Claim
+
+	m    *Manager
+	pc   *webrtc.PeerConnection
+	log  *slog.Logger
+	user *User // set by NewPeer, fixed after
+
+	slots []*Slot // fixed once Answer returns
+
+	tracksMu  sync.Mutex
+	published []*Track
+
+	connectedFlag bool // Manager.mu
+
+	connected     chan struct{}
+	connectedOnce sync.Once
+	done          chan struct{}
+	closeOnce     sync.Once
+	deadline      *time.Timer
+
+	mu          sync.Mutex // guards closing, wg.Add, remoteSet, pending
+	closing     bool
+	wg          sync.WaitGroup
+	remoteSet   bool
+	pending     []webrtc.ICECandidateInit
+	onCandidate atomic.Pointer[func(webrtc.ICECandidateInit)]
+}
+
+func newPeer(m *Manager, c claim.Claim, pc *webrtc.PeerConnection) *Peer {
+	return &Peer{
+		Claim:     c,
+		m:         m,
+		pc:        pc,
+		log:       m.log.With("user", c.UserID, "client", c.ClientID),
+		connected: make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+}
+
+// start installs the handlers. The Manager counts the peer in its WaitGroup
+// until every goroutine of the peer has ended.
+func (p *Peer) start() {
+	p.m.wg.Add(1)
+	p.deadline = time.AfterFunc(p.m.cfg.ConnectTimeout, func() {
+		select {
+		case <-p.connected:
+		default:
+			p.log.Info("peer did not connect in time", "timeout", p.m.cfg.ConnectTimeout)
+			p.Close()
+		}
+	})
+	p.pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
+		p.log.Debug("peer connection state", "state", s.String())
+		switch s {
+		case webrtc.PeerConnectionStateConnected:
+			p.connectedOnce.Do(func() {
+				p.deadline.Stop()
+				close(p.connected)
+				p.m.peerConnected(p)
+				p.log.Info("peer connected", "slots", len(p.slots))
+			})
+		case webrtc.PeerConnectionStateFailed, webrtc.PeerConnectionStateClosed:
+			p.Close()
+		}
+	})
+	p.pc.OnICECandidate(func(c *webrtc.ICECandidate) {
+		if c == nil {
+			return
+		}
+		if f := p.onCandidate.Load(); f != nil {
+			(*f)(c.ToJSON())
+		}
+	})
+	p.pc.OnTrack(p.readTrack)
+}
+
+// goroutine runs f on a goroutine counted by the peer, unless the peer is
+// closing. It reports whether f was started.
+func (p *Peer) goroutine(f func()) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return false
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// OnCandidate sets the function that receives the router's ICE candidates
+// as they are gathered (for trickle). Set it before Answer.
+func (p *Peer) OnCandidate(f func(webrtc.ICECandidateInit)) { p.onCandidate.Store(&f) }
+
+// Answer applies the client's offer and returns the router's answer. The
+// answer carries the candidates gathered so far; call WaitGathered for an
+// answer that carries all of them. An error wrapping ErrBadOffer means the
+// offer was refused; the caller should then Close the peer.
+func (p *Peer) Answer(offerSDP string) (string, error) {
+	o, err := parseOffer(offerSDP, p.m.cfg.MaxSlots)
+	if err != nil {
+		return "", err
+	}
+	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offerSDP}); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrBadOffer, err)
+	}
+	p.mu.Lock()
+	p.remoteSet = true
+	pending := p.pending
+	p.pending = nil
+	p.mu.Unlock()
+	for _, c := range pending {
+		if err := p.pc.AddICECandidate(c); err != nil {
+			p.log.Info("bad ICE candidate from client", "err", err)
+		}
+	}
+
+	transport := p.pc.SCTP().Transport()
+	for _, tr := range p.pc.GetTransceivers() {
+		if tr.Kind() != webrtc.RTPCodecTypeAudio || !slices.Contains(o.receiving, tr.Mid()) {
+			continue
+		}
+		slot := newSlot(p, len(p.slots))
+		sender, err := p.m.api.NewRTPSender(slot, transport)
+		if err != nil {
+			return "", fmt.Errorf("new sender: %w", err)
+		}
+		if err := tr.SetSender(sender, slot); err != nil {
+			return "", fmt.Errorf("set sender: %w", err)
+		}
+		p.slots = append(p.slots, slot)
+		p.goroutine(func() { drainRTCP(sender) })
+	}
+
+	answer, err := p.pc.CreateAnswer(nil)
+	if err != nil {
+		return "", fmt.Errorf("create answer: %w", err)
+	}
+	if err := p.pc.SetLocalDescription(answer); err != nil {
+		return "", fmt.Errorf("set local description: %w", err)
+	}
+	return p.pc.LocalDescription().SDP, nil
+}
+
+// WaitGathered waits until ICE gathering completes, or ctx ends, and returns
+// the answer with every candidate gathered by then.
+func (p *Peer) WaitGathered(ctx context.Context) string {
+	gathered := webrtc.GatheringCompletePromise(p.pc)
+	select {
+	case <-gathered:
+	case <-ctx.Done():
+	case <-p.done:
+	}
+	if d := p.pc.LocalDescription(); d != nil {
+		return d.SDP
+	}
+	return ""
+}
+
+// AddCandidate adds a remote ICE candidate; candidates that arrive before the
+// offer are queued until it is applied.
+func (p *Peer) AddCandidate(c webrtc.ICECandidateInit) error {
+	p.mu.Lock()
+	if !p.remoteSet {
+		if len(p.pending) >= maxPendingCandidates {
+			p.mu.Unlock()
+			return errors.New("too many ICE candidates before the offer")
+		}
+		p.pending = append(p.pending, c)
+		p.mu.Unlock()
+		return nil
+	}
+	p.mu.Unlock()
+	if err := p.pc.AddICECandidate(c); err != nil {
+		return fmt.Errorf("add ICE candidate: %w", err)
+	}
+	return nil
+}
+
+const maxPendingCandidates = 64
+
+// Connected is closed once the peer connection is established.
+func (p *Peer) Connected() <-chan struct{} { return p.connected }
+
+// Done is closed when the peer is closed.
+func (p *Peer) Done() <-chan struct{} { return p.done }
+
+// Slots returns the device's outgoing slots.
+func (p *Peer) Slots() []*Slot { return p.slots }
+
+// User returns the device's user.
+func (p *Peer) User() *User { return p.user }
+
+// Close closes the peer connection and releases the peer. Its goroutines end
+// soon after; Manager.Wait waits for them.
+func (p *Peer) Close() {
+	p.closeOnce.Do(func() {
+		p.mu.Lock()
+		p.closing = true
+		p.mu.Unlock()
+		if p.deadline != nil {
+			p.deadline.Stop()
+		}
+		close(p.done)
+		p.m.peerClosed(p)
+		if err := p.pc.Close(); err != nil {
+			p.log.Debug("close peer connection", "err", err)
+		}
+		p.log.Info("peer closed")
+		go func() {
+			p.wg.Wait()
+			p.m.wg.Done()
+		}()
+	})
+}
+
+// clearSlots unassigns every slot. Callers hold the conversation's lock.
+func (p *Peer) clearSlots() {
+	for _, s := range p.slots {
+		s.setSource(nil)
+	}
+}
+
+// readTrack is pion's OnTrack handler: it feeds one published track into
+// the sink until the track ends.
+func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceiver) {
+	if remote.Kind() != webrtc.RTPCodecTypeAudio || !strings.EqualFold(remote.Codec().MimeType, webrtc.MimeTypeOpus) {
+		p.log.Info("ignoring a non-Opus track", "codec", remote.Codec().MimeType)
+		return
+	}
+	p.mu.Lock()
+	if p.closing {
+		p.mu.Unlock()
+		return
+	}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	defer p.wg.Done()
+
+	var levelID uint8
+	for _, e := range receiver.GetParameters().HeaderExtensions {
+		if e.URI == sdp.AudioLevelURI {
+			levelID = uint8(e.ID)
+		}
+	}
+	t := NewTrack(p.user, p.Claim, uint32(remote.SSRC()), levelID)
+	t.peer = p
+	sink, err := p.m.cfg.Sink.Open(t)
+	if err != nil {
+		p.log.Error("pipeline refused a track", "track", t.ID, "err", err)
+		return
+	}
+	p.goroutine(func() { drainRTCP(receiver) })
+	p.m.trackStarted(t)
+	p.log.Info("track started", "track", t.ID, "audio_level_ext", t.LevelExtID)
+
+	buf := make([]byte, 1500)
+	var bad int
+	for {
+		n, _, err := remote.Read(buf)
+		if err != nil {
+			break
+		}
+		if err := sink.WriteRTP(buf[:n], time.Now()); err != nil {
+			if bad == 0 {
+				p.log.Info("dropping malformed RTP", "track", t.ID, "err", err)
+			}
+			bad++
+		}
+	}
+	p.m.trackEnded(t)
+	sink.Close()
+	p.log.Info("track ended", "track", t.ID, "malformed", bad)
+}
+
+// drainRTCP reads RTCP until the sender or receiver stops. Reading drives
+// pion's interceptors: the NACK responder answers from its packet cache
+// here, and the report interceptors see what they need. PLI is meaningless
+// for audio (there are no key frames), so it is not forwarded.
+func drainRTCP(r interface {
+	Read(b []byte) (int, interceptor.Attributes, error)
+}) {
+	buf := make([]byte, 1500)
+	for {
+		if _, _, err := r.Read(buf); err != nil {
+			return
+		}
+	}
+}

@@ -1,0 +1,180 @@
+package session
+
+import (
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/pion/ice/v2"
+	"github.com/pion/interceptor"
+	"github.com/pion/interceptor/pkg/nack"
+	"github.com/pion/sdp/v3"
+	"github.com/pion/stun"
+	"github.com/pion/webrtc/v3"
+)
+
+// Opus is the one codec the router negotiates: Opus, 48 kHz, as WebRTC
+// signals it (2 channels), with NACK feedback so that lost packets can be
+// asked for again in both directions.
+var Opus = webrtc.RTPCodecParameters{
+	RTPCodecCapability: webrtc.RTPCodecCapability{
+		MimeType:     webrtc.MimeTypeOpus,
+		ClockRate:    48000,
+		Channels:     2,
+		SDPFmtpLine:  "minptime=10;useinbandfec=1",
+		RTCPFeedback: []webrtc.RTCPFeedback{{Type: "nack"}},
+	},
+	PayloadType: 111,
+}
+
+// newAPI builds the pion API shared by all peer connections: Opus only, the
+// RFC 6464 audio level extension, NACK generator and responder, RTCP
+// sender and receiver reports, and the ICE network settings of cfg.
+// It returns the UDP mux, if any, so that the Manager can close it.
+func newAPI(cfg *Config) (*webrtc.API, ice.UDPMux, error) {
+	m := &webrtc.MediaEngine{}
+	if err := m.RegisterCodec(Opus, webrtc.RTPCodecTypeAudio); err != nil {
+		return nil, nil, fmt.Errorf("register opus: %w", err)
+	}
+	if err := m.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.AudioLevelURI}, webrtc.RTPCodecTypeAudio); err != nil {
+		return nil, nil, fmt.Errorf("register audio level extension: %w", err)
+	}
+
+	reg := &interceptor.Registry{}
+	gen, err := nack.NewGeneratorInterceptor()
+	if err != nil {
+		return nil, nil, fmt.Errorf("nack generator: %w", err)
+	}
+	// 512 packets of 20 ms keep ten seconds of each slot for retransmission.
+	resp, err := nack.NewResponderInterceptor(nack.ResponderSize(512))
+	if err != nil {
+		return nil, nil, fmt.Errorf("nack responder: %w", err)
+	}
+	reg.Add(gen)
+	reg.Add(resp)
+	if err := webrtc.ConfigureRTCPReports(reg); err != nil {
+		return nil, nil, fmt.Errorf("rtcp reports: %w", err)
+	}
+
+	s := webrtc.SettingEngine{}
+	// A server has no use for mDNS, and its multicast would leave loopback.
+	s.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	s.SetNetworkTypes(networkTypes(cfg.ICEIPs))
+	if len(cfg.ICEIPs) > 0 {
+		s.SetIPFilter(ipFilter(cfg.ICEIPs))
+		if hasLoopback(cfg.ICEIPs) {
+			s.SetIncludeLoopbackCandidate(true)
+		}
+	}
+	if len(cfg.PublicIPs) > 0 {
+		s.SetNAT1To1IPs(cfg.PublicIPs, webrtc.ICECandidateTypeHost)
+	}
+	if cfg.DisconnectedTimeout > 0 || cfg.FailedTimeout > 0 {
+		s.SetICETimeouts(cfg.DisconnectedTimeout, cfg.FailedTimeout, cfg.KeepaliveInterval)
+	}
+	var mux ice.UDPMux
+	if cfg.UDPPort > 0 {
+		opts := []ice.UDPMuxFromPortOption{ice.UDPMuxFromPortWithNetworks(iceNetworks(cfg.ICEIPs)...)}
+		if len(cfg.ICEIPs) > 0 {
+			opts = append(opts, ice.UDPMuxFromPortWithIPFilter(ipFilter(cfg.ICEIPs)))
+			if hasLoopback(cfg.ICEIPs) {
+				opts = append(opts, ice.UDPMuxFromPortWithLoopback())
+			}
+		}
+		mm, err := ice.NewMultiUDPMuxFromPort(cfg.UDPPort, opts...)
+		if err != nil {
+			return nil, nil, fmt.Errorf("UDP_PORT %d: %w", cfg.UDPPort, err)
+		}
+		s.SetICEUDPMux(mm)
+		mux = mm
+	}
+
+	api := webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(s))
+	return api, mux, nil
+}
+
+func ipFilter(ips []net.IP) func(net.IP) bool {
+	return func(ip net.IP) bool {
+		for _, allowed := range ips {
+			if allowed.Equal(ip) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+func hasLoopback(ips []net.IP) bool {
+	for _, ip := range ips {
+		if ip.IsLoopback() {
+			return true
+		}
+	}
+	return false
+}
+
+// networkTypes gathers UDP on the address families of ips (both when ips is
+// empty).
+func networkTypes(ips []net.IP) []webrtc.NetworkType {
+	v4, v6 := families(ips)
+	var t []webrtc.NetworkType
+	if v4 {
+		t = append(t, webrtc.NetworkTypeUDP4)
+	}
+	if v6 {
+		t = append(t, webrtc.NetworkTypeUDP6)
+	}
+	return t
+}
+
+func iceNetworks(ips []net.IP) []ice.NetworkType {
+	v4, v6 := families(ips)
+	var t []ice.NetworkType
+	if v4 {
+		t = append(t, ice.NetworkTypeUDP4)
+	}
+	if v6 {
+		t = append(t, ice.NetworkTypeUDP6)
+	}
+	return t
+}
+
+func families(ips []net.IP) (v4, v6 bool) {
+	if len(ips) == 0 {
+		return true, true
+	}
+	for _, ip := range ips {
+		if ip.To4() != nil {
+			v4 = true
+		} else {
+			v6 = true
+		}
+	}
+	return v4, v6
+}
+
+// ParseICEServers parses a comma list of STUN/TURN URLs such as
+// "stun:stun.example.org:3478,turn:turn.example.org?transport=udp".
+// username and credential apply to the TURN URLs.
+func ParseICEServers(list, username, credential string) ([]webrtc.ICEServer, error) {
+	var servers []webrtc.ICEServer
+	for _, u := range strings.Split(list, ",") {
+		u = strings.TrimSpace(u)
+		if u == "" {
+			continue
+		}
+		parsed, err := stun.ParseURI(u)
+		if err != nil {
+			return nil, fmt.Errorf("ICE server %q: %w", u, err)
+		}
+		srv := webrtc.ICEServer{URLs: []string{u}}
+		if parsed.Scheme == stun.SchemeTypeTURN || parsed.Scheme == stun.SchemeTypeTURNS {
+			if username == "" || credential == "" {
+				return nil, fmt.Errorf("ICE server %q: TURN needs a username and credential", u)
+			}
+			srv.Username, srv.Credential = username, credential
+		}
+		servers = append(servers, srv)
+	}
+	return servers, nil
+}

@@ -1,0 +1,358 @@
+// Package beep serves Beep's backend-webrtc API: GET /connect (WebSocket
+// signalling) and POST /join/{conversationid}.
+//
+// /connect accepts the two framings found in the wild:
+//
+//   - bare SDP (the seed README's JavaScript): the client sends its offer
+//     after ICE gathering completed and gets the answer as bare SDP text,
+//     carrying every router candidate;
+//   - "offer::<sdp>" (Beep's Android and iOS clients), answered with
+//     "answer::<sdp>"; either side may then send "ice::<candidate>", where
+//     the candidate is an RTCIceCandidateInit in JSON (a bare
+//     "candidate:..." line is accepted too). The answer already carries the
+//     candidates gathered when it is sent; later ones follow as ice::.
+//
+// The socket is closed with a normal close frame once the peer connection is
+// established, as the seed says; or with a close frame that gives the reason
+// when it fails.
+package beep
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/gorilla/mux"
+	"github.com/gorilla/websocket"
+	"github.com/pion/webrtc/v3"
+
+	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/permissions"
+	"github.com/beepvoice/router/session"
+)
+
+// Framing prefixes of the mobile clients.
+const (
+	offerPrefix  = "offer::"
+	answerPrefix = "answer::"
+	icePrefix    = "ice::"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Sessions is the shared media state.
+	Sessions *session.Manager
+	// Permissions decides joins.
+	Permissions permissions.Checker
+	// Claims extracts the caller's identity.
+	Claims claim.Extractor
+	// Logger is the structured logger; nil means slog.Default().
+	Logger *slog.Logger
+	// OfferTimeout is how long a new socket may take to send its offer.
+	OfferTimeout time.Duration
+	// GatherTimeout bounds the wait for the router's ICE candidates before
+	// the answer is sent.
+	GatherTimeout time.Duration
+	// MaxMessage is the largest WebSocket message accepted; a larger one
+	// closes the socket with 1009.
+	MaxMessage int64
+	// CheckOrigin decides whether a WebSocket's Origin is accepted; nil
+	// accepts every origin (the claim, not the origin, authenticates).
+	CheckOrigin func(r *http.Request) bool
+}
+
+// Defaults for zero Config fields.
+const (
+	DefaultOfferTimeout  = 10 * time.Second
+	DefaultGatherTimeout = 5 * time.Second
+	DefaultMaxMessage    = 64 << 10
+)
+
+// Server handles the Beep endpoints.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	upgrader websocket.Upgrader
+}
+
+// New returns a Server.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.OfferTimeout <= 0 {
+		cfg.OfferTimeout = DefaultOfferTimeout
+	}
+	if cfg.GatherTimeout <= 0 {
+		cfg.GatherTimeout = DefaultGatherTimeout
+	}
+	if cfg.MaxMessage <= 0 {
+		cfg.MaxMessage = DefaultMaxMessage
+	}
+	if cfg.Claims == nil {
+		cfg.Claims = claim.FromHeader
+	}
+	checkOrigin := cfg.CheckOrigin
+	if checkOrigin == nil {
+		checkOrigin = func(*http.Request) bool { return true }
+	}
+	return &Server{
+		cfg: cfg,
+		log: cfg.Logger,
+		upgrader: websocket.Upgrader{
+			HandshakeTimeout: 10 * time.Second,
+			CheckOrigin:      checkOrigin,
+		},
+	}
+}
+
+// Register adds the routes to r.
+func (s *Server) Register(r *mux.Router) {
+	r.Handle("/connect", claim.Require(s.cfg.Claims, s.connect)).Methods(http.MethodGet)
+	r.Handle("/join/{conversationid}", claim.Require(s.cfg.Claims, s.join)).Methods(http.MethodPost)
+}
+
+// maxConversationID bounds conversation ids.
+const maxConversationID = 256
+
+// validConversationID accepts printable ids of reasonable length.
+func validConversationID(id string) bool {
+	if id == "" || len(id) > maxConversationID {
+		return false
+	}
+	for _, r := range id {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) join(w http.ResponseWriter, r *http.Request, c claim.Claim) {
+	conv := mux.Vars(r)["conversationid"]
+	if !validConversationID(conv) {
+		http.Error(w, "bad conversation id", http.StatusBadRequest)
+		return
+	}
+	log := s.log.With("user", c.UserID, "conversation", conv)
+	if err := s.cfg.Permissions.Check(r.Context(), c.UserID, conv); err != nil {
+		if errors.Is(err, permissions.ErrDenied) {
+			log.Info("join denied")
+			http.Error(w, "not a member of this conversation", http.StatusUnauthorized)
+			return
+		}
+		log.Warn("join refused: permission check failed", "err", err)
+		http.Error(w, "permission service unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	if err := s.cfg.Sessions.Join(c.UserID, conv); err != nil {
+		log.Warn("join failed", "err", err)
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+func (s *Server) connect(w http.ResponseWriter, r *http.Request, c claim.Claim) {
+	conn, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader has answered
+	}
+	conn.SetReadLimit(s.cfg.MaxMessage)
+	sig := newSocket(conn, s.log.With("user", c.UserID, "client", c.ClientID))
+	msgs := sig.readLoop()
+	defer sig.finish()
+
+	// Wait for the offer; ice:: lines may come first.
+	var early []webrtc.ICECandidateInit
+	var offer string
+	framed := false
+	timeout := time.NewTimer(s.cfg.OfferTimeout)
+	defer timeout.Stop()
+	for offer == "" {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				return
+			}
+			switch {
+			case strings.HasPrefix(m, offerPrefix):
+				offer, framed = strings.TrimPrefix(m, offerPrefix), true
+			case strings.HasPrefix(m, icePrefix):
+				ci, err := parseCandidate(strings.TrimPrefix(m, icePrefix))
+				if err != nil || len(early) >= 64 {
+					sig.close(websocket.CloseUnsupportedData, "bad ice:: message")
+					return
+				}
+				early = append(early, ci)
+			default:
+				offer = m
+			}
+		case <-timeout.C:
+			sig.close(websocket.ClosePolicyViolation, "no offer in time")
+			return
+		}
+	}
+
+	peer, err := s.cfg.Sessions.NewPeer(c)
+	if err != nil {
+		sig.log.Error("cannot create peer connection", "err", err)
+		sig.close(websocket.CloseInternalServerErr, "cannot create peer connection")
+		return
+	}
+	cands := make(chan webrtc.ICECandidateInit, 32)
+	if framed {
+		peer.OnCandidate(func(ci webrtc.ICECandidateInit) {
+			select {
+			case cands <- ci:
+			default: // the answer or an earlier ice:: carries enough
+			}
+		})
+	}
+	for _, ci := range early {
+		_ = peer.AddCandidate(ci)
+	}
+	if _, err := peer.Answer(offer); err != nil {
+		peer.Close()
+		if errors.Is(err, session.ErrBadOffer) {
+			sig.log.Info("offer refused", "err", err)
+			sig.close(websocket.CloseUnsupportedData, err.Error())
+		} else {
+			sig.log.Error("cannot answer offer", "err", err)
+			sig.close(websocket.CloseInternalServerErr, "cannot answer offer")
+		}
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.GatherTimeout)
+	answer := peer.WaitGathered(ctx)
+	cancel()
+	if framed {
+		answer = answerPrefix + answer
+	}
+	if err := sig.write(answer); err != nil {
+		return // the client went away; the peer's connect deadline cleans up
+	}
+	sent := answer
+
+	unknown := false
+	for {
+		select {
+		case <-peer.Connected():
+			sig.close(websocket.CloseNormalClosure, "connected")
+			return
+		case <-peer.Done():
+			sig.close(websocket.CloseInternalServerErr, "peer connection failed")
+			return
+		case ci := <-cands:
+			if strings.Contains(sent, ci.Candidate) {
+				continue
+			}
+			b, _ := json.Marshal(ci)
+			if err := sig.write(icePrefix + string(b)); err != nil {
+				return
+			}
+		case m, ok := <-msgs:
+			if !ok {
+				return // socket closed by the client; media may still connect
+			}
+			if !strings.HasPrefix(m, icePrefix) {
+				if !unknown {
+					sig.log.Info("ignoring unknown signalling message", "len", len(m))
+					unknown = true
+				}
+				continue
+			}
+			ci, err := parseCandidate(strings.TrimPrefix(m, icePrefix))
+			if err == nil {
+				err = peer.AddCandidate(ci)
+			}
+			if err != nil {
+				sig.log.Info("bad ICE candidate from client", "err", err)
+			}
+		}
+	}
+}
+
+// parseCandidate reads an RTCIceCandidateInit in JSON, or a bare candidate
+// line. An empty candidate means end of candidates.
+func parseCandidate(s string) (webrtc.ICECandidateInit, error) {
+	s = strings.TrimSpace(s)
+	if strings.HasPrefix(s, "{") {
+		var ci webrtc.ICECandidateInit
+		if err := json.Unmarshal([]byte(s), &ci); err != nil {
+			return ci, err
+		}
+		return ci, nil
+	}
+	if s == "" || strings.HasPrefix(s, "candidate:") || strings.HasPrefix(s, "a=candidate:") {
+		return webrtc.ICECandidateInit{Candidate: strings.TrimPrefix(s, "a=")}, nil
+	}
+	return webrtc.ICECandidateInit{}, errors.New("not an ICE candidate")
+}
+
+// socket is one /connect WebSocket: one reader goroutine, writes from the
+// handler goroutine only.
+type socket struct {
+	conn *websocket.Conn
+	log  *slog.Logger
+	quit chan struct{} // closed by finish
+	done chan struct{} // closed when the reader ends
+}
+
+func newSocket(conn *websocket.Conn, log *slog.Logger) *socket {
+	return &socket{conn: conn, log: log, quit: make(chan struct{}), done: make(chan struct{})}
+}
+
+// readLoop reads messages until the socket fails, closes or finishes.
+func (s *socket) readLoop() <-chan string {
+	msgs := make(chan string)
+	go func() {
+		defer close(s.done)
+		defer close(msgs)
+		for {
+			typ, data, err := s.conn.ReadMessage()
+			if err != nil {
+				if errors.Is(err, websocket.ErrReadLimit) {
+					s.log.Info("signalling message too large")
+				}
+				return
+			}
+			if typ != websocket.TextMessage && typ != websocket.BinaryMessage {
+				continue
+			}
+			select {
+			case msgs <- string(data):
+			case <-s.quit:
+				return
+			}
+		}
+	}()
+	return msgs
+}
+
+const writeTimeout = 5 * time.Second
+
+func (s *socket) write(m string) error {
+	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return s.conn.WriteMessage(websocket.TextMessage, []byte(m))
+}
+
+// close sends a close frame with code and reason (truncated to fit).
+func (s *socket) close(code int, reason string) {
+	if len(reason) > 120 {
+		reason = reason[:120]
+	}
+	_ = s.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(writeTimeout))
+}
+
+// finish closes the socket and waits for the reader to end.
+func (s *socket) finish() {
+	close(s.quit)
+	_ = s.conn.Close()
+	<-s.done
+}

@@ -1,0 +1,99 @@
+package stages
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/beepvoice/router/internal/throttle"
+	"github.com/beepvoice/router/pipeline"
+	"github.com/beepvoice/router/session"
+)
+
+// ForwarderKind is the forwarder's kind name.
+const ForwarderKind = "forwarder"
+
+// ForwarderSettings tune speaker selection.
+type ForwarderSettings struct {
+	// ThresholdDBov: a packet at least this loud (RFC 6464 level) is speech.
+	ThresholdDBov int `yaml:"threshold_dbov"`
+	// Hangover keeps a speaker active this long after its last loud packet,
+	// so that slots do not flap between speakers at every pause.
+	Hangover pipeline.Duration `yaml:"hangover"`
+	// Retry is how often a speaker waiting for a slot asks again.
+	Retry pipeline.Duration `yaml:"retry"`
+}
+
+var forwarderKind = pipeline.Define(ForwarderKind,
+	"forwards the active speakers of a conversation to the other members' slots",
+	ForwarderSettings{ThresholdDBov: -50, Hangover: pipeline.Duration(time.Second), Retry: pipeline.Duration(100 * time.Millisecond)},
+	func(env pipeline.Env, name string, s *ForwarderSettings) (pipeline.Stage, error) {
+		if s.ThresholdDBov > 0 || s.ThresholdDBov < -127 {
+			return nil, errors.New("threshold_dbov must be between -127 and 0")
+		}
+		if s.Hangover <= 0 || s.Retry <= 0 {
+			return nil, errors.New("hangover and retry must be positive")
+		}
+		return &Forwarder{settings: *s, log: env.Logger}, nil
+	})
+
+// Forwarder is the selective forwarding stage. Per packet it updates the
+// publisher's speaking state, asks the conversation to reassign slots when a
+// speaker starts (rare), and writes the packet to the slots that carry the
+// publisher: no lookup, no allocation, no lock beyond each slot's own.
+type Forwarder struct {
+	settings ForwarderSettings
+	log      *slog.Logger
+
+	forwarded atomic.Uint64
+	errors    atomic.Uint64
+	errLog    throttle.Gate
+}
+
+// Forwarded returns how many packets were written to slots.
+func (f *Forwarder) Forwarded() uint64 { return f.forwarded.Load() }
+
+// Open returns the forwarder's processor for a track.
+func (f *Forwarder) Open(*session.Track, pipeline.Emit) (pipeline.Processor, error) {
+	return forwarderProc{f}, nil
+}
+
+// Close does nothing: slots belong to their peers.
+func (f *Forwarder) Close(context.Context) error { return nil }
+
+type forwarderProc struct{ f *Forwarder }
+
+func (fp forwarderProc) HandlePacket(p *pipeline.Packet) bool {
+	f := fp.f
+	c := p.Conversation
+	if c == nil {
+		return true
+	}
+	t := p.Track
+	now := p.Arrival.UnixNano()
+	if p.Loud(f.settings.ThresholdDBov) && t.MarkActive(now, f.settings.Hangover.D()) {
+		c.Reassign()
+	} else if t.Waiting() && c.RetryDue(now, f.settings.Retry.D()) {
+		c.Reassign()
+	}
+	level := p.LevelByte()
+	for _, s := range t.Targets(c) {
+		ok, err := s.Write(t, c, &p.RTP, level, p.HasLevel, now)
+		if err != nil {
+			f.errors.Add(1)
+			if allow, n := f.errLog.Allow(p.Arrival); allow {
+				f.log.Warn("forward failed", "track", t.ID, "err", err, "suppressed", n)
+			}
+			continue
+		}
+		if ok {
+			f.forwarded.Add(1)
+		}
+	}
+	return true
+}
+
+func (forwarderProc) HandleBite(*pipeline.Bite) {}
+func (forwarderProc) Close()                    {}
