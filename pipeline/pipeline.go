@@ -122,4 +122,3 @@ func (c *Chain) Close() {
 		proc.Close()
 	}
 }
-

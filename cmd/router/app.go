@@ -21,6 +21,7 @@ import (
 	"github.com/beepvoice/router/pipeline"
 	"github.com/beepvoice/router/session"
 	"github.com/beepvoice/router/signal/beep"
+	"github.com/beepvoice/router/signal/devices"
 	"github.com/beepvoice/router/stages"
 )
 
@@ -32,6 +33,7 @@ type app struct {
 	nc       *nats.Conn
 	pipe     *pipeline.Pipeline
 	sessions *session.Manager
+	devices  *devices.Service
 	srv      *http.Server
 	ln       net.Listener
 	served   chan error
@@ -127,6 +129,11 @@ func start(cfg config, log *slog.Logger) (a *app, err error) {
 		OfferTimeout: cfg.OfferTimeout,
 		MaxMessage:   cfg.MaxMessage,
 	}).Register(r)
+	a.devices, err = devices.New(devices.Config{NATS: a.nc, Claims: claims, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("device signalling: %w", err)
+	}
+	a.devices.Register(r)
 
 	a.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -207,6 +214,11 @@ func (a *app) shutdown(ctx context.Context) error {
 	if a.srv != nil {
 		if err := a.srv.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http: %w", err))
+		}
+	}
+	if a.devices != nil {
+		if err := a.devices.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("device signalling: %w", err))
 		}
 	}
 	if a.sessions != nil {

@@ -95,8 +95,7 @@ func startRouter(t *testing.T, env map[string]string) *testRouter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	a, err := start(cfg, log)
+	a, err := start(cfg, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,6 +113,11 @@ func startRouter(t *testing.T, env map[string]string) *testRouter {
 		}
 	})
 	return tr
+}
+
+// testLogger logs to the test log.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
 // testWriter sends router logs to the test log.
