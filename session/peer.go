@@ -140,21 +140,8 @@ func (p *Peer) Answer(offerSDP string) (string, error) {
 		}
 	}
 
-	transport := p.pc.SCTP().Transport()
-	for _, tr := range p.pc.GetTransceivers() {
-		if tr.Kind() != webrtc.RTPCodecTypeAudio || !slices.Contains(o.receiving, tr.Mid()) {
-			continue
-		}
-		slot := newSlot(p, len(p.slots))
-		sender, err := p.m.api.NewRTPSender(slot, transport)
-		if err != nil {
-			return "", fmt.Errorf("new sender: %w", err)
-		}
-		if err := tr.SetSender(sender, slot); err != nil {
-			return "", fmt.Errorf("set sender: %w", err)
-		}
-		p.slots = append(p.slots, slot)
-		p.goroutine(func() { drainRTCP(sender) })
+	if err := p.attachSlots(o); err != nil {
+		return "", err
 	}
 
 	answer, err := p.pc.CreateAnswer(nil)
@@ -165,6 +152,53 @@ func (p *Peer) Answer(offerSDP string) (string, error) {
 		return "", fmt.Errorf("set local description: %w", err)
 	}
 	return p.pc.LocalDescription().SDP, nil
+}
+
+// attachSlots gives every receiving audio m-line of the offer a Slot.
+//
+// Senders must come from pc.AddTrack: one made with API.NewRTPSender would
+// use the shared API, bypassing this connection's interceptors (NACK cache,
+// sender reports) and its negotiated media engine. AddTrack fills the first
+// audio transceiver without a sender, so every audio m-line gets a slot in
+// order; then the slots of m-lines on which the client does not receive
+// (sendonly, inactive) are removed, which restores their direction. They
+// are removed only at the end: removal frees the transceiver for AddTrack.
+func (p *Peer) attachSlots(o offer) error {
+	free := 0
+	for _, tr := range p.pc.GetTransceivers() {
+		if tr.Kind() == webrtc.RTPCodecTypeAudio && tr.Sender() == nil {
+			free++
+		}
+	}
+	var detach []*webrtc.RTPSender
+	for i := 0; i < free; i++ {
+		slot := newSlot(p, len(p.slots))
+		sender, err := p.pc.AddTrack(slot)
+		if err != nil {
+			return fmt.Errorf("add slot: %w", err)
+		}
+		var mid string
+		for _, tr := range p.pc.GetTransceivers() {
+			if tr.Sender() == sender {
+				mid = tr.Mid()
+			}
+		}
+		switch {
+		case mid == "":
+			return fmt.Errorf("%w: an audio m-line cannot be answered", ErrBadOffer)
+		case !slices.Contains(o.receiving, mid):
+			detach = append(detach, sender)
+			continue
+		}
+		p.slots = append(p.slots, slot)
+		p.goroutine(func() { drainRTCP(sender) })
+	}
+	for _, sender := range detach {
+		if err := p.pc.RemoveTrack(sender); err != nil {
+			return fmt.Errorf("detach slot: %w", err)
+		}
+	}
+	return nil
 }
 
 // WaitGathered waits until ICE gathering completes, or ctx ends, and returns

@@ -321,11 +321,19 @@ func TestConnectErrors(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ws.Close()
-			if err := ws.WriteMessage(websocket.TextMessage, []byte(tt.msg)); err != nil {
-				t.Fatal(err)
-			}
+			werr := ws.WriteMessage(websocket.TextMessage, []byte(tt.msg))
 			_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
 			_, _, err = ws.ReadMessage()
+			if tt.code == websocket.CloseMessageTooBig && (werr != nil || isReset(err)) {
+				// The router refused the frame from its header and closed
+				// before the client finished writing it: TCP reset the
+				// connection, so the close frame may be lost. Refused all
+				// the same.
+				return
+			}
+			if werr != nil {
+				t.Fatal(werr)
+			}
 			var ce *websocket.CloseError
 			if !errors.As(err, &ce) {
 				t.Fatalf("want a close frame, got %v", err)
@@ -344,6 +352,10 @@ func TestConnectErrors(t *testing.T) {
 	if err := waitFor(deadline(t, 5*time.Second), func() bool { return r.a.sessions.Stats().Peers == 0 }); err != nil {
 		t.Fatalf("peers left after refused offers: %+v", r.a.sessions.Stats())
 	}
+}
+
+func isReset(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "connection reset")
 }
 
 func waitFor(ctx context.Context, cond func() bool) error {

@@ -19,6 +19,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/pion/ice/v2"
 	"github.com/pion/interceptor"
+	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v3"
@@ -50,10 +51,16 @@ type Options struct {
 	// Receive is the number of receiving audio m-lines (the first is the
 	// sendrecv one when Publish).
 	Receive int
+	// SeparateSend publishes on its own sendonly m-line, before the
+	// receiving ones.
+	SeparateSend bool
 	// NoAudioLevel leaves the audio level extension out of the offer.
 	NoAudioLevel bool
 	// NoNACK leaves out NACK feedback and its interceptors.
 	NoNACK bool
+	// NoReplayProtection accepts SRTP packets seen before, so that a
+	// retransmission of a packet that was not lost is visible.
+	NoReplayProtection bool
 }
 
 // Packet is one received RTP packet.
@@ -110,6 +117,9 @@ func loopbackAPI(o Options) (*webrtc.API, error) {
 	s.SetIPFilter(func(ip net.IP) bool { return ip.Equal(net.IPv4(127, 0, 0, 1)) })
 	s.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
 	s.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	if o.NoReplayProtection {
+		s.DisableSRTPReplayProtection(true)
+	}
 	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(s)), nil
 }
 
@@ -138,7 +148,7 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 			return nil, err
 		}
 		dir := webrtc.RTPTransceiverDirectionSendonly
-		if recv > 0 {
+		if recv > 0 && !o.SeparateSend {
 			dir = webrtc.RTPTransceiverDirectionSendrecv
 			recv--
 		}
@@ -337,6 +347,9 @@ func (c *Client) Send(payload []byte, level int) error {
 	}
 	return c.track.WriteRTP(p)
 }
+
+// WriteRTCP sends RTCP packets to the router.
+func (c *Client) WriteRTCP(pkts ...rtcp.Packet) error { return c.pc.WriteRTCP(pkts) }
 
 // SkipTime advances the RTP timestamp as if d of audio were not sent (DTX).
 func (c *Client) SkipTime(d time.Duration) { c.ts += uint32(d * 48000 / time.Second) }

@@ -1,0 +1,345 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+	"github.com/pion/rtcp"
+	"github.com/pion/webrtc/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/beepvoice/router/beeppb"
+	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/internal/beepclient"
+)
+
+func TestConnectThenJoin(t *testing.T) {
+	r := startRouter(t, nil)
+	a := r.dial("alice", beepclient.Options{Publish: true})
+	b := r.dial("bob", beepclient.Options{Receive: 1})
+	if err := pace(a, 'a', 0, 10, loud); err != nil {
+		t.Fatal(err)
+	}
+	r.mustJoin("alice", "conv-1")
+	r.mustJoin("bob", "conv-1")
+	if err := pace(a, 'a', 100, 20, loud); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WaitFor(deadline(t, 5*time.Second), func(rx map[string][]beepclient.Packet) bool {
+		n, _ := heard(rx)
+		return n['a'] >= 15
+	}); err != nil {
+		t.Fatalf("bob does not hear alice after both joined: %v", err)
+	}
+	for _, pkts := range b.Received() {
+		for _, p := range pkts {
+			if counter(p) < 100 {
+				t.Fatalf("bob heard packet %d, sent before anyone joined", counter(p))
+			}
+		}
+	}
+}
+
+// TestSendonlyThenRecvonly offers a publishing sendonly m-line before a
+// receiving one: the answer must keep the first recvonly and send on the
+// second only.
+func TestSendonlyThenRecvonly(t *testing.T) {
+	r := startRouter(t, nil)
+	r.mustJoin("alice", "conv-1")
+	r.mustJoin("bob", "conv-1")
+	a := r.dial("alice", beepclient.Options{Publish: true, SeparateSend: true, Receive: 1})
+	b := r.dial("bob", beepclient.Options{Publish: true, Receive: 1})
+	paceAll(t, 20, loud, map[byte]*beepclient.Client{'a': a, 'b': b})
+	if err := a.WaitFor(deadline(t, 5*time.Second), func(rx map[string][]beepclient.Packet) bool {
+		n, _ := heard(rx)
+		return n['b'] >= 15
+	}); err != nil {
+		t.Fatalf("alice does not hear bob: %v", err)
+	}
+	if err := b.WaitFor(deadline(t, 5*time.Second), func(rx map[string][]beepclient.Packet) bool {
+		n, _ := heard(rx)
+		return n['a'] >= 15
+	}); err != nil {
+		t.Fatalf("bob does not hear alice: %v", err)
+	}
+	for mid := range a.Received() {
+		if mid != "1" {
+			t.Fatalf("alice received on m-line %q, want only the recvonly one (1)", mid)
+		}
+	}
+}
+
+func freeUDPPort(t *testing.T) int {
+	t.Helper()
+	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+func TestSingleUDPPort(t *testing.T) {
+	port := freeUDPPort(t)
+	r := startRouter(t, map[string]string{"UDP_PORT": strconv.Itoa(port)})
+	r.mustJoin("alice", "conv-1")
+	r.mustJoin("bob", "conv-1")
+	a := r.dial("alice", beepclient.Options{Publish: true, Receive: 1})
+	b := r.dial("bob", beepclient.Options{Publish: true, Receive: 1, Framing: beepclient.Prefixed})
+	paceAll(t, 20, loud, map[byte]*beepclient.Client{'a': a, 'b': b})
+	for id, c := range map[byte]*beepclient.Client{'a': a, 'b': b} {
+		if err := c.WaitFor(deadline(t, 5*time.Second), func(rx map[string][]beepclient.Packet) bool {
+			n, _ := heard(rx)
+			return n['a'+'b'-id] >= 15
+		}); err != nil {
+			t.Fatalf("%c does not hear the other over the single port: %v", id, err)
+		}
+	}
+	// Both peers' media used the one port: nothing else is bound by ICE.
+	if _, err := net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+		t.Fatalf("UDP port %d is not in use by the router", port)
+	}
+}
+
+func TestPeerThatNeverConnectsIsReleased(t *testing.T) {
+	r := startRouter(t, map[string]string{"CONNECT_TIMEOUT": "1s"})
+	// A real offer from a peer that never applies the answer.
+	pc, err := webrtc.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if _, err := pc.AddTransceiverFromKind(webrtc.RTPCodecTypeAudio); err != nil {
+		t.Fatal(err)
+	}
+	offer, err := pc.CreateOffer(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := http.Header{}
+	h.Set(claim.Header, `{"userid":"ghost","clientid":"c"}`)
+	ws, _, err := websocket.DefaultDialer.Dial(r.wsURL(), h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	if err := ws.WriteMessage(websocket.TextMessage, []byte("offer::"+offer.SDP)); err != nil {
+		t.Fatal(err)
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var closeErr *websocket.CloseError
+	for {
+		if _, _, err := ws.ReadMessage(); err != nil {
+			if !errors.As(err, &closeErr) {
+				t.Fatalf("want a close frame, got %v", err)
+			}
+			break
+		}
+	}
+	if closeErr.Code != websocket.CloseInternalServerErr || !strings.Contains(closeErr.Text, "failed") {
+		t.Fatalf("close %d %q", closeErr.Code, closeErr.Text)
+	}
+	if err := waitFor(deadline(t, 5*time.Second), func() bool { return r.a.sessions.Stats().Peers == 0 }); err != nil {
+		t.Fatalf("peer not released: %+v", r.a.sessions.Stats())
+	}
+}
+
+func TestNACKAnsweredFromCache(t *testing.T) {
+	r := startRouter(t, nil)
+	r.mustJoin("alice", "conv-1")
+	r.mustJoin("bob", "conv-1")
+	a := r.dial("alice", beepclient.Options{Publish: true})
+	// Bob NACKs a packet he did receive: SRTP replay protection would hide
+	// the retransmission, so he turns it off.
+	b := r.dial("bob", beepclient.Options{Receive: 1, NoReplayProtection: true})
+	if err := pace(a, 'a', 0, 20, loud); err != nil {
+		t.Fatal(err)
+	}
+	var ssrc uint32
+	var seq uint16
+	if err := b.WaitFor(deadline(t, 5*time.Second), func(rx map[string][]beepclient.Packet) bool {
+		for _, pkts := range rx {
+			if len(pkts) >= 10 {
+				ssrc, seq = pkts[5].SSRC, pkts[5].SequenceNumber
+				return true
+			}
+		}
+		return false
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WriteRTCP(&rtcp.TransportLayerNack{MediaSSRC: ssrc, Nacks: []rtcp.NackPair{{PacketID: seq}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WaitFor(deadline(t, 5*time.Second), func(rx map[string][]beepclient.Packet) bool {
+		n := 0
+		for _, pkts := range rx {
+			for _, p := range pkts {
+				if p.SequenceNumber == seq {
+					n++
+				}
+			}
+		}
+		return n >= 2
+	}); err != nil {
+		t.Fatalf("packet %d was not retransmitted after a NACK: %v", seq, err)
+	}
+}
+
+// buildRouter builds the router binary once per test run.
+func buildRouter(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "router")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freeTCPAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestBinary runs the real binary: bad settings stop it with a message that
+// names them; a .env file configures it; SIGTERM flushes the open bite of a
+// talking client to NATS and exits 0.
+func TestBinary(t *testing.T) {
+	bin := buildRouter(t)
+	base := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+
+	t.Run("invalid setting", func(t *testing.T) {
+		cmd := exec.Command(bin)
+		cmd.Dir = t.TempDir()
+		cmd.Env = append(base, "UDP_PORT=99999")
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "UDP_PORT") {
+			t.Fatalf("exit %v, output %q", err, out)
+		}
+	})
+
+	t.Run("print pipeline", func(t *testing.T) {
+		out, err := exec.Command(bin, "-print-pipeline").Output()
+		if err != nil || !strings.Contains(string(out), "bite-chunker") {
+			t.Fatalf("%v: %s", err, out)
+		}
+	})
+
+	t.Run("env file and SIGTERM", func(t *testing.T) {
+		dir := t.TempDir()
+		listen, natsAddr := freeTCPAddr(t), freeTCPAddr(t)
+		env := fmt.Sprintf("LISTEN=%s\nPERMISSIONS_HOST=allow-all\nICE_IPS=127.0.0.1\nNATS_EMBEDDED_LISTEN=%s\n", listen, natsAddr)
+		if err := os.WriteFile(filepath.Join(dir, ".env"), []byte(env), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin)
+		cmd.Dir = dir
+		cmd.Env = base
+		stderr, _ := cmd.StderrPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = cmd.Process.Kill() }()
+		logs := make(chan string, 1000)
+		go func() {
+			sc := bufio.NewScanner(stderr)
+			for sc.Scan() {
+				logs <- sc.Text()
+			}
+			close(logs)
+		}()
+		waitLog(t, logs, "router listening")
+
+		nc, err := nats.Connect("nats://" + natsAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		bites := make(chan *nats.Msg, 10)
+		if _, err := nc.ChanSubscribe("bite", bites); err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		join, _ := http.NewRequest(http.MethodPost, "http://"+listen+"/join/conv-1", nil)
+		join.Header.Set(claim.Header, `{"userid":"alice","clientid":"phone"}`)
+		resp, err := http.DefaultClient.Do(join)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("join: %v %v", err, resp)
+		}
+		resp.Body.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := beepclient.Dial(ctx, beepclient.Options{URL: "ws://" + listen + "/connect", Claim: claim.Claim{UserID: "alice", ClientID: "phone"}, Publish: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// Talk without pausing: the bite stays open until shutdown.
+		if err := pace(c, 'a', 0, 25, loud); err != nil {
+			t.Fatal(err)
+		}
+		waitLog(t, logs, "track started")
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case m := <-bites:
+			var b beeppb.Bite
+			if err := proto.Unmarshal(m.Data, &b); err != nil || b.Key != "conv-1" || b.DurationMs < 400 {
+				t.Fatalf("flushed bite: %v %+v", err, &b)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no bite flushed on SIGTERM")
+		}
+		waitLog(t, logs, "stopped")
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("exit after SIGTERM: %v", err)
+		}
+	})
+}
+
+var ansi = regexp.MustCompile(`\x1b\[[0-9;]*m`)
+
+// waitLog waits for a log line containing s.
+func waitLog(t *testing.T, logs <-chan string, s string) {
+	t.Helper()
+	timeout := time.After(15 * time.Second)
+	for {
+		select {
+		case l, ok := <-logs:
+			if !ok {
+				t.Fatalf("router exited before logging %q", s)
+			}
+			if strings.Contains(ansi.ReplaceAllString(l, ""), s) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("router did not log %q", s)
+		}
+	}
+}
+
