@@ -342,4 +342,3 @@ func waitLog(t *testing.T, logs <-chan string, s string) {
 		}
 	}
 }
-
