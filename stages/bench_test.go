@@ -114,4 +114,3 @@ func BenchmarkChunkerOgg(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(pkts)), "ns/packet")
 }
-
