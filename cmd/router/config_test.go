@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -86,5 +87,25 @@ func TestDefaultPipelinePrints(t *testing.T) {
 	// What -print-pipeline prints is a valid PIPELINE file.
 	if _, err := pipelineConfig(writePipeline(t, string(b)), registry()); err != nil {
 		t.Fatalf("printed pipeline does not parse: %v\n%s", err, b)
+	}
+}
+
+// TestREADMEDocumentsEverySetting keeps the README's settings table in step
+// with the settings the router reads.
+func TestREADMEDocumentsEverySetting(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range settings {
+		row := "| `" + s.name + "` | " + func() string {
+			if s.def == "" {
+				return "|"
+			}
+			return "`" + s.def + "` |"
+		}()
+		if !strings.Contains(string(b), row) {
+			t.Errorf("README lacks the row for %s with default %q (want %q)", s.name, s.def, row)
+		}
 	}
 }
