@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/beepvoice/router/session"
 )
 
@@ -15,8 +17,9 @@ type Pipeline struct {
 }
 
 type named struct {
-	name  string
-	stage Stage
+	name   string
+	stage  Stage
+	timing prometheus.Observer // nil without metrics
 }
 
 // New returns a Pipeline of the given stages, for tests and embedding; the
@@ -27,6 +30,17 @@ func New(stages map[string]Stage, order ...string) *Pipeline {
 		p.stages = append(p.stages, named{name: n, stage: stages[n]})
 	}
 	return p
+}
+
+// Stats returns the counts of every stage that keeps them, by stage name.
+func (p *Pipeline) Stats() map[string]map[string]uint64 {
+	out := make(map[string]map[string]uint64)
+	for _, s := range p.stages {
+		if st, ok := s.stage.(Stats); ok {
+			out[s.name] = st.Stats()
+		}
+	}
+	return out
 }
 
 // Names returns the stage names in order.
@@ -41,6 +55,12 @@ func (p *Pipeline) Names() []string {
 // Open returns the chain of processors for one published track.
 func (p *Pipeline) Open(t *session.Track) (session.TrackSink, error) {
 	c := &Chain{track: t, procs: make([]Processor, len(p.stages))}
+	if len(p.stages) > 0 && p.stages[0].timing != nil {
+		c.timing = make([]prometheus.Observer, len(p.stages))
+		for i, s := range p.stages {
+			c.timing[i] = s.timing
+		}
+	}
 	c.pkt.Track = t
 	for i, s := range p.stages {
 		proc, err := s.stage.Open(t, c.emitter(i+1))
@@ -76,10 +96,15 @@ func (p *Pipeline) closeStages() {
 // Chain runs one track's packets through its processors. It is used by one
 // goroutine: the track's reader.
 type Chain struct {
-	track *session.Track
-	procs []Processor
-	pkt   Packet
+	track  *session.Track
+	procs  []Processor
+	pkt    Packet
+	timing []prometheus.Observer // per stage; nil without metrics
+	n      uint32                // packets seen, for sampling
 }
+
+// sampleEvery is how often a chain times its stages: on one packet in 1024.
+const sampleEvery = 1024
 
 // emitter returns the Emit that delivers bites to processors from index i on.
 func (c *Chain) emitter(from int) Emit {
@@ -108,12 +133,29 @@ func (c *Chain) WriteRTP(raw []byte, arrival time.Time) error {
 			p.Voice = ext[0]&0x80 != 0
 		}
 	}
+	c.n++
+	if c.timing != nil && c.n%sampleEvery == 0 {
+		c.timed(p)
+		return nil
+	}
 	for _, proc := range c.procs {
 		if !proc.HandlePacket(p) {
 			break
 		}
 	}
 	return nil
+}
+
+// timed runs the processors like WriteRTP, observing each one's time.
+func (c *Chain) timed(p *Packet) {
+	for i, proc := range c.procs {
+		start := time.Now()
+		ok := proc.HandlePacket(p)
+		c.timing[i].Observe(time.Since(start).Seconds())
+		if !ok {
+			return
+		}
+	}
 }
 
 // Close tells every processor that the track ended.

@@ -7,6 +7,7 @@ import (
 	"sort"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/beepvoice/router/session"
@@ -20,6 +21,9 @@ type Env struct {
 	NATS *nats.Conn
 	// Logger is the router's logger; stages add their own name to it.
 	Logger *slog.Logger
+	// Metrics registers a stage's own Prometheus collectors (histograms);
+	// nil means none. Counters are better exposed through Stats.
+	Metrics prometheus.Registerer
 }
 
 // Kind is a stage implementation that a Config can name.
@@ -110,6 +114,20 @@ func (r *Registry) Build(c *Config, env Env) (*Pipeline, error) {
 			return nil, fmt.Errorf("pipeline stage %q: %w", sc.Name, err)
 		}
 		p.stages = append(p.stages, named{name: sc.Name, stage: st})
+	}
+	if env.Metrics != nil {
+		timing := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "router_stage_packet_seconds",
+			Help:    "Time one packet spends in a stage, sampled on one packet in 1024.",
+			Buckets: prometheus.ExponentialBuckets(50e-9, 2, 16),
+		}, []string{"stage"})
+		if err := env.Metrics.Register(timing); err != nil {
+			p.closeStages()
+			return nil, fmt.Errorf("pipeline metrics: %w", err)
+		}
+		for i := range p.stages {
+			p.stages[i].timing = timing.WithLabelValues(p.stages[i].name)
+		}
 	}
 	return p, nil
 }

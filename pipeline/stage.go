@@ -45,3 +45,10 @@ func (Nop) HandleBite(*Bite) {}
 
 // Close does nothing.
 func (Nop) Close() {}
+
+// Stats is implemented by stages that count what they do. Each key names an
+// event ("forwarded", "drop_queue_full"); values only grow. The router
+// exports them as metrics; reading them must not disturb the packet path.
+type Stats interface {
+	Stats() map[string]uint64
+}

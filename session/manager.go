@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/ice/v2"
@@ -75,6 +76,17 @@ type Manager struct {
 
 	// wg counts every goroutine the Manager's peers start.
 	wg sync.WaitGroup
+
+	tracks atomic.Int64
+	count  counters
+}
+
+// counters are the Manager's cumulative counts. Track readers add to them in
+// batches; slots keep their own and hand them over when their peer closes.
+type counters struct {
+	packetsIn, bytesIn, malformed atomic.Uint64
+	packetsOut, bytesOut          atomic.Uint64 // of closed peers' slots
+	nacks, plis                   atomic.Uint64
 }
 
 // ErrClosed is returned once the Manager is closing.
@@ -195,16 +207,41 @@ func (m *Manager) User(id string) *User {
 	return m.users[id]
 }
 
-// Stats is a snapshot of the Manager's size.
+// Stats is a snapshot of the Manager's state and cumulative counts.
 type Stats struct {
-	Users, Conversations, Peers int
+	// Users, Conversations, Peers, Tracks and Slots are current sizes.
+	Users, Conversations, Peers, Tracks, Slots int
+	// PacketsIn and BytesIn count RTP received from publishers; Malformed
+	// the packets that did not parse.
+	PacketsIn, BytesIn, Malformed uint64
+	// PacketsOut and BytesOut count RTP forwarded to slots.
+	PacketsOut, BytesOut uint64
+	// NACKs and PLIs count feedback received from receivers. NACKs are
+	// answered from the packet cache; PLIs mean nothing for audio.
+	NACKs, PLIs uint64
 }
 
 // Stats returns the current counts.
 func (m *Manager) Stats() Stats {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	return Stats{Users: len(m.users), Conversations: len(m.convs), Peers: len(m.peers)}
+	s := Stats{Users: len(m.users), Conversations: len(m.convs), Peers: len(m.peers)}
+	for p := range m.peers {
+		for _, sl := range p.slots {
+			s.Slots++
+			s.PacketsOut += sl.written.Load()
+			s.BytesOut += sl.bytes.Load()
+		}
+	}
+	m.mu.Unlock()
+	s.Tracks = int(m.tracks.Load())
+	s.PacketsIn = m.count.packetsIn.Load()
+	s.BytesIn = m.count.bytesIn.Load()
+	s.Malformed = m.count.malformed.Load()
+	s.PacketsOut += m.count.packetsOut.Load()
+	s.BytesOut += m.count.bytesOut.Load()
+	s.NACKs = m.count.nacks.Load()
+	s.PLIs = m.count.plis.Load()
+	return s
 }
 
 // NewPeer creates the peer connection of one device. A device that already
@@ -255,6 +292,10 @@ func (m *Manager) peerClosed(p *Peer) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.peers, p)
+	for _, sl := range p.slots {
+		m.count.packetsOut.Add(sl.written.Load())
+		m.count.bytesOut.Add(sl.bytes.Load())
+	}
 	u := p.user
 	if u.peers[p.Claim.ClientID] == p {
 		delete(u.peers, p.Claim.ClientID)
@@ -269,6 +310,7 @@ func (m *Manager) peerClosed(p *Peer) {
 func (m *Manager) trackStarted(t *Track) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.tracks.Add(1)
 	t.peer.tracksMu.Lock()
 	t.peer.published = append(t.peer.published, t)
 	t.peer.tracksMu.Unlock()
@@ -281,6 +323,7 @@ func (m *Manager) trackStarted(t *Track) {
 func (m *Manager) trackEnded(t *Track) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.tracks.Add(-1)
 	t.peer.tracksMu.Lock()
 	for i, pt := range t.peer.published {
 		if pt == t {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pion/interceptor"
+	"github.com/pion/rtcp"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v3"
 
@@ -191,7 +192,7 @@ func (p *Peer) attachSlots(o offer) error {
 			continue
 		}
 		p.slots = append(p.slots, slot)
-		p.goroutine(func() { drainRTCP(sender) })
+		p.goroutine(func() { p.readFeedback(sender) })
 	}
 	for _, sender := range detach {
 		if err := p.pc.RemoveTrack(sender); err != nil {
@@ -314,22 +315,57 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 	p.log.Info("track started", "track", t.ID, "audio_level_ext", t.LevelExtID)
 
 	buf := make([]byte, 1500)
-	var bad int
+	var bad, pkts, bytes uint64
+	flush := func() {
+		p.m.count.packetsIn.Add(pkts)
+		p.m.count.bytesIn.Add(bytes)
+		pkts, bytes = 0, 0
+	}
 	for {
 		n, _, err := remote.Read(buf)
 		if err != nil {
 			break
 		}
+		if pkts++; pkts == 64 {
+			flush()
+		}
+		bytes += uint64(n)
 		if err := sink.WriteRTP(buf[:n], time.Now()); err != nil {
 			if bad == 0 {
 				p.log.Info("dropping malformed RTP", "track", t.ID, "err", err)
 			}
 			bad++
+			p.m.count.malformed.Add(1)
 		}
 	}
+	flush()
 	p.m.trackEnded(t)
 	sink.Close()
 	p.log.Info("track ended", "track", t.ID, "malformed", bad)
+}
+
+// readFeedback drains a slot sender's RTCP (see drainRTCP) and counts the
+// NACKs (answered by the NACK interceptor from its cache) and PLIs.
+func (p *Peer) readFeedback(sender *webrtc.RTPSender) {
+	buf := make([]byte, 1500)
+	for {
+		n, _, err := sender.Read(buf)
+		if err != nil {
+			return
+		}
+		pkts, err := rtcp.Unmarshal(buf[:n])
+		if err != nil {
+			continue
+		}
+		for _, pk := range pkts {
+			switch pk.(type) {
+			case *rtcp.TransportLayerNack:
+				p.m.count.nacks.Add(1)
+			case *rtcp.PictureLossIndication:
+				p.m.count.plis.Add(1)
+			}
+		}
+	}
 }
 
 // drainRTCP reads RTCP until the sender or receiver stops. Reading drives

@@ -49,6 +49,7 @@ type Slot struct {
 	level [1]byte
 
 	written atomic.Uint64
+	bytes   atomic.Uint64
 }
 
 func newSlot(p *Peer, index int) *Slot {
@@ -176,5 +177,6 @@ func (s *Slot) Write(src *Track, c *Conversation, p *rtp.Packet, levelByte byte,
 		return false, err
 	}
 	s.written.Add(1)
+	s.bytes.Add(uint64(len(p.Payload)))
 	return true, nil
 }

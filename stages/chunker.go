@@ -60,7 +60,13 @@ type Chunker struct {
 	preroll uint32
 	max     uint32
 
-	bites atomic.Uint64
+	bites   atomic.Uint64
+	muxFail atomic.Uint64
+}
+
+// Stats reports bites emitted and bites lost to a muxing error.
+func (c *Chunker) Stats() map[string]uint64 {
+	return map[string]uint64{"bites": c.bites.Load(), "drop_mux_error": c.muxFail.Load()}
 }
 
 // NewChunker validates s and returns a Chunker.
@@ -236,6 +242,7 @@ func (cp *chunkerProc) flush() {
 		err = w.Close()
 	}
 	if err != nil {
+		cp.c.muxFail.Add(1)
 		cp.c.log.Warn("bite dropped: ogg mux failed", "track", cp.track.ID, "err", err)
 		return
 	}

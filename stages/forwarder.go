@@ -55,6 +55,11 @@ type Forwarder struct {
 // Forwarded returns how many packets were written to slots.
 func (f *Forwarder) Forwarded() uint64 { return f.forwarded.Load() }
 
+// Stats reports packets written to slots and writes that failed.
+func (f *Forwarder) Stats() map[string]uint64 {
+	return map[string]uint64{"forwarded": f.forwarded.Load(), "drop_write_error": f.errors.Load()}
+}
+
 // Open returns the forwarder's processor for a track.
 func (f *Forwarder) Open(*session.Track, pipeline.Emit) (pipeline.Processor, error) {
 	return forwarderProc{f}, nil

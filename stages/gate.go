@@ -33,6 +33,11 @@ type Gate struct {
 // Dropped returns how many packets the gate stopped.
 func (g *Gate) Dropped() uint64 { return g.dropped.Load() }
 
+// Stats reports the packets the gate stopped.
+func (g *Gate) Stats() map[string]uint64 {
+	return map[string]uint64{"drop_not_member": g.dropped.Load()}
+}
+
 // Open returns the gate's processor for a track.
 func (g *Gate) Open(*session.Track, pipeline.Emit) (pipeline.Processor, error) {
 	return gateProc{g}, nil

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/beepvoice/router/beeppb"
@@ -35,7 +36,24 @@ var natsSinkKind = pipeline.Define(NATSSinkKind,
 	"publishes bites on NATS as Beep's protobuf Bite and Store messages",
 	NATSSinkSettings{BiteSubject: "bite", StoreSubject: "store", Queue: 1024},
 	func(env pipeline.Env, name string, s *NATSSinkSettings) (pipeline.Stage, error) {
-		return NewNATSSink(env.NATS, *s, env.Logger)
+		k, err := NewNATSSink(env.NATS, *s, env.Logger)
+		if err != nil {
+			return nil, err
+		}
+		if env.Metrics != nil {
+			h := prometheus.NewHistogram(prometheus.HistogramOpts{
+				Name:        "router_nats_publish_seconds",
+				Help:        "Time from a bite entering the NATS sink's queue to its publication.",
+				ConstLabels: prometheus.Labels{"stage": name},
+				Buckets:     prometheus.ExponentialBuckets(10e-6, 4, 10),
+			})
+			if err := env.Metrics.Register(h); err != nil {
+				_ = k.Close(context.Background())
+				return nil, err
+			}
+			k.latency = h
+		}
+		return k, nil
 	})
 
 // NATSSink publishes bites asynchronously: the media path only enqueues,
@@ -46,7 +64,7 @@ type NATSSink struct {
 	s   NATSSinkSettings
 	log *slog.Logger
 
-	queue   chan *pipeline.Bite
+	queue   chan queued
 	stop    chan struct{}
 	done    chan struct{}
 	stopped atomic.Bool
@@ -56,6 +74,18 @@ type NATSSink struct {
 	failed    atomic.Uint64
 	dropLog   throttle.Gate
 	failLog   throttle.Gate
+	latency   prometheus.Observer // nil without metrics
+}
+
+// queued is a bite waiting for NATS, with the time it was queued.
+type queued struct {
+	b  *pipeline.Bite
+	at time.Time
+}
+
+// Stats reports bites published, dropped (queue full) and refused by NATS.
+func (k *NATSSink) Stats() map[string]uint64 {
+	return map[string]uint64{"published": k.published.Load(), "drop_queue_full": k.dropped.Load(), "drop_publish_error": k.failed.Load()}
 }
 
 // NewNATSSink starts a sink publishing on nc.
@@ -73,7 +103,7 @@ func NewNATSSink(nc *nats.Conn, s NATSSinkSettings, log *slog.Logger) (*NATSSink
 	}
 	k := &NATSSink{
 		nc: nc, s: s, log: log,
-		queue: make(chan *pipeline.Bite, s.Queue),
+		queue: make(chan queued, s.Queue),
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
 	}
@@ -108,7 +138,7 @@ func (sp natsSinkProc) HandleBite(b *pipeline.Bite) {
 	k := sp.k
 	if !k.stopped.Load() {
 		select {
-		case k.queue <- b:
+		case k.queue <- queued{b, time.Now()}:
 			return
 		default:
 		}
@@ -123,13 +153,13 @@ func (k *NATSSink) run() {
 	defer close(k.done)
 	for {
 		select {
-		case b := <-k.queue:
-			k.publish(b)
+		case q := <-k.queue:
+			k.publish(q)
 		case <-k.stop:
 			for {
 				select {
-				case b := <-k.queue:
-					k.publish(b)
+				case q := <-k.queue:
+					k.publish(q)
 				default:
 					return
 				}
@@ -153,7 +183,8 @@ func Message(b *pipeline.Bite) *beeppb.Bite {
 	}
 }
 
-func (k *NATSSink) publish(b *pipeline.Bite) {
+func (k *NATSSink) publish(q queued) {
+	b := q.b
 	msg := Message(b)
 	err := k.send(k.s.BiteSubject, msg)
 	if err == nil && k.s.StoreSubject != "" {
@@ -167,6 +198,9 @@ func (k *NATSSink) publish(b *pipeline.Bite) {
 		return
 	}
 	k.published.Add(1)
+	if k.latency != nil {
+		k.latency.Observe(time.Since(q.at).Seconds())
+	}
 }
 
 func (k *NATSSink) send(subject string, m proto.Message) error {

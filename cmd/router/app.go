@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/metrics"
 	"github.com/beepvoice/router/permissions"
 	"github.com/beepvoice/router/pipeline"
 	"github.com/beepvoice/router/session"
@@ -37,6 +38,8 @@ type app struct {
 	srv      *http.Server
 	ln       net.Listener
 	served   chan error
+	msrv     *http.Server // metrics server, when METRICS_LISTEN is set
+	mln      net.Listener
 }
 
 // registry returns the stage kinds the router knows.
@@ -83,7 +86,8 @@ func start(cfg config, log *slog.Logger) (a *app, err error) {
 	if err := a.connectNATS(cfg); err != nil {
 		return nil, err
 	}
-	a.pipe, err = reg.Build(pc, pipeline.Env{NATS: a.nc, Logger: log})
+	promReg := metrics.NewRegistry()
+	a.pipe, err = reg.Build(pc, pipeline.Env{NATS: a.nc, Logger: log, Metrics: promReg})
 	if err != nil {
 		return nil, fmt.Errorf("PIPELINE: %w", err)
 	}
@@ -135,21 +139,52 @@ func start(cfg config, log *slog.Logger) (a *app, err error) {
 	}
 	a.devices.Register(r)
 
+	if err := metrics.Register(promReg, metrics.Sources{Sessions: a.sessions, Pipeline: a.pipe, NATSConnected: a.nc.IsConnected}); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	ops := metrics.Handler(promReg, a.ready)
+	if cfg.MetricsListen == "" {
+		r.Handle("/metrics", ops)
+		r.Handle("/healthz", ops)
+		r.Handle("/readyz", ops)
+	} else {
+		a.mln, err = net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			return nil, fmt.Errorf("METRICS_LISTEN: %w", err)
+		}
+		a.msrv = newServer(ops, log)
+		go func() { _ = a.msrv.Serve(a.mln) }()
+	}
+
 	a.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("LISTEN: %w", err)
 	}
-	a.srv = &http.Server{
-		Handler:           r,
+	a.srv = newServer(r, log)
+	go func() { a.served <- a.srv.Serve(a.ln) }()
+	log.Info("router listening", "addr", a.ln.Addr().String(), "pipeline", strings.Join(a.pipe.Names(), " → "), "nats", a.nc.ConnectedUrlRedacted())
+	return a, nil
+}
+
+// newServer returns an HTTP server with timeouts that a slow client cannot
+// hold open. WebSockets and SSE streams manage their own deadlines.
+func newServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	go func() { a.served <- a.srv.Serve(a.ln) }()
-	log.Info("router listening", "addr", a.ln.Addr().String(), "pipeline", strings.Join(a.pipe.Names(), " → "), "nats", a.nc.ConnectedUrlRedacted())
-	return a, nil
+}
+
+// ready reports why the router cannot serve yet, or nil.
+func (a *app) ready() error {
+	if s := a.nc.Status(); s != nats.CONNECTED {
+		return fmt.Errorf("NATS %s", s)
+	}
+	return nil
 }
 
 // connectNATS connects to the configured NATS, starting the embedded one if
@@ -214,6 +249,11 @@ func (a *app) shutdown(ctx context.Context) error {
 	if a.srv != nil {
 		if err := a.srv.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http: %w", err))
+		}
+	}
+	if a.msrv != nil {
+		if err := a.msrv.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("metrics http: %w", err))
 		}
 	}
 	if a.devices != nil {

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -105,4 +107,13 @@ func get(t *testing.T, a *app, path string) string {
 	var ids []string
 	_ = json.NewDecoder(resp.Body).Decode(&ids)
 	return strings.Join(ids, ",")
+}
+
+func netSplit(addr string) (string, int, error) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	n, err := strconv.Atoi(p)
+	return h, n, err
 }

@@ -18,6 +18,7 @@ import (
 // config is the router's configuration, from the environment.
 type config struct {
 	Listen          string
+	MetricsListen   string
 	NATS            []string // nil: embedded
 	NATSExpose      string   // embedded server's client listen address; "": in-process only
 	PermissionsHost string   // "allow-all" skips the check
@@ -49,6 +50,7 @@ type setting struct {
 // settings lists every environment variable the router reads.
 var settings = []setting{
 	{"LISTEN", ":80", "HTTP listen address (-dev: :8080)"},
+	{"METRICS_LISTEN", "", "serve /metrics, /healthz and /readyz on this address instead of LISTEN (e.g. 127.0.0.1:9090)"},
 	{"NATS", "embedded", "NATS URL or comma list; `embedded` runs an in-process NATS server"},
 	{"NATS_EMBEDDED_LISTEN", "", "with NATS=embedded, also serve NATS clients on this address (e.g. 127.0.0.1:4222); empty: in-process only"},
 	{"PERMISSIONS_HOST", "http://permissions", "backend-permissions base URL; `allow-all` skips the check (demos only)"},
@@ -112,6 +114,12 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 	c.Listen = get("LISTEN")
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		bad("LISTEN", errors.New("want host:port or :port"))
+	}
+	c.MetricsListen = get("METRICS_LISTEN")
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			bad("METRICS_LISTEN", errors.New("want host:port or :port"))
+		}
 	}
 	if n := get("NATS"); n != "embedded" && !dev {
 		for _, u := range strings.Split(n, ",") {

@@ -1,0 +1,132 @@
+// Package metrics exports the router's state and counts to Prometheus and
+// serves its health endpoints.
+//
+// Counts are read at scrape time from the counters the session manager and
+// the stages keep anyway, so exporting them adds nothing to the packet path.
+package metrics
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/beepvoice/router/pipeline"
+	"github.com/beepvoice/router/session"
+)
+
+// NewRegistry returns a registry with the Go runtime (goroutines, memory)
+// and process (CPU, RSS, file descriptors) collectors.
+func NewRegistry() *prometheus.Registry {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return r
+}
+
+// Sources are what the router collector reads at scrape time.
+type Sources struct {
+	Sessions *session.Manager
+	Pipeline *pipeline.Pipeline
+	// NATSConnected reports whether the NATS connection is up.
+	NATSConnected func() bool
+}
+
+// Register adds the router's collector to r.
+func Register(r prometheus.Registerer, src Sources) error {
+	return r.Register(newCollector(src))
+}
+
+type collector struct {
+	src Sources
+
+	users, convs, peers, tracks, slots            *prometheus.Desc
+	pktsIn, bytesIn, malformed, pktsOut, bytesOut *prometheus.Desc
+	nacks, plis, stageEvents, natsUp              *prometheus.Desc
+}
+
+func newCollector(src Sources) *collector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("router_"+name, help, labels, nil)
+	}
+	return &collector{
+		src:         src,
+		users:       d("users", "Users known: members of a conversation or with a connected device."),
+		convs:       d("conversations", "Conversations with at least one member."),
+		peers:       d("peers", "Peer connections (devices), connected or connecting."),
+		tracks:      d("tracks", "Audio tracks being published."),
+		slots:       d("slots", "Outgoing audio slots of all peers."),
+		pktsIn:      d("rtp_packets_in_total", "RTP packets received from publishers."),
+		bytesIn:     d("rtp_bytes_in_total", "RTP bytes received from publishers."),
+		malformed:   d("rtp_malformed_total", "Received RTP packets that did not parse."),
+		pktsOut:     d("rtp_packets_out_total", "RTP packets forwarded to receivers' slots."),
+		bytesOut:    d("rtp_payload_bytes_out_total", "RTP payload bytes forwarded to receivers' slots."),
+		nacks:       d("rtcp_nacks_received_total", "NACKs received from receivers (answered from the packet cache)."),
+		plis:        d("rtcp_plis_received_total", "PLIs received from receivers (meaningless for audio; not forwarded)."),
+		stageEvents: d("stage_events_total", "What each pipeline stage counted: forwarded packets, bites, published bites, and drops by reason (event=drop_*).", "stage", "event"),
+		natsUp:      d("nats_connected", "1 while the NATS connection is up."),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.pktsOut, c.bytesOut, c.nacks, c.plis, c.stageEvents, c.natsUp} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	gauge := func(d *prometheus.Desc, v float64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), l...)
+	}
+	if m := c.src.Sessions; m != nil {
+		s := m.Stats()
+		gauge(c.users, float64(s.Users))
+		gauge(c.convs, float64(s.Conversations))
+		gauge(c.peers, float64(s.Peers))
+		gauge(c.tracks, float64(s.Tracks))
+		gauge(c.slots, float64(s.Slots))
+		counter(c.pktsIn, s.PacketsIn)
+		counter(c.bytesIn, s.BytesIn)
+		counter(c.malformed, s.Malformed)
+		counter(c.pktsOut, s.PacketsOut)
+		counter(c.bytesOut, s.BytesOut)
+		counter(c.nacks, s.NACKs)
+		counter(c.plis, s.PLIs)
+	}
+	if p := c.src.Pipeline; p != nil {
+		for stage, events := range p.Stats() {
+			for event, v := range events {
+				counter(c.stageEvents, v, stage, event)
+			}
+		}
+	}
+	if f := c.src.NATSConnected; f != nil {
+		v := 0.0
+		if f() {
+			v = 1
+		}
+		gauge(c.natsUp, v)
+	}
+}
+
+// Handler serves /metrics, /healthz and /readyz. /healthz answers 200 while
+// the process serves HTTP; /readyz answers 200 only while ready() is nil,
+// else 503 with the reason.
+func Handler(g prometheus.Gatherer, ready func() error) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	return mux
+}
