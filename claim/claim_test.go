@@ -84,3 +84,15 @@ func TestRequire(t *testing.T) {
 		t.Fatalf("claim: got %d %q", rec.Code, rec.Body.String())
 	}
 }
+
+func FuzzParse(f *testing.F) {
+	f.Add(`{"userid":"u","clientid":"c"}`)
+	f.Add(`{"userid":"","clientid":"c"}`)
+	f.Add(`[]`)
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := Parse(s)
+		if err == nil && (c.UserID == "" || c.ClientID == "") {
+			t.Fatalf("accepted an incomplete claim from %q", s)
+		}
+	})
+}

@@ -180,18 +180,15 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c claim.Claim) 
 			if !ok {
 				return
 			}
+			msg, err := parseMessage(m)
 			switch {
-			case strings.HasPrefix(m, offerPrefix):
-				offer, framed = strings.TrimPrefix(m, offerPrefix), true
-			case strings.HasPrefix(m, icePrefix):
-				ci, err := parseCandidate(strings.TrimPrefix(m, icePrefix))
-				if err != nil || len(early) >= 64 {
-					sig.close(websocket.CloseUnsupportedData, "bad ice:: message")
-					return
-				}
-				early = append(early, ci)
+			case err != nil || (msg.kind == kindICE && len(early) >= 64):
+				sig.close(websocket.CloseUnsupportedData, "bad ice:: message")
+				return
+			case msg.kind == kindICE:
+				early = append(early, msg.candidate)
 			default:
-				offer = m
+				offer, framed = msg.sdp, msg.kind == kindFramedOffer
 			}
 		case <-timeout.C:
 			sig.close(websocket.ClosePolicyViolation, "no offer in time")
@@ -260,21 +257,53 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c claim.Claim) 
 			if !ok {
 				return // socket closed by the client; media may still connect
 			}
-			if !strings.HasPrefix(m, icePrefix) {
+			msg, err := parseMessage(m)
+			if err == nil && msg.kind != kindICE {
 				if !unknown {
-					sig.log.Info("ignoring unknown signalling message", "len", len(m))
+					sig.log.Info("ignoring unexpected signalling message after the offer", "len", len(m))
 					unknown = true
 				}
 				continue
 			}
-			ci, err := parseCandidate(strings.TrimPrefix(m, icePrefix))
 			if err == nil {
-				err = peer.AddCandidate(ci)
+				err = peer.AddCandidate(msg.candidate)
 			}
 			if err != nil {
 				sig.log.Info("bad ICE candidate from client", "err", err)
 			}
 		}
+	}
+}
+
+// Kinds of /connect messages.
+const (
+	kindBareOffer = iota
+	kindFramedOffer
+	kindICE
+)
+
+// message is one parsed /connect message.
+type message struct {
+	kind      int
+	sdp       string                  // offers
+	candidate webrtc.ICECandidateInit // kindICE
+}
+
+// parseMessage classifies a /connect message: "offer::<sdp>",
+// "ice::<candidate>", or anything else, which is taken as a bare SDP offer
+// (its validity is checked when it is applied).
+func parseMessage(m string) (message, error) {
+	switch {
+	case strings.HasPrefix(m, offerPrefix):
+		return message{kind: kindFramedOffer, sdp: strings.TrimPrefix(m, offerPrefix)}, nil
+	case strings.HasPrefix(m, icePrefix):
+		ci, err := parseCandidate(strings.TrimPrefix(m, icePrefix))
+		if err != nil {
+			return message{}, err
+		}
+		return message{kind: kindICE, candidate: ci}, nil
+	default:
+		return message{kind: kindBareOffer, sdp: m}, nil
 	}
 }
 
