@@ -90,14 +90,23 @@ func FromHeaderOrQuery(r *http.Request) (Claim, error) {
 type Handler func(w http.ResponseWriter, r *http.Request, c Claim)
 
 // Require wraps h so that it only runs with a valid claim; a request without
-// one is answered 400 with the reason in the body.
+// one is answered 400 with the reason in the body (401 for a refused token).
 func Require(extract Extractor, h Handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		c, err := extract(r)
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+			http.Error(w, err.Error(), Status(err))
 			return
 		}
 		h(w, r, c)
 	}
+}
+
+// Status is the HTTP status for an Extractor's error: 401 for a refused
+// token, 400 for a bad claim.
+func Status(err error) int {
+	if errors.Is(err, ErrUnauthorized) {
+		return http.StatusUnauthorized
+	}
+	return http.StatusBadRequest
 }

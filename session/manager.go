@@ -53,6 +53,14 @@ type Config struct {
 	DisconnectedTimeout, FailedTimeout, KeepaliveInterval time.Duration
 	// MaxSlots bounds the receiving audio m-lines of one offer.
 	MaxSlots int
+	// MaxPeersPerUser bounds one user's connected devices (0: no limit).
+	MaxPeersPerUser int
+	// MaxPeersPerConversation bounds the devices in one conversation
+	// (0: no limit).
+	MaxPeersPerConversation int
+	// MaxConversations bounds the conversations of the process (0: no
+	// limit).
+	MaxConversations int
 }
 
 // Defaults for Config fields left zero.
@@ -89,8 +97,15 @@ type counters struct {
 	nacks, plis                   atomic.Uint64
 }
 
-// ErrClosed is returned once the Manager is closing.
-var ErrClosed = errors.New("session manager closed")
+// Errors of the Manager. ErrLimit wraps every refusal for a configured
+// limit; the message says which.
+var (
+	ErrClosed               = errors.New("session manager closed")
+	ErrLimit                = errors.New("limit reached")
+	ErrTooManyDevices       = fmt.Errorf("%w: too many devices for this user", ErrLimit)
+	ErrConversationFull     = fmt.Errorf("%w: conversation full", ErrLimit)
+	ErrTooManyConversations = fmt.Errorf("%w: too many conversations", ErrLimit)
+)
 
 // New returns a Manager. It opens the UDP port, if one is configured.
 func New(cfg Config) (*Manager, error) {
@@ -157,6 +172,14 @@ func (m *Manager) Join(userID, convID string) error {
 		return nil
 	}
 	c, ok := m.convs[convID]
+	if !ok && m.cfg.MaxConversations > 0 && len(m.convs) >= m.cfg.MaxConversations {
+		return fmt.Errorf("%w (%d)", ErrTooManyConversations, m.cfg.MaxConversations)
+	}
+	if ok && m.cfg.MaxPeersPerConversation > 0 {
+		if n := c.Peers() + len(u.connectedPeers()); n > m.cfg.MaxPeersPerConversation {
+			return fmt.Errorf("%w (%d devices)", ErrConversationFull, m.cfg.MaxPeersPerConversation)
+		}
+	}
 	if !ok {
 		c = newConversation(convID)
 		m.convs[convID] = c
@@ -260,8 +283,14 @@ func (m *Manager) NewPeer(c claim.Claim) (*Peer, error) {
 		return nil, ErrClosed
 	}
 	u := m.user(c.UserID)
-	p.user = u
 	old := u.peers[c.ClientID]
+	if err := m.admit(u, old); err != nil {
+		m.forget(u)
+		m.mu.Unlock()
+		_ = pc.Close()
+		return nil, err
+	}
+	p.user = u
 	u.peers[c.ClientID] = p
 	m.peers[p] = struct{}{}
 	m.mu.Unlock()
@@ -272,6 +301,20 @@ func (m *Manager) NewPeer(c claim.Claim) (*Peer, error) {
 	}
 	p.start()
 	return p, nil
+}
+
+// admit checks the device limits for a new peer of u (replacing old, if
+// any). Callers hold m.mu.
+func (m *Manager) admit(u *User, old *Peer) error {
+	if max := m.cfg.MaxPeersPerUser; max > 0 && old == nil && len(u.peers) >= max {
+		return fmt.Errorf("%w (%d)", ErrTooManyDevices, max)
+	}
+	if max := m.cfg.MaxPeersPerConversation; max > 0 && old == nil {
+		if c := u.conv.Load(); c != nil && c.Peers() >= max {
+			return fmt.Errorf("%w (%d devices)", ErrConversationFull, max)
+		}
+	}
+	return nil
 }
 
 // peerConnected makes p's slots receive from its user's conversation.

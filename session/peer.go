@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -312,6 +313,18 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 	}
 	p.goroutine(func() { drainRTCP(receiver) })
 	p.m.trackStarted(t)
+	ended := false
+	defer func() {
+		// A panic in a stage costs this peer, not the process: the other
+		// calls go on.
+		if r := recover(); r != nil {
+			p.log.Error("panic on the packet path: closing the peer", "track", t.ID, "panic", r, "stack", string(debug.Stack()))
+			if !ended {
+				p.m.trackEnded(t)
+			}
+			p.Close()
+		}
+	}()
 	p.log.Info("track started", "track", t.ID, "audio_level_ext", t.LevelExtID)
 
 	buf := make([]byte, 1500)
@@ -340,6 +353,7 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 	}
 	flush()
 	p.m.trackEnded(t)
+	ended = true
 	sink.Close()
 	p.log.Info("track ended", "track", t.ID, "malformed", bad)
 }

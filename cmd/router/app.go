@@ -12,11 +12,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gorilla/handlers"
 	"github.com/gorilla/mux"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"golang.org/x/time/rate"
 
 	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/internal/origin"
 	"github.com/beepvoice/router/metrics"
 	"github.com/beepvoice/router/permissions"
 	"github.com/beepvoice/router/pipeline"
@@ -66,8 +69,9 @@ func pipelineConfig(path string, reg *pipeline.Registry) (*pipeline.Config, erro
 	return c, nil
 }
 
-// start builds and starts the router. On error, what was started is stopped.
-func start(cfg config, log *slog.Logger) (a *app, err error) {
+// start builds and starts the router with the stage kinds of reg. On error,
+// what was started is stopped.
+func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (a *app, err error) {
 	a = &app{log: log, served: make(chan error, 1)}
 	defer func() {
 		if err != nil {
@@ -78,7 +82,6 @@ func start(cfg config, log *slog.Logger) (a *app, err error) {
 		}
 	}()
 
-	reg := registry()
 	pc, err := pipelineConfig(cfg.Pipeline, reg)
 	if err != nil {
 		return nil, err
@@ -92,17 +95,20 @@ func start(cfg config, log *slog.Logger) (a *app, err error) {
 		return nil, fmt.Errorf("PIPELINE: %w", err)
 	}
 	a.sessions, err = session.New(session.Config{
-		Sink:                a.pipe,
-		Logger:              log,
-		ICEIPs:              cfg.ICEIPs,
-		PublicIPs:           cfg.PublicIPs,
-		UDPPort:             cfg.UDPPort,
-		ICEServers:          cfg.ICEServers,
-		ConnectTimeout:      cfg.ConnectTimeout,
-		DisconnectedTimeout: cfg.ICEDisconnected,
-		FailedTimeout:       cfg.ICEFailed,
-		KeepaliveInterval:   cfg.ICEKeepalive,
-		MaxSlots:            cfg.MaxSlots,
+		Sink:                    a.pipe,
+		Logger:                  log,
+		ICEIPs:                  cfg.ICEIPs,
+		PublicIPs:               cfg.PublicIPs,
+		UDPPort:                 cfg.UDPPort,
+		ICEServers:              cfg.ICEServers,
+		ConnectTimeout:          cfg.ConnectTimeout,
+		MaxPeersPerUser:         cfg.MaxPeersPerUser,
+		MaxPeersPerConversation: cfg.MaxPeersPerConv,
+		MaxConversations:        cfg.MaxConvs,
+		DisconnectedTimeout:     cfg.ICEDisconnected,
+		FailedTimeout:           cfg.ICEFailed,
+		KeepaliveInterval:       cfg.ICEKeepalive,
+		MaxSlots:                cfg.MaxSlots,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("media: %w", err)
@@ -119,10 +125,19 @@ func start(cfg config, log *slog.Logger) (a *app, err error) {
 		log.Warn("PERMISSIONS_HOST=allow-all: every user may join every conversation (demo only)")
 	}
 	claims := claim.FromHeader
-	if cfg.Dev {
+	switch {
+	case cfg.JWTPublicKey != "":
+		key, err := claim.LoadRSAPublicKey(cfg.JWTPublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("AUTH_JWT_PUBLIC_KEY: %w", err)
+		}
+		claims = claim.JWT(key)
+		log.Info("verifying Beep JWTs; X-User-Claim is ignored")
+	case cfg.Dev:
 		claims = claim.FromHeaderOrQuery
 		log.Warn("DEV MODE: identities are taken from ?userid=&clientid= query parameters, permissions are not checked. Never expose this router.")
 	}
+	origins := origin.New(cfg.Origins)
 
 	r := mux.NewRouter()
 	beep.New(beep.Config{
@@ -132,6 +147,9 @@ func start(cfg config, log *slog.Logger) (a *app, err error) {
 		Logger:       log,
 		OfferTimeout: cfg.OfferTimeout,
 		MaxMessage:   cfg.MaxMessage,
+		CheckOrigin:  origins.Check,
+		JoinRate:     rate.Limit(cfg.JoinRate),
+		JoinBurst:    cfg.JoinBurst,
 	}).Register(r)
 	a.devices, err = devices.New(devices.Config{NATS: a.nc, Claims: claims, Logger: log})
 	if err != nil {
@@ -152,7 +170,7 @@ func start(cfg config, log *slog.Logger) (a *app, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("METRICS_LISTEN: %w", err)
 		}
-		a.msrv = newServer(ops, log)
+		a.msrv = newServer(ops, cfg, log)
 		go func() { _ = a.msrv.Serve(a.mln) }()
 	}
 
@@ -160,7 +178,15 @@ func start(cfg config, log *slog.Logger) (a *app, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("LISTEN: %w", err)
 	}
-	a.srv = newServer(r, log)
+	var h http.Handler = r
+	if len(cfg.Origins) > 0 {
+		h = handlers.CORS(
+			handlers.AllowedOrigins(origins.List()),
+			handlers.AllowedMethods([]string{http.MethodGet, http.MethodPost}),
+			handlers.AllowedHeaders([]string{"Authorization", "Content-Type", claim.Header}),
+		)(r)
+	}
+	a.srv = newServer(h, cfg, log)
 	go func() { a.served <- a.srv.Serve(a.ln) }()
 	log.Info("router listening", "addr", a.ln.Addr().String(), "pipeline", strings.Join(a.pipe.Names(), " → "), "nats", a.nc.ConnectedUrlRedacted())
 	return a, nil
@@ -168,13 +194,13 @@ func start(cfg config, log *slog.Logger) (a *app, err error) {
 
 // newServer returns an HTTP server with timeouts that a slow client cannot
 // hold open. WebSockets and SSE streams manage their own deadlines.
-func newServer(h http.Handler, log *slog.Logger) *http.Server {
+func newServer(h http.Handler, cfg config, log *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       120 * time.Second,
+		ReadHeaderTimeout: cfg.HTTPReadHeader,
+		ReadTimeout:       cfg.HTTPRead,
+		WriteTimeout:      cfg.HTTPWrite,
+		IdleTimeout:       cfg.HTTPIdle,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 }

@@ -82,7 +82,7 @@ func startExternal(t *testing.T, natsURL string) *app {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := start(cfg, testLogger(t))
+	a, err := start(cfg, testLogger(t), registry())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pion/webrtc/v3"
 
+	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/session"
 )
 
@@ -39,6 +40,18 @@ type config struct {
 	LogLevel        slog.Level
 	ShutdownTimeout time.Duration
 	Dev             bool
+
+	MaxPeersPerUser int
+	MaxPeersPerConv int
+	MaxConvs        int
+	JoinRate        float64
+	JoinBurst       int
+	HTTPReadHeader  time.Duration
+	HTTPRead        time.Duration
+	HTTPWrite       time.Duration
+	HTTPIdle        time.Duration
+	Origins         []string
+	JWTPublicKey    string
 }
 
 // setting documents one environment variable; the README's table is made
@@ -69,6 +82,17 @@ var settings = []setting{
 	{"OFFER_TIMEOUT", "10s", "a /connect socket must send its offer within this time"},
 	{"MAX_MESSAGE", "65536", "largest signalling WebSocket message in bytes"},
 	{"MAX_SLOTS", "16", "most receiving audio m-lines one offer may have"},
+	{"MAX_PEERS_PER_USER", "10", "most connected devices of one user; 0: no limit"},
+	{"MAX_PEERS_PER_CONVERSATION", "200", "most devices in one conversation; 0: no limit"},
+	{"MAX_CONVERSATIONS", "10000", "most conversations in the process; 0: no limit"},
+	{"JOIN_RATE", "5", "joins per second allowed per user (token bucket); 0: no limit"},
+	{"JOIN_BURST", "10", "joins a user may make at once before JOIN_RATE applies"},
+	{"HTTP_READ_HEADER_TIMEOUT", "10s", "time a client has to send request headers (a slowloris client is cut off)"},
+	{"HTTP_READ_TIMEOUT", "30s", "time a client has to send a whole request"},
+	{"HTTP_WRITE_TIMEOUT", "30s", "time to write a response (WebSockets and SSE streams set their own deadlines)"},
+	{"HTTP_IDLE_TIMEOUT", "120s", "keep-alive connections idle this long are closed"},
+	{"ALLOWED_ORIGINS", "", "comma list of browser origins allowed besides the router's own (WebSocket Origin check and CORS); `*` allows all; requests without Origin (native apps) are always allowed"},
+	{"AUTH_JWT_PUBLIC_KEY", "", "path of a PEM RSA public key: verify Beep's RS256 token (?token= or Authorization: Bearer, claims userid and clientid) instead of trusting X-User-Claim"},
 	{"LOG_FORMAT", "text", "`text` or `json`"},
 	{"LOG_LEVEL", "info", "`debug`, `info`, `warn` or `error`"},
 	{"SHUTDOWN_TIMEOUT", "10s", "how long SIGTERM waits for peers to close and bites to flush"},
@@ -184,6 +208,35 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 		bad("LOG_LEVEL", errors.New("want debug, info, warn or error"))
 	}
 	c.ShutdownTimeout = duration("SHUTDOWN_TIMEOUT")
+	c.MaxPeersPerUser = integer("MAX_PEERS_PER_USER", 0, 1<<20)
+	c.MaxPeersPerConv = integer("MAX_PEERS_PER_CONVERSATION", 0, 1<<20)
+	c.MaxConvs = integer("MAX_CONVERSATIONS", 0, 1<<30)
+	if r, err := strconv.ParseFloat(get("JOIN_RATE"), 64); err != nil || r < 0 {
+		bad("JOIN_RATE", errors.New("want a number of joins per second, 0 for no limit"))
+	} else {
+		c.JoinRate = r
+	}
+	c.JoinBurst = integer("JOIN_BURST", 1, 1<<20)
+	c.HTTPReadHeader = duration("HTTP_READ_HEADER_TIMEOUT")
+	c.HTTPRead = duration("HTTP_READ_TIMEOUT")
+	c.HTTPWrite = duration("HTTP_WRITE_TIMEOUT")
+	c.HTTPIdle = duration("HTTP_IDLE_TIMEOUT")
+	for _, o := range splitList(get("ALLOWED_ORIGINS")) {
+		if u, err := url.Parse(o); o != "*" && (err != nil || u.Scheme == "" || u.Host == "") {
+			bad("ALLOWED_ORIGINS", fmt.Errorf("%q is not an origin such as https://app.example.org", o))
+			continue
+		}
+		c.Origins = append(c.Origins, o)
+	}
+	if dev && len(c.Origins) == 0 {
+		c.Origins = []string{"*"}
+	}
+	c.JWTPublicKey = get("AUTH_JWT_PUBLIC_KEY")
+	if c.JWTPublicKey != "" {
+		if _, err := claim.LoadRSAPublicKey(c.JWTPublicKey); err != nil {
+			bad("AUTH_JWT_PUBLIC_KEY", err)
+		}
+	}
 	return c, errors.Join(errs...)
 }
 

@@ -95,7 +95,7 @@ func startRouter(t *testing.T, env map[string]string) *testRouter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := start(cfg, testLogger(t))
+	a, err := start(cfg, testLogger(t), registry())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,7 +58,7 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	a, err := start(cfg, log)
+	a, err := start(cfg, log, registry())
 	if err != nil {
 		log.Error("router did not start", "err", err)
 		return 1

@@ -61,6 +61,14 @@ type Options struct {
 	// NoReplayProtection accepts SRTP packets seen before, so that a
 	// retransmission of a packet that was not lost is visible.
 	NoReplayProtection bool
+	// OnTrack, when set, replaces recording with a lightweight callback,
+	// for load tools: for every receiving track it is called once, with the
+	// track's mid, on that track's reading goroutine, and returns the
+	// function that then gets each of the track's packets and when it was
+	// read. The track is read into one reused buffer and unmarshalled into
+	// one reused rtp.Packet: the function must not keep p or its payload.
+	// Received then stays empty and WaitFor sees no packets.
+	OnTrack func(mid string) func(p *rtp.Packet, at time.Time)
 }
 
 // Packet is one received RTP packet.
@@ -80,6 +88,8 @@ type Client struct {
 	seq       uint16
 	ts        uint32
 	ssrcShown uint32
+
+	onTrack func(mid string) func(p *rtp.Packet, at time.Time)
 
 	mu       sync.Mutex
 	closing  bool
@@ -134,7 +144,7 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{pc: pc, received: make(map[string][]Packet), notify: make(chan struct{}, 1), seq: 1000, ts: 160000}
+	c := &Client{pc: pc, received: make(map[string][]Packet), notify: make(chan struct{}, 1), seq: 1000, ts: 160000, onTrack: o.OnTrack}
 	ok := false
 	defer func() {
 		if !ok {
@@ -312,6 +322,10 @@ func (c *Client) read(t *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
 			mid = tr.Mid()
 		}
 	}
+	if c.onTrack != nil {
+		c.count(t, c.onTrack(mid))
+		return
+	}
 	for {
 		p, _, err := t.ReadRTP()
 		if err != nil {
@@ -323,6 +337,24 @@ func (c *Client) read(t *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
 		select {
 		case c.notify <- struct{}{}:
 		default:
+		}
+	}
+}
+
+// count reads t into one reused buffer and packet, handing each to handle.
+func (c *Client) count(t *webrtc.TrackRemote, handle func(*rtp.Packet, time.Time)) {
+	buf := make([]byte, 1500)
+	var p rtp.Packet
+	for {
+		n, _, err := t.Read(buf)
+		if err != nil {
+			return
+		}
+		if p.Unmarshal(buf[:n]) != nil {
+			continue
+		}
+		if handle != nil {
+			handle(&p, time.Now())
 		}
 	}
 }

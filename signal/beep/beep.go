@@ -30,6 +30,7 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/gorilla/websocket"
 	"github.com/pion/webrtc/v3"
+	"golang.org/x/time/rate"
 
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/permissions"
@@ -64,6 +65,10 @@ type Config struct {
 	// CheckOrigin decides whether a WebSocket's Origin is accepted; nil
 	// accepts every origin (the claim, not the origin, authenticates).
 	CheckOrigin func(r *http.Request) bool
+	// JoinRate and JoinBurst limit each user's joins (token bucket); zero
+	// JoinRate means no limit.
+	JoinRate  rate.Limit
+	JoinBurst int
 }
 
 // Defaults for zero Config fields.
@@ -78,6 +83,7 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	upgrader websocket.Upgrader
+	joins    *limiter
 }
 
 // New returns a Server.
@@ -101,9 +107,13 @@ func New(cfg Config) *Server {
 	if checkOrigin == nil {
 		checkOrigin = func(*http.Request) bool { return true }
 	}
+	if cfg.JoinRate > 0 && cfg.JoinBurst <= 0 {
+		cfg.JoinBurst = 1
+	}
 	return &Server{
-		cfg: cfg,
-		log: cfg.Logger,
+		cfg:   cfg,
+		log:   cfg.Logger,
+		joins: newLimiter(cfg.JoinRate, cfg.JoinBurst),
 		upgrader: websocket.Upgrader{
 			HandshakeTimeout: 10 * time.Second,
 			CheckOrigin:      checkOrigin,
@@ -140,6 +150,11 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request, c claim.Claim) {
 		return
 	}
 	log := s.log.With("user", c.UserID, "conversation", conv)
+	if !s.joins.allow(c.UserID, time.Now()) {
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many joins: slow down", http.StatusTooManyRequests)
+		return
+	}
 	if err := s.cfg.Permissions.Check(r.Context(), c.UserID, conv); err != nil {
 		if errors.Is(err, permissions.ErrDenied) {
 			log.Info("join denied")
@@ -151,8 +166,15 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request, c claim.Claim) {
 		return
 	}
 	if err := s.cfg.Sessions.Join(c.UserID, conv); err != nil {
-		log.Warn("join failed", "err", err)
-		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		log.Warn("join refused", "err", err)
+		switch {
+		case errors.Is(err, session.ErrConversationFull):
+			http.Error(w, err.Error(), http.StatusForbidden)
+		case errors.Is(err, session.ErrLimit):
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		default:
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		}
 		return
 	}
 	w.WriteHeader(http.StatusOK)
@@ -197,6 +219,11 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c claim.Claim) 
 	}
 
 	peer, err := s.cfg.Sessions.NewPeer(c)
+	if errors.Is(err, session.ErrLimit) {
+		sig.log.Info("connection refused", "err", err)
+		sig.close(websocket.ClosePolicyViolation, err.Error())
+		return
+	}
 	if err != nil {
 		sig.log.Error("cannot create peer connection", "err", err)
 		sig.close(websocket.CloseInternalServerErr, "cannot create peer connection")

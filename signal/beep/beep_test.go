@@ -3,6 +3,7 @@ package beep
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseMessage(t *testing.T) {
@@ -56,4 +57,31 @@ func FuzzParseMessage(f *testing.F) {
 			t.Fatalf("ice from %q", s)
 		}
 	})
+}
+
+func TestLimiter(t *testing.T) {
+	l := newLimiter(2, 3) // 2 per second, bursts of 3
+	t0 := time.Unix(1000, 0)
+	steps := []struct {
+		user string
+		at   time.Duration
+		want bool
+	}{
+		{"a", 0, true}, {"a", 0, true}, {"a", 0, true}, {"a", 0, false}, // burst spent
+		{"b", 0, true},                      // others unaffected
+		{"a", 500 * time.Millisecond, true}, // one token back
+		{"a", 500 * time.Millisecond, false},
+		{"a", 2 * time.Minute, true}, // swept and refilled
+	}
+	for i, s := range steps {
+		if got := l.allow(s.user, t0.Add(s.at)); got != s.want {
+			t.Fatalf("step %d: allow(%s) = %v", i, s.user, got)
+		}
+	}
+	if len(l.users) != 1 {
+		t.Fatalf("%d buckets after the sweep, want 1", len(l.users))
+	}
+	if !newLimiter(0, 0).allow("x", t0) {
+		t.Fatal("zero rate limits")
+	}
 }

@@ -1,0 +1,781 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/rtp"
+
+	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/internal/beepclient"
+)
+
+// Scenario is one load shape: P publishers and S subscribers spread
+// round-robin over C conversations.
+type Scenario struct {
+	Publishers  int `json:"publishers"`
+	Subscribers int `json:"subscribers"`
+	// Slots is the number of receiving slots (audio m-lines) of each
+	// subscriber; 0 means as many as there are publishers in its
+	// conversation, so that every subscriber hears every publisher.
+	Slots int `json:"slots"`
+	// PublisherSlots is the number of receiving slots of each publisher
+	// (0: publishers only send, like a LiveKit load test's publishers).
+	PublisherSlots int `json:"publisher_slots"`
+	Conversations  int `json:"conversations"`
+}
+
+// Name is "PxS" with the slot and conversation counts when they are not
+// the defaults.
+func (s Scenario) Name() string {
+	n := fmt.Sprintf("%dx%d", s.Publishers, s.Subscribers)
+	if s.Slots > 0 {
+		n += fmt.Sprintf(" K=%d", s.Slots)
+	}
+	if s.PublisherSlots > 0 {
+		n += fmt.Sprintf(" Kp=%d", s.PublisherSlots)
+	}
+	if s.Conversations > 1 {
+		n += fmt.Sprintf(" C=%d", s.Conversations)
+	}
+	return n
+}
+
+// loadConfig is one load run.
+type loadConfig struct {
+	// URL is the router's base URL (http://127.0.0.1:port).
+	URL string
+	Scenario
+	// Rate is the ramp: connections started per second.
+	Rate float64
+	// Settle is the wait after the last connection before the window;
+	// Hold is the steady window; Grace is how long after the window the
+	// subscribers keep reading for packets sent within it.
+	Settle, Hold, Grace time.Duration
+	// SizeMin and SizeMax bound the Opus payload sizes (uniform).
+	SizeMin, SizeMax int
+	// Level is the RFC 6464 level publishers send, in -dBov (0 loudest).
+	Level int
+	// Framing is the /connect framing.
+	Framing beepclient.Framing
+	// RouterPID is the router's pid for /proc figures; 0: none.
+	RouterPID int
+	// DebugURL is the harness router's pprof listener; CPUProfile, when
+	// set, receives a CPU profile of the steady window from it.
+	DebugURL   string
+	CPUProfile string
+	// DialTimeout bounds one device's join and connect.
+	DialTimeout time.Duration
+	// Logf reports progress; nil: quiet.
+	Logf func(format string, args ...any)
+}
+
+// payloadHeader is what every synthetic Opus payload starts with: the TOC
+// byte, the send time (UnixNano, big endian), the publisher's index and its
+// packet counter.
+const payloadHeader = 1 + 8 + 4 + 4
+
+// window is the steady window, as UnixNano send times: a packet counts when
+// it was sent within [start, end).
+type window struct{ start, end atomic.Int64 }
+
+// seqTracker extends 16-bit RTP sequence numbers and finds duplicates among
+// the last 128.
+type seqTracker struct {
+	started bool
+	highest uint64
+	recent  [2]uint64 // bit i: highest-i was seen
+}
+
+func (t *seqTracker) update(seq uint16) (ext uint64, dup, late bool) {
+	if !t.started {
+		t.started = true
+		t.highest = 1<<32 + uint64(seq)
+		t.recent = [2]uint64{1, 0}
+		return t.highest, false, false
+	}
+	d := int16(seq - uint16(t.highest))
+	ext = uint64(int64(t.highest) + int64(d))
+	if d > 0 {
+		n := uint(d)
+		switch {
+		case n >= 128:
+			t.recent = [2]uint64{}
+		case n >= 64:
+			t.recent[1], t.recent[0] = t.recent[0]<<(n-64), 0
+		default:
+			t.recent[1] = t.recent[1]<<n | t.recent[0]>>(64-n)
+			t.recent[0] <<= n
+		}
+		t.recent[0] |= 1
+		t.highest = ext
+		return ext, false, false
+	}
+	off := uint64(-int64(d))
+	if off >= 128 {
+		return ext, false, true
+	}
+	w, b := off/64, off%64
+	if t.recent[w]&(1<<b) != 0 {
+		return ext, true, false
+	}
+	t.recent[w] |= 1 << b
+	return ext, false, true
+}
+
+// slotStat is what one receiving slot (m-line) saw. Its reading goroutine
+// updates it; the run reads it at the end, under mu.
+type slotStat struct {
+	win *window
+
+	mu          sync.Mutex
+	seq         seqTracker
+	hist        *hist
+	received    uint64 // unique packets sent within the window
+	inWin       bool
+	first, last uint64 // extended sequence numbers of those packets
+	late, dups  uint64
+	switches    uint64 // changes of publisher between consecutive packets
+	lastPub     uint32
+	havePub     bool
+	foreign     uint64 // packets without our payload header
+}
+
+func (s *slotStat) handle(p *rtp.Packet, at time.Time) {
+	pl := p.Payload
+	ours := len(pl) >= payloadHeader && (pl[0] == 0xf8 || pl[0] == 0xfc)
+	var sent int64
+	var pub uint32
+	if ours {
+		sent = int64(binary.BigEndian.Uint64(pl[1:9]))
+		pub = binary.BigEndian.Uint32(pl[9:13])
+	}
+	w0, w1 := s.win.start.Load(), s.win.end.Load()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ext, dup, late := s.seq.update(p.SequenceNumber)
+	if !ours {
+		s.foreign++
+		return
+	}
+	if sent < w0 || sent >= w1 {
+		return
+	}
+	if dup {
+		s.dups++
+		return
+	}
+	s.received++
+	if late {
+		s.late++
+	}
+	s.hist.add(at.Sub(time.Unix(0, sent)))
+	if !s.inWin {
+		s.first, s.last, s.inWin = ext, ext, true
+	} else {
+		s.first, s.last = min(s.first, ext), max(s.last, ext)
+	}
+	if s.havePub && pub != s.lastPub {
+		s.switches++
+	}
+	s.lastPub, s.havePub = pub, true
+}
+
+// device is one load client.
+type device struct {
+	idx       int
+	user      string
+	conv      string
+	publisher bool
+	pubIdx    uint32
+	slots     int
+
+	c          *beepclient.Client
+	err        error
+	joinDur    time.Duration
+	connectDur time.Duration
+
+	mu     sync.Mutex
+	tracks []*slotStat
+
+	sentInWin atomic.Uint64
+	sendErrs  atomic.Uint64
+}
+
+// runResult is the report of one load run.
+type runResult struct {
+	Name      string    `json:"name"`
+	Scenario  Scenario  `json:"scenario"`
+	Run       int       `json:"run"`
+	Started   time.Time `json:"started"`
+	LoadAvg   string    `json:"loadavg_at_start"`
+	Rate      float64   `json:"rate_per_s"`
+	SettleS   float64   `json:"settle_s"`
+	HoldS     float64   `json:"hold_s"`
+	Payload   [2]int    `json:"payload_bytes"`
+	LevelDBov int       `json:"level_dbov"`
+
+	Devices struct {
+		Connected  int    `json:"connected"`
+		Failed     int    `json:"failed"`
+		FirstError string `json:"first_error,omitempty"`
+	} `json:"devices"`
+	JoinMS    quantiles `json:"join_ms"`    // POST /join
+	ConnectMS quantiles `json:"connect_ms"` // dial /connect → peer connection connected
+
+	WindowS float64 `json:"window_s"`
+	Ingress struct {
+		Sent       uint64  `json:"sent"`
+		PPS        float64 `json:"pps"`
+		SendErrors uint64  `json:"send_errors"`
+	} `json:"ingress"`
+	Egress struct {
+		Received         uint64  `json:"received"`
+		PPS              float64 `json:"pps"`
+		ExpectedByFanout float64 `json:"expected_by_fanout"`
+		DeliveryPct      float64 `json:"delivery_pct"`
+	} `json:"egress"`
+	Loss struct {
+		Expected       uint64  `json:"expected"`
+		Lost           uint64  `json:"lost"`
+		Pct            float64 `json:"pct"`
+		Late           uint64  `json:"late"`
+		Duplicates     uint64  `json:"duplicates"`
+		Switches       uint64  `json:"switches"`
+		SlotsReceiving int     `json:"slots_receiving"`
+		SlotsExpected  int     `json:"slots_expected"`
+	} `json:"loss"`
+	LatencyMS struct {
+		P50  float64 `json:"p50"`
+		P95  float64 `json:"p95"`
+		P99  float64 `json:"p99"`
+		Max  float64 `json:"max"`
+		Mean float64 `json:"mean"`
+	} `json:"latency_ms"`
+	Router  *routerFigures `json:"router,omitempty"`
+	Tool    toolFigures    `json:"tool"`
+	Machine struct {
+		BusyCores  float64 `json:"busy_cores"`
+		OtherCores float64 `json:"other_cores"` // busy minus router minus tool
+		CPUs       int     `json:"cpus"`
+	} `json:"machine"`
+	RouterLog  []string `json:"router_warnings,omitempty"`
+	CPUProfile string   `json:"cpu_profile,omitempty"`
+}
+
+type quantiles struct {
+	P50 float64 `json:"p50"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+}
+
+func durQuantiles(d durations) quantiles {
+	ms := func(x time.Duration) float64 { return float64(x) / 1e6 }
+	return quantiles{P50: ms(d.quantile(0.5)), P99: ms(d.quantile(0.99)), Max: ms(d.quantile(1))}
+}
+
+type routerFigures struct {
+	PID               int     `json:"pid"`
+	CPUSeconds        float64 `json:"cpu_s"`
+	Cores             float64 `json:"cores"`
+	USPerEgressPacket float64 `json:"us_per_egress_packet"`
+	EgressPPSPerCore  float64 `json:"egress_pps_per_core"`
+	RSSStartKiB       int64   `json:"rss_start_kib"`
+	RSSPeakKiB        int64   `json:"rss_peak_kib"`
+	HWMKiB            int64   `json:"hwm_kib"`
+	Threads           int     `json:"threads_peak"`
+	CPUs              string  `json:"cpus_allowed"`
+}
+
+type toolFigures struct {
+	CPUSeconds float64 `json:"cpu_s"`
+	Cores      float64 `json:"cores"`
+	GOMAXPROCS int     `json:"gomaxprocs"`
+	CPUs       string  `json:"cpus_allowed"`
+}
+
+// wsURL and joinURL derive the endpoints from the base URL.
+func wsURL(base string) (string, error) {
+	u, err := url.Parse(base)
+	if err != nil {
+		return "", err
+	}
+	switch u.Scheme {
+	case "http":
+		u.Scheme = "ws"
+	case "https":
+		u.Scheme = "wss"
+	default:
+		return "", fmt.Errorf("router URL %q: want http:// or https://", base)
+	}
+	u.Path = "/connect"
+	return u.String(), nil
+}
+
+// makeDevices lays out the devices: publishers first, then subscribers,
+// round-robin over the conversations.
+func makeDevices(cfg *loadConfig, prefix string) []*device {
+	var devs []*device
+	for i := 0; i < cfg.Publishers; i++ {
+		devs = append(devs, &device{
+			idx: len(devs), user: fmt.Sprintf("%s-p%d", prefix, i), conv: fmt.Sprintf("%s-c%d", prefix, i%cfg.Conversations),
+			publisher: true, pubIdx: uint32(i), slots: cfg.PublisherSlots,
+		})
+	}
+	pubsIn := make(map[string]int)
+	for _, d := range devs {
+		pubsIn[d.conv]++
+	}
+	for i := 0; i < cfg.Subscribers; i++ {
+		conv := fmt.Sprintf("%s-c%d", prefix, i%cfg.Conversations)
+		k := cfg.Slots
+		if k <= 0 {
+			k = max(1, pubsIn[conv])
+		}
+		devs = append(devs, &device{idx: len(devs), user: fmt.Sprintf("%s-s%d", prefix, i), conv: conv, slots: k})
+	}
+	return devs
+}
+
+// connector joins and connects devices.
+type connector struct {
+	cfg   *loadConfig
+	ws    string
+	httpc *http.Client
+	win   *window
+}
+
+func newConnector(cfg *loadConfig, win *window) (*connector, error) {
+	ws, err := wsURL(cfg.URL)
+	if err != nil {
+		return nil, err
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 30 * time.Second}
+	return &connector{cfg: cfg, ws: ws, httpc: &http.Client{Transport: tr, Timeout: cfg.DialTimeout}, win: win}, nil
+}
+
+func (k *connector) close() { k.httpc.CloseIdleConnections() }
+
+// connect POSTs /join for the device's user, then dials /connect until the
+// peer connection is established.
+func (k *connector) connect(ctx context.Context, d *device) {
+	ctx, cancel := context.WithTimeout(ctx, k.cfg.DialTimeout)
+	defer cancel()
+	cl := claim.Claim{UserID: d.user, ClientID: d.user + "-dev"}
+	t0 := time.Now()
+	if err := k.join(ctx, cl, d.conv); err != nil {
+		d.err = err
+		return
+	}
+	t1 := time.Now()
+	c, err := beepclient.Dial(ctx, beepclient.Options{
+		URL: k.ws, Claim: cl, Framing: k.cfg.Framing,
+		Publish: d.publisher, Receive: d.slots,
+		OnTrack: func(string) func(*rtp.Packet, time.Time) {
+			s := &slotStat{win: k.win, hist: newHist()}
+			d.mu.Lock()
+			d.tracks = append(d.tracks, s)
+			d.mu.Unlock()
+			return s.handle
+		},
+	})
+	if err != nil {
+		d.err = err
+		return
+	}
+	d.c, d.joinDur, d.connectDur = c, t1.Sub(t0), time.Since(t1)
+}
+
+func (k *connector) join(ctx context.Context, cl claim.Claim, conv string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, k.cfg.URL+"/join/"+url.PathEscape(conv), nil)
+	if err != nil {
+		return err
+	}
+	b, _ := json.Marshal(cl)
+	req.Header.Set(claim.Header, string(b))
+	resp, err := k.httpc.Do(req)
+	if err != nil {
+		return fmt.Errorf("join: %w", err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("join %s: HTTP %d", conv, resp.StatusCode)
+	}
+	return nil
+}
+
+// ramp connects devs at cfg.Rate per second (at most 128 at once) and
+// returns when every attempt has ended. onConnected runs for each device
+// that connected.
+func (k *connector) ramp(ctx context.Context, devs []*device, onConnected func(*device)) {
+	sem := make(chan struct{}, 128)
+	var wg sync.WaitGroup
+	start := time.Now()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	for i, d := range devs {
+		if wait := time.Until(start.Add(time.Duration(float64(i) / k.cfg.Rate * float64(time.Second)))); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+			}
+		}
+		if ctx.Err() != nil {
+			d.err = ctx.Err()
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			d.err = ctx.Err()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			k.connect(ctx, d)
+			if d.c != nil && onConnected != nil {
+				onConnected(d)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// closeAll closes the clients, 32 at a time.
+func closeAll(devs []*device) {
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	for _, d := range devs {
+		if d.c == nil {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.c.Close()
+			<-sem
+		}()
+	}
+	wg.Wait()
+}
+
+// publish sends one packet every 20 ms until stop is closed.
+func publish(d *device, cfg *loadConfig, win *window, stop <-chan struct{}) {
+	rng := rand.New(rand.NewPCG(uint64(d.idx)+1, 0x5eed))
+	buf := make([]byte, cfg.SizeMax)
+	for i := range buf {
+		buf[i] = byte(rng.Uint32())
+	}
+	toc := byte(0xf8) // config 31 (CELT FB 20 ms), mono, one frame
+	if d.pubIdx%2 == 1 {
+		toc = 0xfc // the same, stereo
+	}
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	var n uint32
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		p := buf[:cfg.SizeMin+rng.IntN(cfg.SizeMax-cfg.SizeMin+1)]
+		p[0] = toc
+		now := time.Now().UnixNano()
+		binary.BigEndian.PutUint64(p[1:9], uint64(now))
+		binary.BigEndian.PutUint32(p[9:13], d.pubIdx)
+		binary.BigEndian.PutUint32(p[13:17], n)
+		n++
+		if err := d.c.Send(p, cfg.Level); err != nil {
+			d.sendErrs.Add(1)
+		} else if now >= win.start.Load() && now < win.end.Load() {
+			d.sentInWin.Add(1)
+		}
+	}
+}
+
+// runLoad runs one load: ramp, settle, steady window, grace; then it
+// closes its clients.
+func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
+	logf := cfg.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	res := &runResult{
+		Name: cfg.Scenario.Name(), Scenario: cfg.Scenario, Run: run, Started: time.Now(), LoadAvg: loadAvg(),
+		Rate: cfg.Rate, SettleS: cfg.Settle.Seconds(), HoldS: cfg.Hold.Seconds(),
+		Payload: [2]int{cfg.SizeMin, cfg.SizeMax}, LevelDBov: -cfg.Level,
+	}
+	res.Machine.CPUs = runtime.NumCPU()
+	win := &window{}
+	win.start.Store(math.MaxInt64)
+	win.end.Store(math.MaxInt64)
+	k, err := newConnector(&cfg, win)
+	if err != nil {
+		return nil, err
+	}
+	defer k.close()
+
+	prefix := "lt" + strconv.FormatInt(time.Now().UnixNano()%1e9, 36) + "r" + strconv.Itoa(run)
+	devs := makeDevices(&cfg, prefix)
+	stop := make(chan struct{})
+	var pubs sync.WaitGroup
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		pubs.Wait()
+		closeAll(devs)
+	}()
+	logf("%s run %d: connecting %d devices at %.0f/s", res.Name, run, len(devs), cfg.Rate)
+	k.ramp(ctx, devs, func(d *device) {
+		if d.publisher {
+			pubs.Add(1)
+			go func() {
+				defer pubs.Done()
+				publish(d, &cfg, win, stop)
+			}()
+		}
+	})
+	var joins, connects durations
+	for _, d := range devs {
+		if d.c == nil {
+			res.Devices.Failed++
+			if res.Devices.FirstError == "" && d.err != nil {
+				res.Devices.FirstError = d.err.Error()
+			}
+			continue
+		}
+		res.Devices.Connected++
+		joins = append(joins, d.joinDur)
+		connects = append(connects, d.connectDur)
+	}
+	res.JoinMS, res.ConnectMS = durQuantiles(joins), durQuantiles(connects)
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	if res.Devices.Connected == 0 {
+		return res, fmt.Errorf("no device connected: %s", res.Devices.FirstError)
+	}
+	logf("%s run %d: %d connected (%d failed), connect p50 %.1f ms p99 %.1f ms; settling %v", res.Name, run,
+		res.Devices.Connected, res.Devices.Failed, res.ConnectMS.P50, res.ConnectMS.P99, cfg.Settle)
+
+	// The window is set before it starts, so every handler sees it whole.
+	t0 := time.Now().Add(cfg.Settle)
+	t1 := t0.Add(cfg.Hold)
+	win.start.Store(t0.UnixNano())
+	win.end.Store(t1.UnixNano())
+	if !sleepUntil(ctx, t0) {
+		return res, ctx.Err()
+	}
+	r0, rerr := readProc(cfg.RouterPID)
+	m0, _ := readMachine()
+	s0 := selfCPU()
+	profDone := make(chan error, 1)
+	if cfg.CPUProfile != "" && cfg.DebugURL != "" {
+		go func() { profDone <- fetchProfile(ctx, cfg.DebugURL, cfg.CPUProfile, cfg.Hold) }()
+	} else {
+		profDone <- nil
+	}
+	peakRSS, peakThreads := r0.RSSKiB, r0.Threads
+	tick := time.NewTicker(250 * time.Millisecond)
+	for time.Now().Before(t1) && ctx.Err() == nil {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+		}
+		if cfg.RouterPID > 0 {
+			if s, err := readProc(cfg.RouterPID); err == nil {
+				peakRSS, peakThreads = max(peakRSS, s.RSSKiB), max(peakThreads, s.Threads)
+			}
+		}
+	}
+	tick.Stop()
+	if !sleepUntil(ctx, t1) {
+		return res, ctx.Err()
+	}
+	r1, rerr1 := readProc(cfg.RouterPID)
+	m1, _ := readMachine()
+	s1 := selfCPU()
+	logf("%s run %d: window done; grace %v", res.Name, run, cfg.Grace)
+	if !sleepUntil(ctx, t1.Add(cfg.Grace)) {
+		return res, ctx.Err()
+	}
+	close(stop)
+	pubs.Wait()
+	if err := <-profDone; err != nil {
+		logf("cpu profile: %v", err)
+	} else if cfg.CPUProfile != "" && cfg.DebugURL != "" {
+		res.CPUProfile = cfg.CPUProfile
+	}
+
+	winS := cfg.Hold.Seconds()
+	res.WindowS = winS
+	aggregate(res, devs)
+	res.Ingress.PPS = float64(res.Ingress.Sent) / winS
+	res.Egress.PPS = float64(res.Egress.Received) / winS
+
+	toolCPU := s1 - s0
+	res.Tool = toolFigures{CPUSeconds: toolCPU.Seconds(), Cores: toolCPU.Seconds() / winS, GOMAXPROCS: runtime.GOMAXPROCS(0), CPUs: cpusAllowed(0)}
+	busy := (m1.Busy - m0.Busy).Seconds() / winS
+	res.Machine.BusyCores = busy
+	other := busy - res.Tool.Cores
+	if cfg.RouterPID > 0 && rerr == nil && rerr1 == nil {
+		cpu := r1.CPU - r0.CPU
+		rf := &routerFigures{
+			PID: cfg.RouterPID, CPUSeconds: cpu.Seconds(), Cores: cpu.Seconds() / winS,
+			RSSStartKiB: r0.RSSKiB, RSSPeakKiB: max(peakRSS, r1.RSSKiB), HWMKiB: r1.HWMKiB,
+			Threads: max(peakThreads, r1.Threads), CPUs: cpusAllowed(cfg.RouterPID),
+		}
+		if res.Egress.Received > 0 {
+			rf.USPerEgressPacket = float64(cpu.Microseconds()) / float64(res.Egress.Received)
+			rf.EgressPPSPerCore = 1e6 / rf.USPerEgressPacket
+		}
+		res.Router = rf
+		other -= rf.Cores
+	}
+	res.Machine.OtherCores = math.Max(0, other)
+	return res, nil
+}
+
+// aggregate fills the packet figures of res from what the devices saw.
+func aggregate(res *runResult, devs []*device) {
+	total := newHist()
+	pubsIn := make(map[string][]*device) // conversation → its connected publishers
+	for _, d := range devs {
+		if d.publisher && d.c != nil {
+			pubsIn[d.conv] = append(pubsIn[d.conv], d)
+			res.Ingress.Sent += d.sentInWin.Load()
+			res.Ingress.SendErrors += d.sendErrs.Load()
+		}
+	}
+	for _, d := range devs {
+		if d.c == nil || d.slots == 0 {
+			continue
+		}
+		// What the device should receive: every other publisher of its
+		// conversation when it has slots for all, else its slots' worth.
+		var sum float64
+		others := 0
+		for _, p := range pubsIn[d.conv] {
+			if p != d {
+				sum += float64(p.sentInWin.Load())
+				others++
+			}
+		}
+		if d.slots >= others {
+			res.Egress.ExpectedByFanout += sum
+			res.Loss.SlotsExpected += others
+		} else {
+			res.Egress.ExpectedByFanout += float64(d.slots) * sum / float64(others)
+			res.Loss.SlotsExpected += d.slots
+		}
+		d.mu.Lock()
+		tracks := append([]*slotStat(nil), d.tracks...)
+		d.mu.Unlock()
+		for _, s := range tracks {
+			s.mu.Lock()
+			if s.inWin {
+				res.Loss.SlotsReceiving++
+				exp := s.last - s.first + 1
+				res.Loss.Expected += exp
+				if exp > s.received {
+					res.Loss.Lost += exp - s.received
+				}
+			}
+			res.Egress.Received += s.received
+			res.Loss.Late += s.late
+			res.Loss.Duplicates += s.dups
+			res.Loss.Switches += s.switches
+			total.merge(s.hist)
+			s.mu.Unlock()
+		}
+	}
+	if res.Loss.Expected > 0 {
+		res.Loss.Pct = 100 * float64(res.Loss.Lost) / float64(res.Loss.Expected)
+	}
+	if res.Egress.ExpectedByFanout > 0 {
+		res.Egress.DeliveryPct = 100 * float64(res.Egress.Received) / res.Egress.ExpectedByFanout
+	}
+	ms := func(us float64) float64 { return us / 1000 }
+	res.LatencyMS.P50 = ms(total.quantile(0.50))
+	res.LatencyMS.P95 = ms(total.quantile(0.95))
+	res.LatencyMS.P99 = ms(total.quantile(0.99))
+	res.LatencyMS.Max = ms(total.quantile(1))
+	res.LatencyMS.Mean = ms(total.mean())
+}
+
+// sleepUntil waits until t or until ctx ends; it reports whether t came.
+func sleepUntil(ctx context.Context, t time.Time) bool {
+	d := time.Until(t)
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// fetchProfile writes a CPU profile of the next d from the harness's pprof
+// listener to path.
+func fetchProfile(ctx context.Context, debugURL, path string, d time.Duration) error {
+	secs := max(1, int(d.Round(time.Second)/time.Second))
+	return fetchTo(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", debugURL, secs), path, d+30*time.Second)
+}
+
+// fetchTo GETs u into path.
+func fetchTo(ctx context.Context, u, path string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: HTTP %d", u, resp.StatusCode)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// errNoRouterPID explains missing router figures.
+var errNoRouterPID = errors.New("no router pid: give -router-pid, or let the tool start the router with -router-bin or -router-self")
