@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
@@ -28,13 +29,31 @@ type NATSSinkSettings struct {
 	BiteSubject string `yaml:"bite_subject"`
 	// StoreSubject carries beep.Store{type:"bite"} per bite; "" disables it.
 	StoreSubject string `yaml:"store_subject"`
-	// Queue is how many bites may wait for NATS; more are dropped, counted.
+	// Queue is how many bites may wait for the publisher; more are
+	// dropped, counted.
 	Queue int `yaml:"queue"`
+	// SpoolBytes bounds the messages held while NATS is unreachable; they
+	// are sent, in order, when it returns. Past it new bites are dropped,
+	// counted and logged.
+	SpoolBytes int `yaml:"spool_bytes"`
+	// SpoolDir keeps the spool in this directory instead of memory, so that
+	// it survives a restart; "" spools in memory.
+	SpoolDir string `yaml:"spool_dir"`
+	// JetStream publishes with acknowledgement: a bite leaves the spool only
+	// once a JetStream stream holds it. The streams must exist.
+	JetStream bool `yaml:"jetstream"`
+	// AckTimeout bounds the wait for one JetStream acknowledgement.
+	AckTimeout pipeline.Duration `yaml:"ack_timeout"`
+	// Retry is how often a non-empty spool tries NATS again.
+	Retry pipeline.Duration `yaml:"retry"`
 }
 
 var natsSinkKind = pipeline.Define(NATSSinkKind,
 	"publishes bites on NATS as Beep's protobuf Bite and Store messages",
-	NATSSinkSettings{BiteSubject: "bite", StoreSubject: "store", Queue: 1024},
+	NATSSinkSettings{
+		BiteSubject: "bite", StoreSubject: "store", Queue: 1024,
+		SpoolBytes: 64 << 20, AckTimeout: pipeline.Duration(5 * time.Second), Retry: pipeline.Duration(250 * time.Millisecond),
+	},
 	func(env pipeline.Env, name string, s *NATSSinkSettings) (pipeline.Stage, error) {
 		k, err := NewNATSSink(env.NATS, *s, env.Logger)
 		if err != nil {
@@ -57,12 +76,19 @@ var natsSinkKind = pipeline.Define(NATSSinkKind,
 	})
 
 // NATSSink publishes bites asynchronously: the media path only enqueues,
-// one goroutine publishes. A slow or absent NATS costs dropped bites, which
-// are counted and logged, never a stalled track.
+// one goroutine publishes. While NATS is unreachable, bites wait in a
+// bounded spool and go out in order when it returns; past the spool's size
+// they are dropped, counted and logged. Nothing of this stalls a track.
+//
+// Core NATS publishing cannot know whether a message written just before a
+// disconnect arrived; with JetStream set, a bite counts as sent only when
+// acknowledged.
 type NATSSink struct {
-	nc  *nats.Conn
-	s   NATSSinkSettings
-	log *slog.Logger
+	nc    *nats.Conn
+	js    jetstream.JetStream // nil unless JetStream
+	s     NATSSinkSettings
+	log   *slog.Logger
+	spool spool
 
 	queue   chan queued
 	stop    chan struct{}
@@ -72,8 +98,12 @@ type NATSSink struct {
 	published atomic.Uint64
 	dropped   atomic.Uint64
 	failed    atomic.Uint64
+	spoolFull atomic.Uint64
+	lost      atomic.Uint64 // spooled in memory at shutdown
+	held      atomic.Int64  // messages in the spool now
 	dropLog   throttle.Gate
 	failLog   throttle.Gate
+	downLog   throttle.Gate
 	latency   prometheus.Observer // nil without metrics
 }
 
@@ -83,9 +113,17 @@ type queued struct {
 	at time.Time
 }
 
-// Stats reports bites published, dropped (queue full) and refused by NATS.
+// Stats reports bites published, dropped (queue full, spool full, refused
+// by NATS, left in a memory spool at shutdown) and the messages spooled now.
 func (k *NATSSink) Stats() map[string]uint64 {
-	return map[string]uint64{"published": k.published.Load(), "drop_queue_full": k.dropped.Load(), "drop_publish_error": k.failed.Load()}
+	return map[string]uint64{
+		"published":          k.published.Load(),
+		"drop_queue_full":    k.dropped.Load(),
+		"drop_spool_full":    k.spoolFull.Load(),
+		"drop_publish_error": k.failed.Load(),
+		"drop_shutdown":      k.lost.Load(),
+		"spooled":            uint64(max(k.held.Load(), 0)),
+	}
 }
 
 // NewNATSSink starts a sink publishing on nc.
@@ -97,18 +135,42 @@ func NewNATSSink(nc *nats.Conn, s NATSSinkSettings, log *slog.Logger) (*NATSSink
 		return nil, errors.New("bite_subject is empty")
 	case s.Queue <= 0:
 		return nil, errors.New("queue must be positive")
+	case s.SpoolBytes <= 0:
+		return nil, errors.New("spool_bytes must be positive")
+	case s.AckTimeout <= 0 || s.Retry <= 0:
+		return nil, errors.New("ack_timeout and retry must be positive")
 	}
 	if log == nil {
 		log = slog.Default()
 	}
+	var sp spool = &memSpool{max: s.SpoolBytes}
+	if s.SpoolDir != "" {
+		ds, err := openDirSpool(s.SpoolDir, s.SpoolBytes)
+		if err != nil {
+			return nil, err
+		}
+		if n := ds.len(); n > 0 {
+			log.Info("sending bites spooled by an earlier run", "messages", n, "dir", s.SpoolDir)
+		}
+		sp = ds
+	}
+	var js jetstream.JetStream
+	if s.JetStream {
+		var err error
+		if js, err = jetstream.New(nc); err != nil {
+			return nil, fmt.Errorf("jetstream: %w", err)
+		}
+	}
 	k := &NATSSink{
-		nc: nc, s: s, log: log,
+		nc: nc, js: js, s: s, log: log, spool: sp,
 		queue: make(chan queued, s.Queue),
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
 	}
+	k.held.Store(int64(sp.len()))
 	k.dropLog.Every = 10 * time.Second
 	k.failLog.Every = 10 * time.Second
+	k.downLog.Every = 30 * time.Second
 	go k.run()
 	return k, nil
 }
@@ -151,16 +213,21 @@ func (sp natsSinkProc) HandleBite(b *pipeline.Bite) {
 
 func (k *NATSSink) run() {
 	defer close(k.done)
+	retry := time.NewTicker(k.s.Retry.D())
+	defer retry.Stop()
 	for {
 		select {
 		case q := <-k.queue:
-			k.publish(q)
+			k.accept(q)
+		case <-retry.C:
+			k.drain()
 		case <-k.stop:
 			for {
 				select {
 				case q := <-k.queue:
-					k.publish(q)
+					k.accept(q)
 				default:
+					k.drain()
 					return
 				}
 			}
@@ -183,33 +250,110 @@ func Message(b *pipeline.Bite) *beeppb.Bite {
 	}
 }
 
-func (k *NATSSink) publish(q queued) {
-	b := q.b
-	msg := Message(b)
-	err := k.send(k.s.BiteSubject, msg)
-	if err == nil && k.s.StoreSubject != "" {
-		err = k.send(k.s.StoreSubject, &beeppb.Store{Type: "bite", Bite: msg})
-	}
+// accept sends a bite's messages, or spools them behind those waiting.
+func (k *NATSSink) accept(q queued) {
+	msg := Message(q.b)
+	data, err := proto.Marshal(msg)
 	if err != nil {
 		k.failed.Add(1)
-		if ok, n := k.failLog.Allow(time.Now()); ok {
-			k.log.Warn("bite not published", "conversation", b.Conversation, "err", err, "suppressed", n)
-		}
 		return
 	}
-	k.published.Add(1)
-	if k.latency != nil {
-		k.latency.Observe(time.Since(q.at).Seconds())
+	msgs := []spooled{{subject: k.s.BiteSubject, data: data, bite: true}}
+	if k.s.StoreSubject != "" {
+		store, err := proto.Marshal(&beeppb.Store{Type: "bite", Bite: msg})
+		if err != nil {
+			k.failed.Add(1)
+			return
+		}
+		msgs = append(msgs, spooled{subject: k.s.StoreSubject, data: store})
+	}
+	for _, m := range msgs {
+		if k.spool.len() == 0 {
+			err := k.send(m)
+			if err == nil {
+				k.sent(m, q.at)
+				continue
+			}
+			if !errors.Is(err, errNATSDown) {
+				k.failed.Add(1)
+				if ok, n := k.failLog.Allow(time.Now()); ok {
+					k.log.Warn("bite not published", "conversation", q.b.Conversation, "err", err, "suppressed", n)
+				}
+				return
+			}
+		}
+		if !k.spool.push(m) {
+			k.spoolFull.Add(1)
+			if ok, n := k.dropLog.Allow(time.Now()); ok {
+				k.log.Error("bite dropped: NATS unreachable and the spool is full", "conversation", q.b.Conversation, "spool_bytes", k.s.SpoolBytes, "suppressed", n)
+			}
+			return
+		}
+		k.held.Add(1)
+		if ok, _ := k.downLog.Allow(time.Now()); ok {
+			k.log.Warn("NATS unreachable: spooling bites", "spooled", k.spool.len())
+		}
 	}
 }
 
-func (k *NATSSink) send(subject string, m proto.Message) error {
-	data, err := proto.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("marshal: %w", err)
+// drain sends spooled messages, oldest first, until NATS refuses one.
+func (k *NATSSink) drain() {
+	sent := 0
+	for {
+		m, ok := k.spool.peek()
+		if !ok {
+			break
+		}
+		if err := k.send(m); err != nil {
+			break
+		}
+		if err := k.spool.pop(); err != nil {
+			k.log.Warn("spool: remove sent message", "err", err)
+		}
+		k.held.Add(-1)
+		k.sent(m, time.Time{})
+		sent++
 	}
-	if err := k.nc.Publish(subject, data); err != nil {
-		return fmt.Errorf("publish %s: %w", subject, err)
+	if sent > 0 {
+		k.log.Info("sent spooled bite messages", "messages", sent, "left", k.spool.len())
+	}
+}
+
+func (k *NATSSink) sent(m spooled, queuedAt time.Time) {
+	if !m.bite {
+		return
+	}
+	k.published.Add(1)
+	if k.latency != nil && !queuedAt.IsZero() {
+		k.latency.Observe(time.Since(queuedAt).Seconds())
+	}
+}
+
+// errNATSDown means the message should wait in the spool.
+var errNATSDown = errors.New("nats unreachable")
+
+// send publishes one message: fire-and-forget on core NATS, acknowledged
+// with JetStream.
+func (k *NATSSink) send(m spooled) error {
+	if !k.nc.IsConnected() {
+		return errNATSDown
+	}
+	if k.js != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), k.s.AckTimeout.D())
+		defer cancel()
+		if _, err := k.js.Publish(ctx, m.subject, m.data); err != nil {
+			if ok, n := k.failLog.Allow(time.Now()); ok {
+				k.log.Warn("JetStream did not acknowledge a bite: keeping it", "subject", m.subject, "err", err, "suppressed", n)
+			}
+			return fmt.Errorf("%w: %v", errNATSDown, err)
+		}
+		return nil
+	}
+	if err := k.nc.Publish(m.subject, m.data); err != nil {
+		if errors.Is(err, nats.ErrReconnectBufExceeded) || errors.Is(err, nats.ErrConnectionReconnecting) {
+			return fmt.Errorf("%w: %v", errNATSDown, err)
+		}
+		return fmt.Errorf("publish %s: %w", m.subject, err)
 	}
 	return nil
 }
@@ -225,6 +369,14 @@ func (k *NATSSink) Close(ctx context.Context) error {
 	case <-k.done:
 	case <-ctx.Done():
 		return fmt.Errorf("nats sink: %d bites still queued: %w", len(k.queue), ctx.Err())
+	}
+	if n := k.spool.len(); n > 0 {
+		if k.s.SpoolDir != "" {
+			k.log.Warn("NATS unreachable at shutdown: spooled bites stay on disk for the next start", "messages", n, "dir", k.s.SpoolDir)
+		} else {
+			k.lost.Add(uint64(n))
+			k.log.Error("NATS unreachable at shutdown: spooled bites lost (set spool_dir to keep them)", "messages", n)
+		}
 	}
 	if !k.nc.IsConnected() {
 		return nil

@@ -1,0 +1,254 @@
+package stages
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/beepvoice/router/beeppb"
+	"github.com/beepvoice/router/pipeline"
+)
+
+// natsServer is an embedded NATS server with JetStream that can be stopped
+// and started again on the same port and store.
+type natsServer struct {
+	t    *testing.T
+	port int
+	dir  string
+	s    *server.Server
+}
+
+func newNATSServer(t *testing.T) *natsServer {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	n := &natsServer{t: t, port: port, dir: t.TempDir()}
+	n.start()
+	t.Cleanup(n.stop)
+	return n
+}
+
+func (n *natsServer) start() {
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: n.port, NoLog: true, NoSigs: true, JetStream: true, StoreDir: n.dir})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		n.t.Fatal("nats not ready")
+	}
+	n.s = s
+}
+
+func (n *natsServer) stop() {
+	if n.s != nil {
+		n.s.Shutdown()
+		n.s.WaitForShutdown()
+		n.s = nil
+	}
+}
+
+func (n *natsServer) url() string { return "nats://127.0.0.1:" + strconv.Itoa(n.port) }
+
+// connect returns a connection that reconnects for ever, quickly.
+func (n *natsServer) connect() *nats.Conn {
+	nc, err := nats.Connect(n.url(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.RetryOnFailedConnect(true))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.t.Cleanup(nc.Close)
+	return nc
+}
+
+// stream makes a JetStream stream that keeps every bite, and returns a
+// function listing the seqs it holds, in order.
+func (n *natsServer) stream(ctx context.Context) func() []uint64 {
+	nc := n.connect()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BITES", Subjects: []string{"bite"}, Storage: jetstream.FileStorage}); err != nil {
+		n.t.Fatal(err)
+	}
+	return func() []uint64 {
+		s, err := js.Stream(ctx, "BITES")
+		if err != nil {
+			return nil
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			return nil
+		}
+		var seqs []uint64
+		for i := uint64(1); i <= info.State.LastSeq; i++ {
+			m, err := s.GetMsg(ctx, i)
+			if err != nil {
+				continue
+			}
+			var b beeppb.Bite
+			if err := proto.Unmarshal(m.Data, &b); err != nil {
+				n.t.Fatalf("stored bite: %v", err)
+			}
+			seqs = append(seqs, b.Seq)
+		}
+		return seqs
+	}
+}
+
+func testBite(seq uint64) *pipeline.Bite {
+	return &pipeline.Bite{Conversation: "conv-1", UserID: "alice", ClientID: "phone", Seq: seq, Start: time.Now(), Duration: time.Second, Format: pipeline.FormatOggOpus, Data: make([]byte, 1000)}
+}
+
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		<-tick.C
+	}
+}
+
+func inOrder(seqs []uint64, n int) bool {
+	if len(seqs) != n {
+		return false
+	}
+	for i, s := range seqs {
+		if s != uint64(i) {
+			return false
+		}
+	}
+	return true
+}
+
+// TestNATSOutage: bites published while NATS is down are spooled and
+// arrive, all and in order, when it returns; in core and JetStream modes.
+func TestNATSOutage(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		set  func(*NATSSinkSettings, string)
+	}{
+		{"memory spool", func(*NATSSinkSettings, string) {}},
+		{"directory spool", func(s *NATSSinkSettings, dir string) { s.SpoolDir = dir }},
+		{"jetstream acks", func(s *NATSSinkSettings, _ string) { s.JetStream = true }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			ns := newNATSServer(t)
+			stored := ns.stream(ctx)
+			s := *natsSinkKind.Defaults().(*NATSSinkSettings)
+			s.StoreSubject = ""
+			s.Retry = pipeline.Duration(20 * time.Millisecond)
+			tt.set(&s, t.TempDir())
+			k, err := NewNATSSink(ns.connect(), s, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			proc, _ := k.Open(nil, nil)
+			for i := range 10 {
+				proc.HandleBite(testBite(uint64(i)))
+			}
+			waitUntil(t, 10*time.Second, "10 bites before the outage", func() bool { return len(stored()) == 10 })
+
+			ns.stop()
+			waitUntil(t, 10*time.Second, "the sink to see NATS gone", func() bool { return !k.nc.IsConnected() })
+			for i := 10; i < 30; i++ {
+				proc.HandleBite(testBite(uint64(i)))
+			}
+			waitUntil(t, 10*time.Second, "20 spooled", func() bool { return k.Stats()["spooled"] == 20 })
+
+			ns.start()
+			waitUntil(t, 15*time.Second, "all 30 bites, in order", func() bool { return inOrder(stored(), 30) })
+			if err := k.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			st := k.Stats()
+			if st["published"] != 30 || st["spooled"] != 0 || st["drop_spool_full"]+st["drop_queue_full"]+st["drop_publish_error"]+st["drop_shutdown"] != 0 {
+				t.Fatalf("stats %v", st)
+			}
+		})
+	}
+}
+
+// TestSpoolFull: past the spool's size, bites are dropped and counted; the
+// ones that fit still arrive.
+func TestSpoolFull(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ns := newNATSServer(t)
+	stored := ns.stream(ctx)
+	nc := ns.connect()
+	ns.stop()
+	waitUntil(t, 10*time.Second, "NATS gone", func() bool { return !nc.IsConnected() })
+	s := *natsSinkKind.Defaults().(*NATSSinkSettings)
+	s.StoreSubject = ""
+	s.SpoolBytes = 5500 // five 1 KB bites
+	s.Retry = pipeline.Duration(20 * time.Millisecond)
+	k, err := NewNATSSink(nc, s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proc, _ := k.Open(nil, nil)
+	for i := range 8 {
+		proc.HandleBite(testBite(uint64(i)))
+	}
+	waitUntil(t, 10*time.Second, "3 drops", func() bool { return k.Stats()["drop_spool_full"] == 3 })
+	ns.start()
+	waitUntil(t, 15*time.Second, "the 5 spooled bites", func() bool { return inOrder(stored(), 5) })
+	_ = k.Close(ctx)
+}
+
+// TestDirSpoolSurvivesRestart: bites spooled on disk by a sink that closed
+// while NATS was down are sent by the next sink on the same directory.
+func TestDirSpoolSurvivesRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ns := newNATSServer(t)
+	stored := ns.stream(ctx)
+	dir := t.TempDir()
+	s := *natsSinkKind.Defaults().(*NATSSinkSettings)
+	s.SpoolDir = dir
+	s.StoreSubject = ""
+	s.Retry = pipeline.Duration(20 * time.Millisecond)
+
+	nc := ns.connect()
+	ns.stop()
+	waitUntil(t, 10*time.Second, "NATS gone", func() bool { return !nc.IsConnected() })
+	k1, err := NewNATSSink(nc, s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proc, _ := k1.Open(nil, nil)
+	for i := range 4 {
+		proc.HandleBite(testBite(uint64(i)))
+	}
+	if err := k1.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if k1.Stats()["drop_shutdown"] != 0 {
+		t.Fatal("a directory spool lost bites at shutdown")
+	}
+
+	ns.start()
+	k2, err := NewNATSSink(ns.connect(), s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 15*time.Second, "the 4 bites of the earlier run", func() bool { return inOrder(stored(), 4) })
+	_ = k2.Close(ctx)
+}
