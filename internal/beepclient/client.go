@@ -58,6 +58,9 @@ type Options struct {
 	NoAudioLevel bool
 	// NoNACK leaves out NACK feedback and its interceptors.
 	NoNACK bool
+	// AnswerFilter, if set, rewrites the router's answer before it is
+	// applied (tests use it to route media through a relay).
+	AnswerFilter func(sdp string) string
 	// NoReplayProtection accepts SRTP packets seen before, so that a
 	// retransmission of a packet that was not lost is visible.
 	NoReplayProtection bool
@@ -269,6 +272,9 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 				sdpText := m
 				if o.Framing == Prefixed {
 					sdpText = strings.TrimPrefix(m, "answer::")
+				}
+				if o.AnswerFilter != nil {
+					sdpText = o.AnswerFilter(sdpText)
 				}
 				if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: sdpText}); err != nil {
 					closed <- fmt.Errorf("set answer: %w", err)
