@@ -264,6 +264,7 @@ func (p *Peer) Close() {
 		}
 		close(p.done)
 		p.m.peerClosed(p)
+		p.sayGoodbye()
 		if err := p.pc.Close(); err != nil {
 			p.log.Debug("close peer connection", "err", err)
 		}
@@ -273,6 +274,31 @@ func (p *Peer) Close() {
 			p.m.wg.Done()
 		}()
 	})
+}
+
+// sayGoodbye tells a connected device, by RTCP BYE on its slots' SSRCs,
+// that the router ends the streams. The /connect socket is gone by now, so
+// RTCP is the one channel left; browsers end the tracks on it.
+func (p *Peer) sayGoodbye() {
+	select {
+	case <-p.connected:
+	default:
+		return
+	}
+	var ssrcs []uint32
+	for _, s := range p.slots {
+		s.mu.Lock()
+		if s.writer != nil {
+			ssrcs = append(ssrcs, s.ssrc)
+		}
+		s.mu.Unlock()
+	}
+	if len(ssrcs) == 0 {
+		return
+	}
+	if err := p.pc.WriteRTCP([]rtcp.Packet{&rtcp.Goodbye{Sources: ssrcs, Reason: "router closing"}}); err != nil {
+		p.log.Debug("RTCP BYE not sent", "err", err)
+	}
 }
 
 // clearSlots unassigns every slot. Callers hold the conversation's lock.

@@ -247,7 +247,7 @@ func TestBinary(t *testing.T) {
 		}
 	})
 
-	t.Run("env file and SIGTERM", func(t *testing.T) {
+	t.Run("env file and SIGTERM under load", func(t *testing.T) {
 		dir := t.TempDir()
 		listen, natsAddr := freeTCPAddr(t), freeTCPAddr(t)
 		env := fmt.Sprintf("LISTEN=%s\nPERMISSIONS_HOST=allow-all\nICE_IPS=127.0.0.1\nNATS_EMBEDDED_LISTEN=%s\n", listen, natsAddr)
@@ -277,49 +277,86 @@ func TestBinary(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer nc.Close()
-		bites := make(chan *nats.Msg, 10)
+		bites := make(chan *nats.Msg, 100)
 		if _, err := nc.ChanSubscribe("bite", bites); err != nil {
 			t.Fatal(err)
 		}
 		if err := nc.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		join, _ := http.NewRequest(http.MethodPost, "http://"+listen+"/join/conv-1", nil)
-		join.Header.Set(claim.Header, `{"userid":"alice","clientid":"phone"}`)
-		resp, err := http.DefaultClient.Do(join)
-		if err != nil || resp.StatusCode != http.StatusOK {
-			t.Fatalf("join: %v %v", err, resp)
-		}
-		resp.Body.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// Under load: four users talk at once, each hearing the others.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		c, err := beepclient.Dial(ctx, beepclient.Options{URL: "ws://" + listen + "/connect", Claim: claim.Claim{UserID: "alice", ClientID: "phone"}, Publish: true})
-		if err != nil {
-			t.Fatal(err)
+		clients := map[byte]*beepclient.Client{}
+		for _, u := range []string{"alice", "bob", "carol", "dave"} {
+			join, _ := http.NewRequest(http.MethodPost, "http://"+listen+"/join/conv-1", nil)
+			join.Header.Set(claim.Header, `{"userid":"`+u+`","clientid":"phone"}`)
+			resp, err := http.DefaultClient.Do(join)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("join: %v %v", err, resp)
+			}
+			resp.Body.Close()
+			c, err := beepclient.Dial(ctx, beepclient.Options{URL: "ws://" + listen + "/connect", Claim: claim.Claim{UserID: u, ClientID: "phone"}, Publish: true, Receive: 3})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			clients[u[0]] = c
 		}
-		defer c.Close()
-		// Talk without pausing: the bite stays open until shutdown.
-		if err := pace(c, 'a', 0, 25, loud); err != nil {
-			t.Fatal(err)
-		}
-		waitLog(t, logs, "track started")
+		// Talk without pausing: every bite stays open until shutdown.
+		paceAll(t, 25, loud, clients)
 		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		select {
-		case m := <-bites:
-			var b beeppb.Bite
-			if err := proto.Unmarshal(m.Data, &b); err != nil || b.Key != "conv-1" || b.DurationMs < 400 {
-				t.Fatalf("flushed bite: %v %+v", err, &b)
+		flushed := map[string]bool{}
+		timeout := time.After(10 * time.Second)
+		for len(flushed) < 4 {
+			select {
+			case m := <-bites:
+				var b beeppb.Bite
+				if err := proto.Unmarshal(m.Data, &b); err != nil || b.Key != "conv-1" || b.DurationMs < 400 {
+					t.Fatalf("flushed bite: %v %+v", err, &b)
+				}
+				flushed[b.User] = true
+			case <-timeout:
+				t.Fatalf("bites flushed on SIGTERM for %v, want all four talkers", flushed)
 			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("no bite flushed on SIGTERM")
 		}
-		waitLog(t, logs, "stopped")
+		for id, c := range clients {
+			select {
+			case <-c.Bye():
+			case <-time.After(10 * time.Second):
+				t.Fatalf("client %c was not told (no RTCP BYE)", id)
+			}
+		}
+		waitLogNot(t, logs, "stopped", "panic")
 		if err := cmd.Wait(); err != nil {
 			t.Fatalf("exit after SIGTERM: %v", err)
 		}
 	})
+}
+
+// waitLogNot waits for a log line containing s, failing on one with bad.
+func waitLogNot(t *testing.T, logs <-chan string, s, bad string) {
+	t.Helper()
+	timeout := time.After(15 * time.Second)
+	for {
+		select {
+		case l, ok := <-logs:
+			if !ok {
+				t.Fatalf("router exited before logging %q", s)
+			}
+			l = ansi.ReplaceAllString(l, "")
+			if strings.Contains(l, bad) {
+				t.Fatalf("router logged %q: %s", bad, l)
+			}
+			if strings.Contains(l, s) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("router did not log %q", s)
+		}
+	}
 }
 
 var ansi = regexp.MustCompile(`\x1b\[[0-9;]*m`)
@@ -340,5 +377,29 @@ func waitLog(t *testing.T, logs <-chan string, s string) {
 		case <-timeout:
 			t.Fatalf("router did not log %q", s)
 		}
+	}
+}
+
+// TestVanishedPeerIsReleased: a device that disappears without a word (pion
+// v3 sends nothing the router acts on when it closes) is released by ICE
+// consent within the disconnected + failed timeouts, with its goroutines
+// (TestMain checks none outlives the package).
+func TestVanishedPeerIsReleased(t *testing.T) {
+	r := startRouter(t, nil)
+	r.mustJoin("alice", "conv-1")
+	a := r.dial("alice", beepclient.Options{Publish: true, Receive: 2})
+	if err := pace(a, 'a', 0, 5, loud); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(deadline(t, 5*time.Second), func() bool { return r.a.sessions.Stats().Tracks == 1 }); err != nil {
+		t.Fatal("track never started")
+	}
+	a.Close()
+	// Test timeouts: 1 s disconnected + 1 s failed.
+	if err := waitFor(deadline(t, 10*time.Second), func() bool {
+		s := r.a.sessions.Stats()
+		return s.Peers == 0 && s.Tracks == 0
+	}); err != nil {
+		t.Fatalf("vanished peer not released: %+v", r.a.sessions.Stats())
 	}
 }

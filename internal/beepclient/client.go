@@ -94,6 +94,9 @@ type Client struct {
 
 	onTrack func(mid string) func(p *rtp.Packet, at time.Time)
 
+	bye     chan struct{}
+	byeOnce sync.Once
+
 	mu       sync.Mutex
 	closing  bool
 	received map[string][]Packet
@@ -147,7 +150,7 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{pc: pc, received: make(map[string][]Packet), notify: make(chan struct{}, 1), seq: 1000, ts: 160000, onTrack: o.OnTrack}
+	c := &Client{pc: pc, received: make(map[string][]Packet), notify: make(chan struct{}, 1), bye: make(chan struct{}), seq: 1000, ts: 160000, onTrack: o.OnTrack}
 	ok := false
 	defer func() {
 		if !ok {
@@ -313,15 +316,29 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 	return c, nil
 }
 
-func (c *Client) read(t *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
+func (c *Client) read(t *webrtc.TrackRemote, recv *webrtc.RTPReceiver) {
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
 		return
 	}
-	c.wg.Add(1)
+	c.wg.Add(2)
 	c.mu.Unlock()
 	defer c.wg.Done()
+	go func() {
+		defer c.wg.Done()
+		for {
+			pkts, _, err := recv.ReadRTCP()
+			if err != nil {
+				return
+			}
+			for _, p := range pkts {
+				if _, ok := p.(*rtcp.Goodbye); ok {
+					c.byeOnce.Do(func() { close(c.bye) })
+				}
+			}
+		}
+	}()
 	mid := ""
 	for _, tr := range c.pc.GetTransceivers() {
 		if tr.Receiver() != nil && tr.Receiver().Track() == t {
@@ -385,6 +402,9 @@ func (c *Client) Send(payload []byte, level int) error {
 	}
 	return c.track.WriteRTP(p)
 }
+
+// Bye is closed when the router sends RTCP BYE on a received stream.
+func (c *Client) Bye() <-chan struct{} { return c.bye }
 
 // WriteRTCP sends RTCP packets to the router.
 func (c *Client) WriteRTCP(pkts ...rtcp.Packet) error { return c.pc.WriteRTCP(pkts) }
