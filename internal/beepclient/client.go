@@ -85,12 +85,11 @@ type Packet struct {
 
 // Client is one connected device.
 type Client struct {
-	pc        *webrtc.PeerConnection
-	track     *webrtc.TrackLocalStaticRTP
-	levelID   uint8
-	seq       uint16
-	ts        uint32
-	ssrcShown uint32
+	pc      *webrtc.PeerConnection
+	track   *webrtc.TrackLocalStaticRTP
+	levelID uint8
+	seq     uint16
+	ts      uint32
 
 	onTrack func(mid string) func(p *rtp.Packet, at time.Time)
 
