@@ -59,6 +59,7 @@ func newAPI(cfg *Config) (*webrtc.API, ice.UDPMux, error) {
 	s := webrtc.SettingEngine{}
 	// A server has no use for mDNS, and its multicast would leave loopback.
 	s.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	s.SetICEBindingRequestHandler(followNomination)
 	s.SetNetworkTypes(networkTypes(cfg.ICEIPs))
 	if len(cfg.ICEIPs) > 0 {
 		s.SetIPFilter(ipFilter(cfg.ICEIPs))
@@ -91,6 +92,17 @@ func newAPI(cfg *Config) (*webrtc.API, ice.UDPMux, error) {
 
 	api := webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(s))
 	return api, mux, nil
+}
+
+// followNomination makes the router, always the controlled ICE agent, use
+// the candidate pair the client nominated last. pion keeps its first
+// selected pair when a later nomination ranks lower by its own priorities,
+// and judges the connection alive on that pair only; Chromium on a host with
+// several addresses moves to another pair after connecting, and the router
+// then dropped a working peer at the ICE timeout. RFC 8445 section 8.1.1:
+// the controlling agent decides.
+func followNomination(m *stun.Message, _, _ ice.Candidate, _ *ice.CandidatePair) bool {
+	return m.Contains(stun.AttrUseCandidate)
 }
 
 func ipFilter(ips []net.IP) func(net.IP) bool {

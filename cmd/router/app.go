@@ -25,6 +25,7 @@ import (
 	"github.com/beepvoice/router/pipeline"
 	"github.com/beepvoice/router/session"
 	"github.com/beepvoice/router/signal/beep"
+	"github.com/beepvoice/router/signal/demo"
 	"github.com/beepvoice/router/signal/devices"
 	"github.com/beepvoice/router/stages"
 )
@@ -38,6 +39,7 @@ type app struct {
 	pipe     *pipeline.Pipeline
 	sessions *session.Manager
 	devices  *devices.Service
+	demo     *demo.Server // -dev only
 	srv      *http.Server
 	ln       net.Listener
 	served   chan error
@@ -156,6 +158,13 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (a *app, err er
 		return nil, fmt.Errorf("device signalling: %w", err)
 	}
 	a.devices.Register(r)
+	if cfg.Dev {
+		a.demo, err = demo.New(demo.Config{NATS: a.nc, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("demo page: %w", err)
+		}
+		a.demo.Register(r)
+	}
 
 	if err := metrics.Register(promReg, metrics.Sources{Sessions: a.sessions, Pipeline: a.pipe, NATSConnected: a.nc.IsConnected}); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
@@ -187,6 +196,10 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (a *app, err er
 		)(r)
 	}
 	a.srv = newServer(h, cfg, log)
+	if a.demo != nil {
+		// The demo's event streams end on Close; Shutdown waits for them.
+		a.srv.RegisterOnShutdown(func() { _ = a.demo.Close() })
+	}
 	go func() { a.served <- a.srv.Serve(a.ln) }()
 	log.Info("router listening", "addr", a.ln.Addr().String(), "pipeline", strings.Join(a.pipe.Names(), " → "), "nats", a.nc.ConnectedUrlRedacted())
 	return a, nil
