@@ -25,6 +25,7 @@ type idleConfig struct {
 	DebugURL      string // harness: /stats and heap profiles
 	HeapProfile   string // harness: write heap profiles here (and .before)
 	DialTimeout   time.Duration
+	NACK          bool
 	Logf          func(string, ...any)
 }
 
@@ -81,7 +82,7 @@ func runIdle(ctx context.Context, cfg idleConfig) (*idleResult, error) {
 	win := &window{}
 	win.start.Store(math.MaxInt64)
 	win.end.Store(math.MaxInt64)
-	lc := loadConfig{URL: cfg.URL, Rate: cfg.Rate, DialTimeout: cfg.DialTimeout,
+	lc := loadConfig{URL: cfg.URL, Rate: cfg.Rate, DialTimeout: cfg.DialTimeout, NACK: cfg.NACK,
 		Scenario: Scenario{Subscribers: cfg.Warmup + cfg.Devices, Slots: cfg.Slots, Conversations: cfg.Conversations}}
 	k, err := newConnector(&lc, win)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -78,6 +79,12 @@ type loadConfig struct {
 	// set, receives a CPU profile of the steady window from it.
 	DebugURL   string
 	CPUProfile string
+	// ToolProfile, when set, receives a CPU profile of this process (the
+	// clients) over the steady window.
+	ToolProfile string
+	// NACK makes the clients negotiate NACK for Opus, as pion clients do;
+	// browsers and libwebrtc do not (their Opus has only transport-cc).
+	NACK bool
 	// DialTimeout bounds one device's join and connect.
 	DialTimeout time.Duration
 	// Logf reports progress; nil: quiet.
@@ -214,6 +221,7 @@ type device struct {
 
 	sentInWin atomic.Uint64
 	sendErrs  atomic.Uint64
+	skipped   atomic.Uint64
 }
 
 // runResult is the report of one load run.
@@ -228,6 +236,7 @@ type runResult struct {
 	HoldS     float64   `json:"hold_s"`
 	Payload   [2]int    `json:"payload_bytes"`
 	LevelDBov int       `json:"level_dbov"`
+	NACK      bool      `json:"nack"`
 
 	Devices struct {
 		Connected  int    `json:"connected"`
@@ -242,6 +251,7 @@ type runResult struct {
 		Sent       uint64  `json:"sent"`
 		PPS        float64 `json:"pps"`
 		SendErrors uint64  `json:"send_errors"`
+		Skipped    uint64  `json:"skipped"` // packets the tool fell too far behind to send (whole run)
 	} `json:"ingress"`
 	Egress struct {
 		Received         uint64  `json:"received"`
@@ -273,6 +283,15 @@ type runResult struct {
 		OtherCores float64 `json:"other_cores"` // busy minus router minus tool
 		CPUs       int     `json:"cpus"`
 	} `json:"machine"`
+	// UDPDrops are datagrams the kernel dropped on full receive buffers
+	// from the start of the window to the end of the grace period: on the
+	// router's sockets (ingress it did not read in time) and on the tool's
+	// (egress the clients did not read in time: the tool, not the router,
+	// was the limit).
+	UDPDrops struct {
+		Router *uint64 `json:"router,omitempty"`
+		Tool   uint64  `json:"tool"`
+	} `json:"udp_drops"`
 	RouterLog  []string `json:"router_warnings,omitempty"`
 	CPUProfile string   `json:"cpu_profile,omitempty"`
 }
@@ -291,6 +310,7 @@ func durQuantiles(d durations) quantiles {
 type routerFigures struct {
 	PID               int     `json:"pid"`
 	CPUSeconds        float64 `json:"cpu_s"`
+	SysSeconds        float64 `json:"sys_s"` // of which in the kernel
 	Cores             float64 `json:"cores"`
 	USPerEgressPacket float64 `json:"us_per_egress_packet"`
 	EgressPPSPerCore  float64 `json:"egress_pps_per_core"`
@@ -384,7 +404,9 @@ func (k *connector) connect(ctx context.Context, d *device) {
 	t1 := time.Now()
 	c, err := beepclient.Dial(ctx, beepclient.Options{
 		URL: k.ws, Claim: cl, Framing: k.cfg.Framing,
-		Publish: d.publisher, Receive: d.slots,
+		Publish: d.publisher, Receive: d.slots, NoNACK: !k.cfg.NACK,
+		// Cheaper reading; the slots find duplicates themselves.
+		NoReplayProtection: true,
 		OnTrack: func(string) func(*rtp.Packet, time.Time) {
 			s := &slotStat{win: k.win, hist: newHist()}
 			d.mu.Lock()
@@ -479,7 +501,10 @@ func closeAll(devs []*device) {
 	wg.Wait()
 }
 
-// publish sends one packet every 20 ms until stop is closed.
+// publish sends one packet every 20 ms until stop is closed. It keeps the
+// offered rate when it is scheduled late: packets that are due are sent at
+// once, as a real client does after a stall; when it falls more than
+// 200 ms behind it skips ahead and counts the packets it skipped.
 func publish(d *device, cfg *loadConfig, win *window, stop <-chan struct{}) {
 	rng := rand.New(rand.NewPCG(uint64(d.idx)+1, 0x5eed))
 	buf := make([]byte, cfg.SizeMax)
@@ -490,14 +515,33 @@ func publish(d *device, cfg *loadConfig, win *window, stop <-chan struct{}) {
 	if d.pubIdx%2 == 1 {
 		toc = 0xfc // the same, stereo
 	}
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
+	const frame = 20 * time.Millisecond
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	start := time.Now()
 	var n uint32
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
+	for i := int64(0); ; i++ {
+		due := start.Add(time.Duration(i) * frame)
+		if wait := time.Until(due); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-stop:
+				return
+			case <-timer.C:
+			}
+		} else {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if behind := -wait; behind > 10*frame {
+				skip := int64(behind / frame)
+				d.skipped.Add(uint64(skip))
+				i += skip - 1
+				continue
+			}
 		}
 		p := buf[:cfg.SizeMin+rng.IntN(cfg.SizeMax-cfg.SizeMin+1)]
 		p[0] = toc
@@ -524,9 +568,9 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 	res := &runResult{
 		Name: cfg.Scenario.Name(), Scenario: cfg.Scenario, Run: run, Started: time.Now(), LoadAvg: loadAvg(),
 		Rate: cfg.Rate, SettleS: cfg.Settle.Seconds(), HoldS: cfg.Hold.Seconds(),
-		Payload: [2]int{cfg.SizeMin, cfg.SizeMax}, LevelDBov: -cfg.Level,
+		Payload: [2]int{cfg.SizeMin, cfg.SizeMax}, LevelDBov: -cfg.Level, NACK: cfg.NACK,
 	}
-	res.Machine.CPUs = runtime.NumCPU()
+	res.Machine.CPUs = machineCPUs()
 	win := &window{}
 	win.start.Store(math.MaxInt64)
 	win.end.Store(math.MaxInt64)
@@ -593,11 +637,26 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 	r0, rerr := readProc(cfg.RouterPID)
 	m0, _ := readMachine()
 	s0 := selfCPU()
+	rd0, rderr := udpDrops(cfg.RouterPID)
+	td0, _ := udpDrops(os.Getpid())
 	profDone := make(chan error, 1)
 	if cfg.CPUProfile != "" && cfg.DebugURL != "" {
 		go func() { profDone <- fetchProfile(ctx, cfg.DebugURL, cfg.CPUProfile, cfg.Hold) }()
 	} else {
 		profDone <- nil
+	}
+	if cfg.ToolProfile != "" {
+		if f, err := os.Create(cfg.ToolProfile); err != nil {
+			logf("tool profile: %v", err)
+		} else if err := pprof.StartCPUProfile(f); err != nil {
+			logf("tool profile: %v", err)
+			f.Close()
+		} else {
+			defer f.Close()
+			defer pprof.StopCPUProfile() // stopped again (a no-op) if the window ends early
+			toolProf := time.AfterFunc(time.Until(t1), pprof.StopCPUProfile)
+			defer toolProf.Stop()
+		}
 	}
 	peakRSS, peakThreads := r0.RSSKiB, r0.Threads
 	tick := time.NewTicker(250 * time.Millisecond)
@@ -623,6 +682,15 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 	if !sleepUntil(ctx, t1.Add(cfg.Grace)) {
 		return res, ctx.Err()
 	}
+	if cfg.RouterPID > 0 && cfg.RouterPID != os.Getpid() && rderr == nil {
+		if rd1, err := udpDrops(cfg.RouterPID); err == nil {
+			d := rd1 - rd0
+			res.UDPDrops.Router = &d
+		}
+	}
+	if td1, err := udpDrops(os.Getpid()); err == nil {
+		res.UDPDrops.Tool = td1 - td0
+	}
 	close(stop)
 	pubs.Wait()
 	if err := <-profDone; err != nil {
@@ -645,7 +713,7 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 	if cfg.RouterPID > 0 && rerr == nil && rerr1 == nil {
 		cpu := r1.CPU - r0.CPU
 		rf := &routerFigures{
-			PID: cfg.RouterPID, CPUSeconds: cpu.Seconds(), Cores: cpu.Seconds() / winS,
+			PID: cfg.RouterPID, CPUSeconds: cpu.Seconds(), SysSeconds: (r1.Sys - r0.Sys).Seconds(), Cores: cpu.Seconds() / winS,
 			RSSStartKiB: r0.RSSKiB, RSSPeakKiB: max(peakRSS, r1.RSSKiB), HWMKiB: r1.HWMKiB,
 			Threads: max(peakThreads, r1.Threads), CPUs: cpusAllowed(cfg.RouterPID),
 		}
@@ -669,6 +737,7 @@ func aggregate(res *runResult, devs []*device) {
 			pubsIn[d.conv] = append(pubsIn[d.conv], d)
 			res.Ingress.Sent += d.sentInWin.Load()
 			res.Ingress.SendErrors += d.sendErrs.Load()
+			res.Ingress.Skipped += d.skipped.Load()
 		}
 	}
 	for _, d := range devs {

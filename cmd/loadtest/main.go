@@ -77,10 +77,13 @@ type options struct {
 	jsonPath   string
 	cpuProfile string
 	heapProf   string
+	toolProf   string
+	nack       bool
 	verbose    bool
 
 	serveRouter bool
 	udpPort     int
+	memRate     int
 }
 
 type multiFlag []string
@@ -126,10 +129,13 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.jsonPath, "json", "", "write the report as JSON to this file")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "with -router-self: write the router's CPU profile of each steady window here (suffixed per scenario and run when there are several)")
 	fs.StringVar(&o.heapProf, "heapprofile", "", "with -router-self and -idle: write the router's heap profile after the idle devices here (and the baseline to FILE.before)")
+	fs.StringVar(&o.toolProf, "tool-cpuprofile", "", "write this tool's own CPU profile (the clients) of the steady window here (last run)")
+	fs.BoolVar(&o.nack, "nack", false, "clients negotiate NACK for Opus, as pion clients do; default off, as browsers and libwebrtc offer only transport-cc for Opus")
 	fs.BoolVar(&o.verbose, "v", false, "log progress to stderr")
 
 	fs.BoolVar(&o.serveRouter, "serve-router", false, "run as the in-process router harness (used by -router-self)")
 	fs.IntVar(&o.udpPort, "udp-port", 0, "with -serve-router: one UDP port for all ICE traffic (0: ephemeral per peer)")
+	fs.IntVar(&o.memRate, "memprofilerate", 0, "with -serve-router: runtime.MemProfileRate (0: Go's default, one sample per 512 KiB)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -286,6 +292,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if o.serveRouter {
+		if o.memRate > 0 {
+			runtime.MemProfileRate = o.memRate
+		}
 		return serveRouter(o.udpPort)
 	}
 	if err := o.validate(); err != nil {
@@ -308,7 +317,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	rep := &report{
 		Command: append([]string{"loadtest"}, args...),
-		Host:    hostInfo{CPUs: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), ToolCPUs: cpusAllowed(0), LoadAvg: loadAvg(), GoVersion: runtime.Version()},
+		Host:    hostInfo{CPUs: machineCPUs(), GOMAXPROCS: runtime.GOMAXPROCS(0), ToolCPUs: cpusAllowed(0), LoadAvg: loadAvg(), GoVersion: runtime.Version()},
 	}
 	switch {
 	case o.routerBin != "":
@@ -341,6 +350,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 				return nil, err
 			}
 			spec.Bin, spec.Args = exe, []string{"-serve-router"}
+			if o.heapProf != "" {
+				// Fine-grained heap samples for the per-device breakdown.
+				spec.Args = append(spec.Args, "-memprofilerate", "4096")
+			}
 			for _, kv := range o.routerEnv {
 				if p, ok := strings.CutPrefix(kv, "UDP_PORT="); ok {
 					spec.Args = append(spec.Args, "-udp-port", p)
@@ -370,7 +383,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			res, err := runIdle(ctx, idleConfig{
 				URL: u, Devices: o.idle, Warmup: o.idleWarmup, Slots: slots, Conversations: o.scenario.Conversations,
 				Rate: o.rate, Settle: o.settle, RouterPID: pid, DebugURL: dbg, HeapProfile: o.heapProf,
-				DialTimeout: o.dialTO, Logf: logf,
+				DialTimeout: o.dialTO, NACK: o.nack, Logf: logf,
 			})
 			rep.Idle = res
 			return err
@@ -396,7 +409,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 					res, err = runLoad(ctx, loadConfig{
 						URL: u, Scenario: sc, Rate: o.rate, Settle: o.settle, Hold: o.hold, Grace: o.grace,
 						SizeMin: o.sizeMin, SizeMax: o.sizeMax, Level: o.level, Framing: framing,
-						RouterPID: pid, DebugURL: dbg, CPUProfile: prof, DialTimeout: o.dialTO, Logf: logf,
+						RouterPID: pid, DebugURL: dbg, CPUProfile: prof, ToolProfile: o.toolProf, NACK: o.nack,
+						DialTimeout: o.dialTO, Logf: logf,
 					}, i)
 					return err
 				})
@@ -471,30 +485,38 @@ func printReport(w io.Writer, rep *report) {
 			best[i] = true
 		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "scenario\trun\tdevices\tegress pkt/s\tdelivery %\tloss %\tlat p50\tp95\tp99\tmax ms\tconnect p50\tp99 ms\trouter cores\tµs/egress pkt\tpkt/s per core\trouter RSS MiB\ttool cores\tother cores\t")
+		fmt.Fprintln(tw, "scenario\trun\tdevices\tingress pkt/s\tegress pkt/s\tdelivery %\tloss %\tlat p50\tp95\tp99\tmax ms\tconnect p50\tp99 ms\trouter cores\t(sys)\tµs/egress pkt\tpkt/s per core\trouter RSS MiB\ttool cores\tother cores\t")
 		for i, r := range rep.Runs {
 			mark := ""
 			if best[i] && len(rep.Runs) > len(rep.Best) {
 				mark = "*"
 			}
-			cores, us, ppc, rss := "-", "-", "-", "-"
+			cores, sys, us, ppc, rss := "-", "-", "-", "-", "-"
 			if r.Router != nil {
 				cores = fmt.Sprintf("%.2f", r.Router.Cores)
+				sys = fmt.Sprintf("%.2f", r.Router.SysSeconds/r.WindowS)
 				us = fmt.Sprintf("%.2f", r.Router.USPerEgressPacket)
 				ppc = fmt.Sprintf("%.0f", r.Router.EgressPPSPerCore)
 				rss = fmt.Sprintf("%.1f", float64(r.Router.RSSPeakKiB)/1024)
 			}
-			fmt.Fprintf(tw, "%s\t%d%s\t%d/%d\t%.0f\t%.2f\t%.3f\t%.2f\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t\n",
+			fmt.Fprintf(tw, "%s\t%d%s\t%d/%d\t%.0f\t%.0f\t%.2f\t%.3f\t%.2f\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t\n",
 				r.Name, r.Run, mark, r.Devices.Connected, r.Devices.Connected+r.Devices.Failed,
-				r.Egress.PPS, r.Egress.DeliveryPct, r.Loss.Pct,
+				r.Ingress.PPS, r.Egress.PPS, r.Egress.DeliveryPct, r.Loss.Pct,
 				r.LatencyMS.P50, r.LatencyMS.P95, r.LatencyMS.P99, r.LatencyMS.Max,
-				r.ConnectMS.P50, r.ConnectMS.P99, cores, us, ppc, rss, r.Tool.Cores, r.Machine.OtherCores)
+				r.ConnectMS.P50, r.ConnectMS.P99, cores, sys, us, ppc, rss, r.Tool.Cores, r.Machine.OtherCores)
 		}
 		tw.Flush()
 		if len(rep.Runs) > len(rep.Best) {
 			fmt.Fprintln(w, "* best run of its scenario (lowest router CPU per egress packet)")
 		}
 		for _, r := range rep.Runs {
+			if r.UDPDrops.Tool > 0 || (r.UDPDrops.Router != nil && *r.UDPDrops.Router > 0) {
+				rd := "?"
+				if r.UDPDrops.Router != nil {
+					rd = strconv.FormatUint(*r.UDPDrops.Router, 10)
+				}
+				fmt.Fprintf(w, "%s run %d: UDP receive-buffer drops: router %s, tool %d\n", r.Name, r.Run, rd, r.UDPDrops.Tool)
+			}
 			if r.Devices.Failed > 0 {
 				fmt.Fprintf(w, "%s run %d: %d devices failed: %s\n", r.Name, r.Run, r.Devices.Failed, r.Devices.FirstError)
 			}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,6 +21,7 @@ const clockTick = 100
 type procSample struct {
 	At      time.Time
 	CPU     time.Duration // user + system
+	Sys     time.Duration // system
 	RSSKiB  int64         // VmRSS
 	HWMKiB  int64         // VmHWM: peak RSS since the process started
 	Threads int
@@ -48,6 +50,8 @@ func readProc(pid int) (procSample, error) {
 		return s, errors.New("bad cpu times in /proc/pid/stat")
 	}
 	s.CPU = time.Duration(utime+stime) * time.Second / clockTick
+	s.Sys = time.Duration(stime) * time.Second / clockTick
+	s.Sys = time.Duration(stime) * time.Second / clockTick
 
 	st, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -143,4 +147,57 @@ func cpusAllowed(pid int) string {
 		}
 	}
 	return ""
+}
+
+// udpDrops returns the datagrams the kernel dropped on pid's UDP sockets
+// because their receive buffers were full (the drops column of
+// /proc/net/udp, summed over the sockets pid has open). It tells a
+// receiver that fell behind from loss elsewhere.
+func udpDrops(pid int) (uint64, error) {
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return 0, err
+	}
+	inodes := make(map[string]bool, len(fds))
+	for _, fd := range fds {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err == nil && strings.HasPrefix(l, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	var drops uint64
+	for _, f := range []string{"/proc/net/udp", "/proc/net/udp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			fl := strings.Fields(line)
+			if len(fl) < 13 || !inodes[fl[9]] {
+				continue
+			}
+			n, _ := strconv.ParseUint(fl[12], 10, 64)
+			drops += n
+		}
+	}
+	return drops, nil
+}
+
+// machineCPUs counts the machine's online CPUs from /proc/stat, whatever
+// this process's affinity (runtime.NumCPU counts only the CPUs it may use).
+func machineCPUs() int {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return runtime.NumCPU()
+	}
+	n := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if len(l) > 3 && strings.HasPrefix(l, "cpu") && l[3] >= '0' && l[3] <= '9' {
+			n++
+		}
+	}
+	if n == 0 {
+		return runtime.NumCPU()
+	}
+	return n
 }
