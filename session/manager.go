@@ -61,12 +61,17 @@ type Config struct {
 	// MaxConversations bounds the conversations of the process (0: no
 	// limit).
 	MaxConversations int
+	// MembershipTTL forgets a user that has had no device for this long,
+	// membership included, so that users who join and never connect do not
+	// pile up. Zero means DefaultMembershipTTL.
+	MembershipTTL time.Duration
 }
 
 // Defaults for Config fields left zero.
 const (
 	DefaultConnectTimeout = 30 * time.Second
 	DefaultMaxSlots       = 16
+	DefaultMembershipTTL  = 24 * time.Hour
 )
 
 // Manager owns all peers, users and conversations of the router.
@@ -87,6 +92,9 @@ type Manager struct {
 
 	tracks atomic.Int64
 	count  counters
+
+	stopJanitor chan struct{}
+	janitorDone chan struct{}
 }
 
 // counters are the Manager's cumulative counts. Track readers add to them in
@@ -121,26 +129,65 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.MaxSlots <= 0 {
 		cfg.MaxSlots = DefaultMaxSlots
 	}
+	if cfg.MembershipTTL <= 0 {
+		cfg.MembershipTTL = DefaultMembershipTTL
+	}
 	api, mux, err := newAPI(&cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{
-		cfg:   cfg,
-		log:   cfg.Logger,
-		api:   api,
-		mux:   mux,
-		users: make(map[string]*User),
-		convs: make(map[string]*Conversation),
-		peers: make(map[*Peer]struct{}),
-	}, nil
+	m := &Manager{
+		cfg:         cfg,
+		log:         cfg.Logger,
+		api:         api,
+		mux:         mux,
+		users:       make(map[string]*User),
+		convs:       make(map[string]*Conversation),
+		peers:       make(map[*Peer]struct{}),
+		stopJanitor: make(chan struct{}),
+		janitorDone: make(chan struct{}),
+	}
+	go m.janitor()
+	return m, nil
+}
+
+// janitor forgets users that have had no device for MembershipTTL.
+func (m *Manager) janitor() {
+	defer close(m.janitorDone)
+	every := min(m.cfg.MembershipTTL/2, time.Minute)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.stopJanitor:
+			return
+		case now := <-tick.C:
+			m.expire(now)
+		}
+	}
+}
+
+// expire forgets the users idle since before now-MembershipTTL.
+func (m *Manager) expire(now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, u := range m.users {
+		if len(u.peers) > 0 || u.idleSince.IsZero() || now.Sub(u.idleSince) < m.cfg.MembershipTTL {
+			continue
+		}
+		if c := u.conv.Swap(nil); c != nil {
+			m.leave(u, c)
+			m.log.Info("membership expired: no device for a while", "user", u.ID, "conversation", c.ID, "ttl", m.cfg.MembershipTTL)
+		}
+		delete(m.users, u.ID)
+	}
 }
 
 // user returns the user with id, creating it. Callers hold m.mu.
 func (m *Manager) user(id string) *User {
 	u, ok := m.users[id]
 	if !ok {
-		u = &User{ID: id, peers: make(map[string]*Peer)}
+		u = &User{ID: id, peers: make(map[string]*Peer), idleSince: time.Now()}
 		m.users[id] = u
 	}
 	return u
@@ -291,6 +338,7 @@ func (m *Manager) NewPeer(c claim.Claim) (*Peer, error) {
 		return nil, err
 	}
 	p.user = u
+	u.idleSince = time.Time{}
 	u.peers[c.ClientID] = p
 	m.peers[p] = struct{}{}
 	m.mu.Unlock()
@@ -343,6 +391,9 @@ func (m *Manager) peerClosed(p *Peer) {
 	if u.peers[p.Claim.ClientID] == p {
 		delete(u.peers, p.Claim.ClientID)
 	}
+	if len(u.peers) == 0 {
+		u.idleSince = time.Now()
+	}
 	if c := u.conv.Load(); c != nil {
 		c.removePeer(p)
 	}
@@ -385,6 +436,9 @@ func (m *Manager) trackEnded(t *Track) {
 // (and so for their tracks' final packets and bites) to finish.
 func (m *Manager) Close(ctx context.Context) error {
 	m.mu.Lock()
+	if !m.closed {
+		close(m.stopJanitor)
+	}
 	m.closed = true
 	peers := make([]*Peer, 0, len(m.peers))
 	for p := range m.peers {
@@ -394,6 +448,7 @@ func (m *Manager) Close(ctx context.Context) error {
 	for _, p := range peers {
 		p.Close()
 	}
+	<-m.janitorDone
 	done := make(chan struct{})
 	go func() { m.wg.Wait(); close(done) }()
 	var err error

@@ -1,6 +1,9 @@
 package session
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // User is one Beep user: the unit of membership. Its devices' peers follow
 // its conversation.
@@ -12,6 +15,9 @@ type User struct {
 	conv atomic.Pointer[Conversation]
 	// peers holds the user's devices by client id (Manager.mu).
 	peers map[string]*Peer
+	// idleSince is when the user last had no device (Manager.mu); zero
+	// while it has one.
+	idleSince time.Time
 }
 
 // Conversation returns the user's conversation, or nil. It is safe to call

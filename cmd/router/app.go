@@ -107,6 +107,7 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (a *app, err er
 		MaxPeersPerUser:         cfg.MaxPeersPerUser,
 		MaxPeersPerConversation: cfg.MaxPeersPerConv,
 		MaxConversations:        cfg.MaxConvs,
+		MembershipTTL:           cfg.MembershipTTL,
 		DisconnectedTimeout:     cfg.ICEDisconnected,
 		FailedTimeout:           cfg.ICEFailed,
 		KeepaliveInterval:       cfg.ICEKeepalive,

@@ -44,6 +44,7 @@ type config struct {
 	MaxPeersPerUser int
 	MaxPeersPerConv int
 	MaxConvs        int
+	MembershipTTL   time.Duration
 	JoinRate        float64
 	JoinBurst       int
 	HTTPReadHeader  time.Duration
@@ -85,6 +86,7 @@ var settings = []setting{
 	{"MAX_PEERS_PER_USER", "10", "most connected devices of one user; 0: no limit"},
 	{"MAX_PEERS_PER_CONVERSATION", "200", "most devices in one conversation; 0: no limit"},
 	{"MAX_CONVERSATIONS", "10000", "most conversations in the process; 0: no limit"},
+	{"MEMBERSHIP_TTL", "24h", "a user with no connected device for this long is forgotten, membership included"},
 	{"JOIN_RATE", "5", "joins per second allowed per user (token bucket); 0: no limit"},
 	{"JOIN_BURST", "10", "joins a user may make at once before JOIN_RATE applies"},
 	{"HTTP_READ_HEADER_TIMEOUT", "10s", "time a client has to send request headers (a slowloris client is cut off)"},
@@ -211,6 +213,7 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 	c.MaxPeersPerUser = integer("MAX_PEERS_PER_USER", 0, 1<<20)
 	c.MaxPeersPerConv = integer("MAX_PEERS_PER_CONVERSATION", 0, 1<<20)
 	c.MaxConvs = integer("MAX_CONVERSATIONS", 0, 1<<30)
+	c.MembershipTTL = duration("MEMBERSHIP_TTL")
 	if r, err := strconv.ParseFloat(get("JOIN_RATE"), 64); err != nil || r < 0 {
 		bad("JOIN_RATE", errors.New("want a number of joins per second, 0 for no limit"))
 	} else {
