@@ -12,6 +12,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/beepvoice/router/internal/sse"
 )
 
 // stream is one open /demo/events response. Its fields after conv are
@@ -207,38 +209,12 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	stopOnClose := context.AfterFunc(s.ctx, cancel)
 	defer stopOnClose()
-	rc := http.NewResponseController(w)
-	// When the stream ends, unblock a write in progress (a client that
-	// stopped reading) by moving the write deadline to now.
-	interrupted := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		defer close(interrupted)
-		_ = rc.SetWriteDeadline(time.Now())
-	})
+	stream := sse.Open(ctx, w, writeTimeout)
 	defer func() {
 		cancel()
-		if !stop() {
-			<-interrupted
-		}
+		stream.Close()
 	}()
-	write := func(b []byte) error {
-		if err := rc.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
-			return err
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if _, err := w.Write(b); err != nil {
-			return err
-		}
-		return rc.Flush()
-	}
-
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
+	write := stream.Write
 
 	s.mu.Lock()
 	if resume {

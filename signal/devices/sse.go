@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/internal/sse"
 )
 
 // NATS headers and replies of a cross-instance delivery.
@@ -95,38 +96,10 @@ func (s *Service) serveStream(w http.ResponseWriter, r *http.Request, c claim.Cl
 		}
 	}
 
-	rc := http.NewResponseController(w)
-	// When the stream ends for any reason, unblock a write in progress (a
-	// client that stopped reading) by moving the write deadline to now.
-	interrupted := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		defer close(interrupted)
-		_ = rc.SetWriteDeadline(time.Now())
-	})
-	defer func() {
-		if !stop() {
-			<-interrupted
-		}
-	}()
+	stream := sse.Open(ctx, w, writeTimeout)
+	defer stream.Close()
+	write := stream.Write
 	var sent int
-	write := func(b []byte) error {
-		if err := rc.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
-			return err
-		}
-		if ctx.Err() != nil { // the deadline above may have undone the interrupt
-			return context.Cause(ctx)
-		}
-		if _, err := w.Write(b); err != nil {
-			return err
-		}
-		return rc.Flush()
-	}
-
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
 	start := time.Now()
 	log.Info("stream opened", "remote", r.RemoteAddr)
 	err := write([]byte(": open\n\n"))
