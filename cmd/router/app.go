@@ -23,6 +23,7 @@ import (
 	"github.com/beepvoice/router/metrics"
 	"github.com/beepvoice/router/permissions"
 	"github.com/beepvoice/router/pipeline"
+	"github.com/beepvoice/router/plugins"
 	"github.com/beepvoice/router/session"
 	"github.com/beepvoice/router/signal/beep"
 	"github.com/beepvoice/router/signal/demo"
@@ -51,6 +52,7 @@ type app struct {
 func registry() *pipeline.Registry {
 	r := pipeline.NewRegistry()
 	stages.Register(r)
+	plugins.Register(r)
 	return r
 }
 
