@@ -103,6 +103,7 @@ type counters struct {
 	packetsIn, bytesIn, malformed atomic.Uint64
 	packetsOut, bytesOut          atomic.Uint64 // of closed peers' slots
 	nacks, plis                   atomic.Uint64
+	nacksSent                     atomic.Uint64
 }
 
 // Errors of the Manager. ErrLimit wraps every refusal for a configured
@@ -132,21 +133,20 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.MembershipTTL <= 0 {
 		cfg.MembershipTTL = DefaultMembershipTTL
 	}
-	api, mux, err := newAPI(&cfg)
-	if err != nil {
-		return nil, err
-	}
 	m := &Manager{
 		cfg:         cfg,
 		log:         cfg.Logger,
-		api:         api,
-		mux:         mux,
 		users:       make(map[string]*User),
 		convs:       make(map[string]*Conversation),
 		peers:       make(map[*Peer]struct{}),
 		stopJanitor: make(chan struct{}),
 		janitorDone: make(chan struct{}),
 	}
+	api, mux, err := newAPI(&cfg, &m.count.nacksSent)
+	if err != nil {
+		return nil, err
+	}
+	m.api, m.mux = api, mux
 	go m.janitor()
 	return m, nil
 }
@@ -289,6 +289,8 @@ type Stats struct {
 	// NACKs and PLIs count feedback received from receivers. NACKs are
 	// answered from the packet cache; PLIs mean nothing for audio.
 	NACKs, PLIs uint64
+	// NACKsSent counts NACKs the router sent to publishers for lost packets.
+	NACKsSent uint64
 }
 
 // Stats returns the current counts.
@@ -311,6 +313,7 @@ func (m *Manager) Stats() Stats {
 	s.BytesOut += m.count.bytesOut.Load()
 	s.NACKs = m.count.nacks.Load()
 	s.PLIs = m.count.plis.Load()
+	s.NACKsSent = m.count.nacksSent.Load()
 	return s
 }
 

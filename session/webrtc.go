@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 
 	"github.com/pion/ice/v2"
 	"github.com/pion/interceptor"
@@ -31,7 +32,7 @@ var Opus = webrtc.RTPCodecParameters{
 // RFC 6464 audio level extension, NACK generator and responder, RTCP
 // sender and receiver reports, and the ICE network settings of cfg.
 // It returns the UDP mux, if any, so that the Manager can close it.
-func newAPI(cfg *Config) (*webrtc.API, ice.UDPMux, error) {
+func newAPI(cfg *Config, nacksSent *atomic.Uint64) (*webrtc.API, ice.UDPMux, error) {
 	m := &webrtc.MediaEngine{}
 	if err := m.RegisterCodec(Opus, webrtc.RTPCodecTypeAudio); err != nil {
 		return nil, nil, fmt.Errorf("register opus: %w", err)
@@ -41,6 +42,8 @@ func newAPI(cfg *Config) (*webrtc.API, ice.UDPMux, error) {
 	}
 
 	reg := &interceptor.Registry{}
+	// First in the chain, so that the NACK generator writes through it.
+	reg.Add(nackCounterFactory{sent: nacksSent})
 	gen, err := nack.NewGeneratorInterceptor()
 	if err != nil {
 		return nil, nil, fmt.Errorf("nack generator: %w", err)

@@ -136,6 +136,9 @@ func TestPacketLossRecoveredByNACK(t *testing.T) {
 		if dropped == 0 {
 			t.Fatal("the relay dropped nothing: the test proves nothing")
 		}
+		if sent := r.a.sessions.Stats().NACKsSent; nack && sent == 0 {
+			t.Fatal("router_rtcp_nacks_sent_total stayed 0 under loss")
+		}
 	}
 	if delivered[true] <= delivered[false] || delivered[true] < 99 {
 		t.Fatalf("delivered %.1f%% with NACK, %.1f%% without: NACK did not recover the loss", delivered[true], delivered[false])
