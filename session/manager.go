@@ -298,6 +298,9 @@ func (m *Manager) Stats() Stats {
 	m.mu.Lock()
 	s := Stats{Users: len(m.users), Conversations: len(m.convs), Peers: len(m.peers)}
 	for p := range m.peers {
+		if !p.connectedFlag {
+			continue // Answer may still be adding its slots; none has sent
+		}
 		for _, sl := range p.slots {
 			s.Slots++
 			s.PacketsOut += sl.written.Load()
@@ -386,9 +389,11 @@ func (m *Manager) peerClosed(p *Peer) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.peers, p)
-	for _, sl := range p.slots {
-		m.count.packetsOut.Add(sl.written.Load())
-		m.count.bytesOut.Add(sl.bytes.Load())
+	if p.connectedFlag {
+		for _, sl := range p.slots {
+			m.count.packetsOut.Add(sl.written.Load())
+			m.count.bytesOut.Add(sl.bytes.Load())
+		}
 	}
 	u := p.user
 	if u.peers[p.Claim.ClientID] == p {
