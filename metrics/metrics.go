@@ -55,7 +55,7 @@ func newCollector(src Sources) *collector {
 		convs:       d("conversations", "Conversations with at least one member."),
 		peers:       d("peers", "Peer connections (devices), connected or connecting."),
 		tracks:      d("tracks", "Audio tracks being published."),
-		slots:       d("slots", "Outgoing audio slots of all peers."),
+		slots:       d("slots", "Outgoing audio slots of connected peers."),
 		pktsIn:      d("rtp_packets_in_total", "RTP packets received from publishers."),
 		bytesIn:     d("rtp_bytes_in_total", "RTP bytes received from publishers."),
 		malformed:   d("rtp_malformed_total", "Received RTP packets that did not parse."),
