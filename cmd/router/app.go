@@ -204,7 +204,14 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (a *app, err er
 		a.srv.RegisterOnShutdown(func() { _ = a.demo.Close() })
 	}
 	go func() { a.served <- a.srv.Serve(a.ln) }()
-	log.Info("router listening", "addr", a.ln.Addr().String(), "pipeline", strings.Join(a.pipe.Names(), " → "), "nats", a.nc.ConnectedUrlRedacted())
+	natsDesc := a.nc.ConnectedUrlRedacted()
+	switch {
+	case a.ns != nil && cfg.NATSExpose == "":
+		natsDesc = "embedded, in-process only"
+	case a.ns != nil:
+		natsDesc = "embedded, serving " + a.ns.ClientURL()
+	}
+	log.Info("router listening", "addr", a.ln.Addr().String(), "pipeline", strings.Join(a.pipe.Names(), " → "), "nats", natsDesc)
 	return a, nil
 }
 
