@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"sync"
 	"syscall"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/metrics"
 	"github.com/beepvoice/router/permissions"
 	"github.com/beepvoice/router/pipeline"
 	"github.com/beepvoice/router/session"
@@ -28,12 +30,13 @@ import (
 )
 
 // harness is the router's media path wired in-process from its packages the
-// way cmd/router/app.go wires it (embedded NATS, the default pipeline,
-// session.Manager, the Beep /connect and /join endpoints, permissions
-// allow-all, ICE on 127.0.0.1 only, cmd/router's default timeouts), plus a
-// loopback debug listener with pprof and a /stats endpoint. It leaves out
-// configuration parsing and device signalling (/subscribe, /user), which
-// are not on the media path. cmd/router has no pprof listener: the harness
+// way cmd/router/app.go wires it (embedded NATS, the default pipeline with
+// its Prometheus stage timing, session.Manager, the Beep /connect and /join
+// endpoints, /metrics, permissions allow-all, ICE on 127.0.0.1 only,
+// cmd/router's default timeouts), plus a loopback debug listener with pprof
+// and a /stats endpoint. It leaves out configuration parsing, device
+// signalling (/subscribe, /user), plugins, origin checks, the join rate and
+// the per-conversation limits, which are not on the media path. cmd/router has no pprof listener: the harness
 // is how its hot path is profiled.
 type harness struct {
 	ns       *server.Server
@@ -43,12 +46,46 @@ type harness struct {
 	srv, dbg *http.Server
 	ln, dln  net.Listener
 	served   chan error
+
+	// proc times each published packet through the pipeline (the
+	// forwarder's fan-out to every slot included), from when the track's
+	// reader has it until the last slot's write returns.
+	procMu sync.Mutex
+	proc   *hist
+}
+
+// timedSink wraps the pipeline to time every packet of every track.
+type timedSink struct {
+	session.Sink
+	h *harness
+}
+
+func (s timedSink) Open(t *session.Track) (session.TrackSink, error) {
+	ts, err := s.Sink.Open(t)
+	if err != nil {
+		return nil, err
+	}
+	return timedTrack{ts, s.h}, nil
+}
+
+type timedTrack struct {
+	session.TrackSink
+	h *harness
+}
+
+func (t timedTrack) WriteRTP(raw []byte, arrival time.Time) error {
+	err := t.TrackSink.WriteRTP(raw, arrival)
+	d := time.Since(arrival)
+	t.h.procMu.Lock()
+	t.h.proc.add(d)
+	t.h.procMu.Unlock()
+	return err
 }
 
 // startHarness starts the harness router on 127.0.0.1 (HTTP on an ephemeral
 // port; UDP on udpPort when positive, else an ephemeral port per peer).
 func startHarness(log *slog.Logger, udpPort int) (h *harness, err error) {
-	h = &harness{served: make(chan error, 2)}
+	h = &harness{served: make(chan error, 2), proc: newHist()}
 	defer func() {
 		if err != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -77,11 +114,12 @@ func startHarness(log *slog.Logger, udpPort int) (h *harness, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if h.pipe, err = reg.Build(pc, pipeline.Env{NATS: h.nc, Logger: log}); err != nil {
+	promReg := metrics.NewRegistry()
+	if h.pipe, err = reg.Build(pc, pipeline.Env{NATS: h.nc, Logger: log, Metrics: promReg}); err != nil {
 		return nil, err
 	}
 	h.sessions, err = session.New(session.Config{
-		Sink:                h.pipe,
+		Sink:                timedSink{h.pipe, h},
 		Logger:              log,
 		ICEIPs:              []net.IP{net.IPv4(127, 0, 0, 1)},
 		UDPPort:             udpPort,
@@ -94,7 +132,11 @@ func startHarness(log *slog.Logger, udpPort int) (h *harness, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := metrics.Register(promReg, metrics.Sources{Sessions: h.sessions, Pipeline: h.pipe, NATSConnected: h.nc.IsConnected}); err != nil {
+		return nil, err
+	}
 	r := mux.NewRouter()
+	r.Handle("/metrics", metrics.Handler(promReg, func() error { return nil }))
 	beep.New(beep.Config{
 		Sessions:     h.sessions,
 		Permissions:  permissions.AllowAll{},
@@ -140,10 +182,17 @@ type harnessStats struct {
 	Peers         int    `json:"peers"`
 	Users         int    `json:"users"`
 	Conversations int    `json:"conversations"`
+	// Processing time of published packets since the last ?reset=1, in ms.
+	Processing struct {
+		Packets uint64  `json:"packets"`
+		P50     float64 `json:"p50"`
+		P99     float64 `json:"p99"`
+		Max     float64 `json:"max"`
+	} `json:"processing_ms"`
 }
 
 // stats answers /stats; ?gc=1 collects garbage first, so that heap figures
-// are live memory.
+// are live memory; ?reset=1 restarts the processing-time histogram.
 func (h *harness) stats(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Query().Get("gc") == "1" {
 		runtime.GC()
@@ -152,12 +201,22 @@ func (h *harness) stats(w http.ResponseWriter, r *http.Request) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	st := h.sessions.Stats()
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(harnessStats{
+	out := harnessStats{
 		Goroutines: runtime.NumGoroutine(),
 		HeapAlloc:  ms.HeapAlloc, HeapInuse: ms.HeapInuse, StackInuse: ms.StackInuse, Sys: ms.Sys,
 		Peers: st.Peers, Users: st.Users, Conversations: st.Conversations,
-	})
+	}
+	h.procMu.Lock()
+	out.Processing.Packets = h.proc.n
+	out.Processing.P50 = h.proc.quantile(0.5) / 1000
+	out.Processing.P99 = h.proc.quantile(0.99) / 1000
+	out.Processing.Max = h.proc.quantile(1) / 1000
+	if r.URL.Query().Get("reset") == "1" {
+		h.proc = newHist()
+	}
+	h.procMu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(out)
 }
 
 // close stops the harness the way cmd/router shuts down.

@@ -73,10 +73,10 @@ func (h *hist) merge(o *hist) {
 }
 
 // quantile returns the q-quantile (0..1) in microseconds: the middle of the
-// bucket that holds it (the exact maximum for q = 1).
+// bucket that holds it (the exact maximum for q = 1); 0 when empty.
 func (h *hist) quantile(q float64) float64 {
 	if h.n == 0 {
-		return math.NaN()
+		return 0
 	}
 	if q >= 1 {
 		return float64(h.max)
@@ -103,7 +103,7 @@ func (h *hist) quantile(q float64) float64 {
 
 func (h *hist) mean() float64 {
 	if h.n == 0 {
-		return math.NaN()
+		return 0
 	}
 	return float64(h.sum) / float64(h.n)
 }

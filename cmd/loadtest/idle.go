@@ -34,6 +34,8 @@ type idleResult struct {
 	LoadAvg         string    `json:"loadavg_at_start"`
 	Devices         int       `json:"devices"`
 	Connected       int       `json:"connected"`
+	Failed          int       `json:"failed"`
+	FirstError      string    `json:"first_error,omitempty"`
 	Warmup          int       `json:"warmup"`
 	Slots           int       `json:"slots"`
 	Conversations   int       `json:"conversations"`
@@ -55,11 +57,11 @@ type idleResult struct {
 	JoinMS      quantiles `json:"join_ms"`
 }
 
-func harnessStatsOf(ctx context.Context, debugURL string) (harnessStats, error) {
+func harnessStatsOf(ctx context.Context, debugURL, query string) (harnessStats, error) {
 	var st harnessStats
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, debugURL+"/stats?gc=1", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, debugURL+"/stats?"+query, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return st, err
@@ -103,7 +105,7 @@ func runIdle(ctx context.Context, cfg idleConfig) (*idleResult, error) {
 	}
 	var hb harnessStats
 	if cfg.DebugURL != "" {
-		if hb, err = harnessStatsOf(ctx, cfg.DebugURL); err != nil {
+		if hb, err = harnessStatsOf(ctx, cfg.DebugURL, "gc=1"); err != nil {
 			return nil, err
 		}
 		if cfg.HeapProfile != "" {
@@ -116,6 +118,14 @@ func runIdle(ctx context.Context, cfg idleConfig) (*idleResult, error) {
 	logf("idle: %d devices at %.0f/s", cfg.Devices, cfg.Rate)
 	k.ramp(ctx, devs[cfg.Warmup:], nil)
 	var joins, connects durations
+	for _, d := range devs {
+		if d.c == nil {
+			res.Failed++
+			if res.FirstError == "" && d.err != nil {
+				res.FirstError = d.err.Error()
+			}
+		}
+	}
 	for _, d := range devs[cfg.Warmup:] {
 		if d.c != nil {
 			res.Connected++
@@ -139,7 +149,7 @@ func runIdle(ctx context.Context, cfg idleConfig) (*idleResult, error) {
 	res.RSSPerDeviceKiB = float64(after.RSSKiB-before.RSSKiB) / n
 	res.ThreadsBefore, res.ThreadsAfter = before.Threads, after.Threads
 	if cfg.DebugURL != "" {
-		ha, err := harnessStatsOf(ctx, cfg.DebugURL)
+		ha, err := harnessStatsOf(ctx, cfg.DebugURL, "gc=1")
 		if err != nil {
 			return nil, err
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -14,6 +15,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -245,6 +247,9 @@ type runResult struct {
 	} `json:"devices"`
 	JoinMS    quantiles `json:"join_ms"`    // POST /join
 	ConnectMS quantiles `json:"connect_ms"` // dial /connect → peer connection connected
+	// SlowConnects are the devices whose connect took more than twice the
+	// median and over 100 ms (at most 10): user, order and time.
+	SlowConnects []slowConnect `json:"slow_connects,omitempty"`
 
 	WindowS float64 `json:"window_s"`
 	Ingress struct {
@@ -276,9 +281,13 @@ type runResult struct {
 		Max  float64 `json:"max"`
 		Mean float64 `json:"mean"`
 	} `json:"latency_ms"`
-	Router  *routerFigures `json:"router,omitempty"`
-	Tool    toolFigures    `json:"tool"`
-	Machine struct {
+	Router *routerFigures `json:"router,omitempty"`
+	// Processing is the harness router's own time per published packet
+	// over the window (pipeline and fan-out to every slot), when the
+	// router is the harness (-router-self).
+	Processing *quantiles  `json:"router_processing_ms,omitempty"`
+	Tool       toolFigures `json:"tool"`
+	Machine    struct {
 		BusyCores  float64 `json:"busy_cores"`
 		OtherCores float64 `json:"other_cores"` // busy minus router minus tool
 		CPUs       int     `json:"cpus"`
@@ -294,6 +303,28 @@ type runResult struct {
 	} `json:"udp_drops"`
 	RouterLog  []string `json:"router_warnings,omitempty"`
 	CPUProfile string   `json:"cpu_profile,omitempty"`
+}
+
+type slowConnect struct {
+	User  string  `json:"user"`
+	Index int     `json:"index"` // order of connection
+	MS    float64 `json:"ms"`
+}
+
+// slowConnects lists the slowest connects of devs, beyond twice the median
+// and 100 ms.
+func slowConnects(devs []*device, median time.Duration) []slowConnect {
+	var out []slowConnect
+	for _, d := range devs {
+		if d.c != nil && d.connectDur > 2*median && d.connectDur > 100*time.Millisecond {
+			out = append(out, slowConnect{User: d.user, Index: d.idx, MS: float64(d.connectDur) / 1e6})
+		}
+	}
+	slices.SortFunc(out, func(a, b slowConnect) int { return cmp.Compare(b.MS, a.MS) })
+	if len(out) > 10 {
+		out = out[:10]
+	}
+	return out
 }
 
 type quantiles struct {
@@ -617,6 +648,7 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 		connects = append(connects, d.connectDur)
 	}
 	res.JoinMS, res.ConnectMS = durQuantiles(joins), durQuantiles(connects)
+	res.SlowConnects = slowConnects(devs, connects.quantile(0.5))
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
@@ -639,6 +671,11 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 	s0 := selfCPU()
 	rd0, rderr := udpDrops(cfg.RouterPID)
 	td0, _ := udpDrops(os.Getpid())
+	if cfg.DebugURL != "" {
+		if _, err := harnessStatsOf(ctx, cfg.DebugURL, "reset=1"); err != nil {
+			logf("harness stats: %v", err)
+		}
+	}
 	profDone := make(chan error, 1)
 	if cfg.CPUProfile != "" && cfg.DebugURL != "" {
 		go func() { profDone <- fetchProfile(ctx, cfg.DebugURL, cfg.CPUProfile, cfg.Hold) }()
@@ -678,6 +715,11 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 	r1, rerr1 := readProc(cfg.RouterPID)
 	m1, _ := readMachine()
 	s1 := selfCPU()
+	if cfg.DebugURL != "" {
+		if st, err := harnessStatsOf(ctx, cfg.DebugURL, "reset=1"); err == nil {
+			res.Processing = &quantiles{P50: st.Processing.P50, P99: st.Processing.P99, Max: st.Processing.Max}
+		}
+	}
 	logf("%s run %d: window done; grace %v", res.Name, run, cfg.Grace)
 	if !sleepUntil(ctx, t1.Add(cfg.Grace)) {
 		return res, ctx.Err()

@@ -36,20 +36,24 @@ type routerSpec struct {
 	Log io.Writer
 }
 
-// routerEnvNames are the router settings the tool sets or clears, so that
-// nothing of the caller's environment leaks into the router.
-var routerEnvNames = []string{
-	"LISTEN", "NATS", "NATS_EMBEDDED_LISTEN", "PERMISSIONS_HOST", "PERMISSIONS_TIMEOUT", "UDP_PORT",
-	"ICE_IPS", "PUBLIC_IPS", "ICE_SERVERS", "TURN_USERNAME", "TURN_CREDENTIAL", "PIPELINE",
-	"CONNECT_TIMEOUT", "ICE_DISCONNECTED_TIMEOUT", "ICE_FAILED_TIMEOUT", "ICE_KEEPALIVE",
-	"OFFER_TIMEOUT", "MAX_MESSAGE", "MAX_SLOTS", "LOG_FORMAT", "LOG_LEVEL", "SHUTDOWN_TIMEOUT",
+// keepEnv reports whether an environment variable of the tool passes to a
+// router it starts: only the process basics and the Go runtime's settings,
+// so that no router setting of the caller's environment leaks in.
+func keepEnv(name string) bool {
+	switch name {
+	case "PATH", "HOME", "TMPDIR", "LANG", "TZ":
+		return true
+	}
+	return strings.HasPrefix(name, "GO") // GOGC, GOMAXPROCS, GODEBUG, GOMEMLIMIT…
 }
 
 // forbiddenEnv are settings -router-env may not give: they would move
-// traffic off loopback or change what the tool measures against.
+// traffic off loopback, change what the tool measures against, or break
+// how it reads the router's log and claims.
 var forbiddenEnv = map[string]bool{
 	"LISTEN": true, "ICE_IPS": true, "PUBLIC_IPS": true, "ICE_SERVERS": true, "NATS": true,
 	"NATS_EMBEDDED_LISTEN": true, "PERMISSIONS_HOST": true, "LOG_FORMAT": true,
+	"METRICS_LISTEN": true, "AUTH_JWT_PUBLIC_KEY": true,
 }
 
 // routerProc is a running router subprocess.
@@ -74,7 +78,7 @@ func startRouter(ctx context.Context, spec routerSpec) (*routerProc, error) {
 	env := make([]string, 0, len(os.Environ())+10)
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if !containsString(routerEnvNames, k) {
+		if keepEnv(k) {
 			env = append(env, kv)
 		}
 	}
@@ -240,13 +244,4 @@ func (r *routerProc) closePerms() {
 	if r.perms != nil {
 		_ = r.perms.Close()
 	}
-}
-
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary act as the router harness, so that
+// -router-self (which starts os.Executable() -serve-router) works in tests.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "-serve-router" {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+func readReport(t *testing.T, path string) report {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatalf("JSON report does not parse: %v\n%s", err, b)
+	}
+	return rep
+}
+
+// TestTinyLoad runs 2 publishers and 2 subscribers in one conversation for
+// 2 s against the harness router in-process, through the command line.
+func TestTinyLoad(t *testing.T) {
+	h, err := startHarness(slog.New(slog.NewTextHandler(io.Discard, nil)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := h.close(ctx); err != nil {
+			t.Errorf("harness close: %v", err)
+		}
+	})
+	js := filepath.Join(t.TempDir(), "report.json")
+	var out, errb bytes.Buffer
+	code := run([]string{
+		"-url", h.URL(), "-router-pid", strconv.Itoa(os.Getpid()),
+		"-publishers", "2", "-subscribers", "2", "-conversations", "1",
+		"-rate", "100", "-settle", "300ms", "-hold", "2s", "-grace", "500ms",
+		"-framing", "prefixed", "-timeout", "60s", "-json", js,
+	}, &out, &errb)
+	t.Logf("stdout:\n%s\nstderr:\n%s", out.String(), errb.String())
+	if code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	rep := readReport(t, js)
+	if len(rep.Runs) != 1 {
+		t.Fatalf("%d runs in the report, want 1", len(rep.Runs))
+	}
+	r := rep.Runs[0]
+	if r.Devices.Connected != 4 || r.Devices.Failed != 0 {
+		t.Errorf("devices: %+v", r.Devices)
+	}
+	// 2 publishers × 50 packets/s × 2 s, each to 2 subscribers.
+	if r.Egress.Received == 0 || r.Egress.PPS < 100 {
+		t.Errorf("egress %d packets (%.0f/s), want about 400 (200/s)", r.Egress.Received, r.Egress.PPS)
+	}
+	if r.Loss.Pct > 2 || r.Egress.DeliveryPct < 90 {
+		t.Errorf("loss %.2f %%, delivery %.1f %%", r.Loss.Pct, r.Egress.DeliveryPct)
+	}
+	if r.Loss.SlotsReceiving != 4 || r.Loss.SlotsExpected != 4 {
+		t.Errorf("slots receiving %d, expected %d; want 4", r.Loss.SlotsReceiving, r.Loss.SlotsExpected)
+	}
+	if !(r.LatencyMS.P50 > 0 && r.LatencyMS.P50 <= r.LatencyMS.P99 && r.LatencyMS.P99 <= r.LatencyMS.Max) {
+		t.Errorf("latency percentiles: %+v", r.LatencyMS)
+	}
+	if r.Router == nil || r.Router.CPUSeconds <= 0 || r.Router.RSSPeakKiB <= 0 {
+		t.Errorf("router figures: %+v", r.Router)
+	}
+	if !strings.Contains(out.String(), "2x2") {
+		t.Errorf("no table row for 2x2 in:\n%s", out.String())
+	}
+}
+
+// TestRouterSelf starts the harness as a subprocess (-router-self): an idle
+// run with a heap profile, then a one-second load with a CPU profile.
+func TestRouterSelf(t *testing.T) {
+	dir := t.TempDir()
+	js := filepath.Join(dir, "idle.json")
+	heap := filepath.Join(dir, "heap.pprof")
+	var out, errb bytes.Buffer
+	code := run([]string{"-router-self", "-idle", "3", "-idle-warmup", "1", "-settle", "200ms", "-rate", "100",
+		"-heapprofile", heap, "-json", js, "-timeout", "60s"}, &out, &errb)
+	t.Logf("stdout:\n%s\nstderr:\n%s", out.String(), errb.String())
+	if code != 0 {
+		t.Fatalf("idle: exit code %d", code)
+	}
+	rep := readReport(t, js)
+	if rep.Idle == nil || rep.Idle.Connected != 3 || rep.Idle.RSSAfterKiB <= 0 || rep.Idle.Harness == nil || rep.Idle.Harness.After.Peers < 4 {
+		t.Errorf("idle report: %+v", rep.Idle)
+	}
+	for _, f := range []string{heap, heap + ".before"} {
+		if st, err := os.Stat(f); err != nil || st.Size() == 0 {
+			t.Errorf("heap profile %s: %v", f, err)
+		}
+	}
+
+	js = filepath.Join(dir, "load.json")
+	cpu := filepath.Join(dir, "cpu.pprof")
+	out.Reset()
+	errb.Reset()
+	code = run([]string{"-router-self", "-publishers", "1", "-subscribers", "1", "-settle", "200ms", "-hold", "1s",
+		"-grace", "300ms", "-cpuprofile", cpu, "-json", js, "-timeout", "60s"}, &out, &errb)
+	t.Logf("stdout:\n%s\nstderr:\n%s", out.String(), errb.String())
+	if code != 0 {
+		t.Fatalf("load: exit code %d", code)
+	}
+	rep = readReport(t, js)
+	if len(rep.Runs) != 1 || rep.Runs[0].Egress.Received == 0 || rep.Runs[0].Router == nil {
+		t.Fatalf("load report: %+v", rep.Runs)
+	}
+	if st, err := os.Stat(cpu); err != nil || st.Size() == 0 {
+		t.Errorf("cpu profile: %v", err)
+	}
+}
+
+func TestRefusesRemoteRouter(t *testing.T) {
+	for _, tc := range []struct {
+		url    string
+		remote bool
+		ok     bool
+	}{
+		{"http://127.0.0.1:8080", false, true},
+		{"http://127.9.9.9:80", false, true},
+		{"http://[::1]:8080", false, true},
+		{"http://localhost:8080", false, true},
+		{"http://10.1.2.3:8080", false, false},
+		{"https://router.example.org", false, false},
+		{"http://192.168.0.2:8080", true, true},
+		{"ftp://127.0.0.1", false, false},
+		{"http://127.0.0.1:8080/connect", false, false},
+	} {
+		err := checkURL(tc.url, tc.remote)
+		if (err == nil) != tc.ok {
+			t.Errorf("checkURL(%q, remote=%v) = %v", tc.url, tc.remote, err)
+		}
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"-url", "http://10.0.0.1:8080"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "loopback") {
+		t.Errorf("a remote URL: exit code %d, stderr %q", code, errb.String())
+	}
+	if code := run([]string{"-router-self", "-router-env", "ICE_IPS=10.0.0.1", "-hold", "1s"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "not allowed") {
+		t.Errorf("-router-env ICE_IPS: exit code %d, stderr %q", code, errb.String())
+	}
+}
+
+func TestHistQuantiles(t *testing.T) {
+	h := newHist()
+	for i := 1; i <= 10000; i++ {
+		h.add(time.Duration(i) * time.Microsecond)
+	}
+	for _, q := range []float64{0.5, 0.95, 0.99} {
+		got, want := h.quantile(q), q*10000
+		if math.Abs(got-want)/want > 0.02 {
+			t.Errorf("q%.2f = %.0f µs, want %.0f ± 2 %%", q, got, want)
+		}
+	}
+	if h.quantile(1) != 10000 {
+		t.Errorf("max %v", h.quantile(1))
+	}
+	for us := uint64(0); us < 1<<20; us = us*9/8 + 1 {
+		i := histIndex(us)
+		if lo, hi := histLow(i), histLow(i+1); us < lo || us >= hi {
+			t.Fatalf("%d µs in bucket %d [%d, %d)", us, i, lo, hi)
+		}
+	}
+}
+
+func TestSeqTracker(t *testing.T) {
+	var s seqTracker
+	type step struct {
+		seq       uint16
+		ext       uint64
+		dup, late bool
+	}
+	base := uint64(1 << 32)
+	for i, st := range []step{
+		{65530, base + 65530, false, false},
+		{65532, base + 65532, false, false},
+		{65531, base + 65531, false, true}, // late, fills the gap
+		{65531, base + 65531, true, false}, // duplicate
+		{2, base + 65538, false, false},    // wraps
+		{65533, base + 65533, false, true},
+		{200, base + 65736, false, false},  // 198 ahead: the window restarts
+		{65533, base + 65533, false, true}, // beyond the window: late, not known as duplicate
+	} {
+		ext, dup, late := s.update(st.seq)
+		if ext != st.ext || dup != st.dup || late != st.late {
+			t.Errorf("step %d: update(%d) = %d, %v, %v; want %d, %v, %v", i, st.seq, ext, dup, late, st.ext, st.dup, st.late)
+		}
+	}
+}
