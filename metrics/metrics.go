@@ -42,7 +42,8 @@ type collector struct {
 
 	users, convs, peers, tracks, slots            *prometheus.Desc
 	pktsIn, bytesIn, malformed, pktsOut, bytesOut *prometheus.Desc
-	nacks, plis, nacksSent, stageEvents, natsUp   *prometheus.Desc
+	nacks, plis, nacksSent, overload, stageEvents *prometheus.Desc
+	natsUp                                        *prometheus.Desc
 }
 
 func newCollector(src Sources) *collector {
@@ -64,13 +65,14 @@ func newCollector(src Sources) *collector {
 		nacks:       d("rtcp_nacks_received_total", "NACKs received from receivers (answered from the packet cache)."),
 		plis:        d("rtcp_plis_received_total", "PLIs received from receivers (meaningless for audio; not forwarded)."),
 		nacksSent:   d("rtcp_nacks_sent_total", "NACKs sent to publishers for packets lost on the way in."),
+		overload:    d("rtp_dropped_overload_total", "Received RTP packets dropped because their track's reader was TRACK_BUFFER_BYTES behind (the router is overloaded)."),
 		stageEvents: d("stage_events_total", "What each pipeline stage counted: forwarded packets, bites, published bites, and drops by reason (event=drop_*).", "stage", "event"),
 		natsUp:      d("nats_connected", "1 while the NATS connection is up."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.pktsOut, c.bytesOut, c.nacks, c.plis, c.nacksSent, c.stageEvents, c.natsUp} {
+	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.pktsOut, c.bytesOut, c.nacks, c.plis, c.nacksSent, c.overload, c.stageEvents, c.natsUp} {
 		ch <- d
 	}
 }
@@ -97,6 +99,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.nacks, s.NACKs)
 		counter(c.plis, s.PLIs)
 		counter(c.nacksSent, s.NACKsSent)
+		counter(c.overload, s.Overload)
 	}
 	if p := c.src.Pipeline; p != nil {
 		for stage, events := range p.Stats() {

@@ -61,6 +61,10 @@ type Config struct {
 	// MaxConversations bounds the conversations of the process (0: no
 	// limit).
 	MaxConversations int
+	// TrackBuffer bounds, in bytes, the received audio of one track that
+	// waits for its reader; past it packets are dropped and counted (stale
+	// audio is worth less than late audio). Zero means DefaultTrackBuffer.
+	TrackBuffer int
 	// MembershipTTL forgets a user that has had no device for this long,
 	// membership included, so that users who join and never connect do not
 	// pile up. Zero means DefaultMembershipTTL.
@@ -104,6 +108,7 @@ type counters struct {
 	packetsOut, bytesOut          atomic.Uint64 // of closed peers' slots
 	nacks, plis                   atomic.Uint64
 	nacksSent                     atomic.Uint64
+	overload                      atomic.Uint64
 }
 
 // Errors of the Manager. ErrLimit wraps every refusal for a configured
@@ -130,6 +135,9 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.MaxSlots <= 0 {
 		cfg.MaxSlots = DefaultMaxSlots
 	}
+	if cfg.TrackBuffer <= 0 {
+		cfg.TrackBuffer = DefaultTrackBuffer
+	}
 	if cfg.MembershipTTL <= 0 {
 		cfg.MembershipTTL = DefaultMembershipTTL
 	}
@@ -142,7 +150,7 @@ func New(cfg Config) (*Manager, error) {
 		stopJanitor: make(chan struct{}),
 		janitorDone: make(chan struct{}),
 	}
-	api, mux, err := newAPI(&cfg, &m.count.nacksSent)
+	api, mux, err := newAPI(&cfg, &m.count)
 	if err != nil {
 		return nil, err
 	}
@@ -291,6 +299,9 @@ type Stats struct {
 	NACKs, PLIs uint64
 	// NACKsSent counts NACKs the router sent to publishers for lost packets.
 	NACKsSent uint64
+	// Overload counts received packets dropped because their track's reader
+	// was TrackBuffer behind.
+	Overload uint64
 }
 
 // Stats returns the current counts.
@@ -317,6 +328,7 @@ func (m *Manager) Stats() Stats {
 	s.NACKs = m.count.nacks.Load()
 	s.PLIs = m.count.plis.Load()
 	s.NACKsSent = m.count.nacksSent.Load()
+	s.Overload = m.count.overload.Load()
 	return s
 }
 

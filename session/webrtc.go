@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/pion/ice/v2"
@@ -33,7 +32,7 @@ var Opus = webrtc.RTPCodecParameters{
 // RFC 6464 audio level extension, NACK generator and responder, RTCP
 // sender and receiver reports, and the ICE network settings of cfg.
 // It returns the UDP mux, if any, so that the Manager can close it.
-func newAPI(cfg *Config, nacksSent *atomic.Uint64) (*webrtc.API, ice.UDPMux, error) {
+func newAPI(cfg *Config, c *counters) (*webrtc.API, ice.UDPMux, error) {
 	m := &webrtc.MediaEngine{}
 	if err := m.RegisterCodec(Opus, webrtc.RTPCodecTypeAudio); err != nil {
 		return nil, nil, fmt.Errorf("register opus: %w", err)
@@ -44,7 +43,7 @@ func newAPI(cfg *Config, nacksSent *atomic.Uint64) (*webrtc.API, ice.UDPMux, err
 
 	reg := &interceptor.Registry{}
 	// First in the chain, so that the NACK generator writes through it.
-	reg.Add(nackCounterFactory{sent: nacksSent})
+	reg.Add(nackCounterFactory{sent: &c.nacksSent})
 	gen, err := nack.NewGeneratorInterceptor()
 	if err != nil {
 		return nil, nil, fmt.Errorf("nack generator: %w", err)
@@ -69,6 +68,7 @@ func newAPI(cfg *Config, nacksSent *atomic.Uint64) (*webrtc.API, ice.UDPMux, err
 	// pion's default 1 s DTLS retransmission made one connect in four take
 	// a second longer under load; a lost handshake flight is resent sooner.
 	s.SetDTLSRetransmissionInterval(100 * time.Millisecond)
+	s.BufferFactory = bufferFactory(cfg.TrackBuffer, &c.overload)
 	s.SetNetworkTypes(networkTypes(cfg.ICEIPs))
 	if len(cfg.ICEIPs) > 0 {
 		s.SetIPFilter(ipFilter(cfg.ICEIPs))

@@ -114,6 +114,7 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (a *app, err er
 		FailedTimeout:           cfg.ICEFailed,
 		KeepaliveInterval:       cfg.ICEKeepalive,
 		MaxSlots:                cfg.MaxSlots,
+		TrackBuffer:             cfg.TrackBuffer,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("media: %w", err)
