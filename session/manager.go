@@ -484,6 +484,3 @@ func (m *Manager) Close(ctx context.Context) error {
 	}
 	return err
 }
-
-// Wait blocks until every goroutine of every closed peer has ended.
-func (m *Manager) Wait() { m.wg.Wait() }

@@ -109,12 +109,6 @@ func (s *Slot) Unbind(webrtc.TrackLocalContext) error {
 // conversation's lock.
 func (s *Slot) setSource(t *Track) { s.source.Store(t) }
 
-// Source returns the track the slot carries now, or nil.
-func (s *Slot) Source() *Track { return s.source.Load() }
-
-// Written returns how many packets the slot has sent.
-func (s *Slot) Written() uint64 { return s.written.Load() }
-
 // Write forwards one packet of src, received for conversation c, at now
 // (unix ns). levelByte is the RFC 6464 byte to send when hasLevel. A packet
 // from a track that is no longer the slot's source, or for a conversation

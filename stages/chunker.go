@@ -89,9 +89,6 @@ func NewChunker(s ChunkerSettings, log *slog.Logger) (*Chunker, error) {
 	return &Chunker{s: s, log: log, silence: samples(s.Silence), preroll: samples(s.Preroll), max: samples(s.MaxDuration)}, nil
 }
 
-// Bites returns how many bites the chunker has emitted.
-func (c *Chunker) Bites() uint64 { return c.bites.Load() }
-
 // Open returns the chunker's processor for one track.
 func (c *Chunker) Open(t *session.Track, emit pipeline.Emit) (pipeline.Processor, error) {
 	return &chunkerProc{c: c, track: t, emit: emit}, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,31 +47,53 @@ var forwarderKind = pipeline.Define(ForwarderKind,
 type Forwarder struct {
 	settings ForwarderSettings
 	log      *slog.Logger
+	errLog   throttle.Gate
 
-	forwarded atomic.Uint64
-	errors    atomic.Uint64
-	errLog    throttle.Gate
+	// Counts are kept per track, so that publishers do not contend on one
+	// counter; Stats sums the live tracks and what closed ones left.
+	mu     sync.Mutex
+	live   map[*forwarderProc]struct{}
+	closed counts
 }
 
-// Forwarded returns how many packets were written to slots.
-func (f *Forwarder) Forwarded() uint64 { return f.forwarded.Load() }
+// counts are a forwarder processor's counts.
+type counts struct {
+	forwarded, failed atomic.Uint64
+}
 
 // Stats reports packets written to slots and writes that failed.
 func (f *Forwarder) Stats() map[string]uint64 {
-	return map[string]uint64{"forwarded": f.forwarded.Load(), "drop_write_error": f.errors.Load()}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fwd, failed := f.closed.forwarded.Load(), f.closed.failed.Load()
+	for fp := range f.live {
+		fwd += fp.count.forwarded.Load()
+		failed += fp.count.failed.Load()
+	}
+	return map[string]uint64{"forwarded": fwd, "drop_write_error": failed}
 }
 
 // Open returns the forwarder's processor for a track.
 func (f *Forwarder) Open(*session.Track, pipeline.Emit) (pipeline.Processor, error) {
-	return forwarderProc{f}, nil
+	fp := &forwarderProc{f: f}
+	f.mu.Lock()
+	if f.live == nil {
+		f.live = make(map[*forwarderProc]struct{})
+	}
+	f.live[fp] = struct{}{}
+	f.mu.Unlock()
+	return fp, nil
 }
 
 // Close does nothing: slots belong to their peers.
 func (f *Forwarder) Close(context.Context) error { return nil }
 
-type forwarderProc struct{ f *Forwarder }
+type forwarderProc struct {
+	f     *Forwarder
+	count counts
+}
 
-func (fp forwarderProc) HandlePacket(p *pipeline.Packet) bool {
+func (fp *forwarderProc) HandlePacket(p *pipeline.Packet) bool {
 	f := fp.f
 	c := p.Conversation
 	if c == nil {
@@ -84,21 +107,34 @@ func (fp forwarderProc) HandlePacket(p *pipeline.Packet) bool {
 		c.Reassign()
 	}
 	level := p.LevelByte()
+	var written uint64
 	for _, s := range t.Targets(c) {
 		ok, err := s.Write(t, c, &p.RTP, level, p.HasLevel, now)
 		if err != nil {
-			f.errors.Add(1)
+			fp.count.failed.Add(1)
 			if allow, n := f.errLog.Allow(p.Arrival); allow {
 				f.log.Warn("forward failed", "track", t.ID, "err", err, "suppressed", n)
 			}
 			continue
 		}
 		if ok {
-			f.forwarded.Add(1)
+			written++
 		}
+	}
+	if written > 0 {
+		fp.count.forwarded.Add(written)
 	}
 	return true
 }
 
-func (forwarderProc) HandleBite(*pipeline.Bite) {}
-func (forwarderProc) Close()                    {}
+func (*forwarderProc) HandleBite(*pipeline.Bite) {}
+
+// Close hands the track's counts over to the forwarder.
+func (fp *forwarderProc) Close() {
+	f := fp.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.live, fp)
+	f.closed.forwarded.Add(fp.count.forwarded.Load())
+	f.closed.failed.Add(fp.count.failed.Load())
+}

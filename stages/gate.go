@@ -30,9 +30,6 @@ type Gate struct {
 	dropped atomic.Uint64
 }
 
-// Dropped returns how many packets the gate stopped.
-func (g *Gate) Dropped() uint64 { return g.dropped.Load() }
-
 // Stats reports the packets the gate stopped.
 func (g *Gate) Stats() map[string]uint64 {
 	return map[string]uint64{"drop_not_member": g.dropped.Load()}

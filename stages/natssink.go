@@ -175,16 +175,6 @@ func NewNATSSink(nc *nats.Conn, s NATSSinkSettings, log *slog.Logger) (*NATSSink
 	return k, nil
 }
 
-// Published, Dropped and Failed count bites sent, dropped because the queue
-// was full, and refused by the NATS client.
-func (k *NATSSink) Published() uint64 { return k.published.Load() }
-
-// Dropped returns how many bites were dropped because the queue was full.
-func (k *NATSSink) Dropped() uint64 { return k.dropped.Load() }
-
-// Failed returns how many bites the NATS client refused.
-func (k *NATSSink) Failed() uint64 { return k.failed.Load() }
-
 // Open returns the sink's processor for a track.
 func (k *NATSSink) Open(*session.Track, pipeline.Emit) (pipeline.Processor, error) {
 	return natsSinkProc{k}, nil
