@@ -99,20 +99,29 @@ func (p *Peer) start() {
 	p.pc.OnTrack(p.readTrack)
 }
 
-// goroutine runs f on a goroutine counted by the peer, unless the peer is
-// closing. It reports whether f was started.
-func (p *Peer) goroutine(f func()) bool {
+// enter counts the caller as one of the peer's goroutines, unless the peer
+// is closing; a caller that entered calls p.wg.Done when it ends. Close
+// waits for them only after closing is set, so no Add races the Wait.
+func (p *Peer) enter() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closing {
 		return false
 	}
 	p.wg.Add(1)
+	return true
+}
+
+// goroutine runs f on a goroutine counted by the peer, unless the peer is
+// closing.
+func (p *Peer) goroutine(f func()) {
+	if !p.enter() {
+		return
+	}
 	go func() {
 		defer p.wg.Done()
 		f()
 	}()
-	return true
 }
 
 // OnCandidate sets the function that receives the router's ICE candidates
@@ -315,13 +324,9 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 		p.log.Info("ignoring a non-Opus track", "codec", remote.Codec().MimeType)
 		return
 	}
-	p.mu.Lock()
-	if p.closing {
-		p.mu.Unlock()
+	if !p.enter() {
 		return
 	}
-	p.wg.Add(1)
-	p.mu.Unlock()
 	defer p.wg.Done()
 
 	var levelID uint8
