@@ -133,28 +133,6 @@ func next(t testing.TB, ch chan *nats.Msg, kind string, d time.Duration) *nats.M
 	}
 }
 
-// eventually waits until cond holds, failing after d.
-func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	if cond() {
-		return
-	}
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	poll := time.NewTicker(2 * time.Millisecond)
-	defer poll.Stop()
-	for {
-		select {
-		case <-poll.C:
-			if cond() {
-				return
-			}
-		case <-deadline.C:
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-	}
-}
-
 // gone reports whether process pid no longer exists.
 func gone(pid int) bool {
 	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)

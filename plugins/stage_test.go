@@ -13,6 +13,8 @@ import (
 
 	"github.com/beepvoice/router/pipeline"
 	"github.com/beepvoice/router/session"
+
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 // biteSource is a stage whose processors emit the bites a test hands them.
@@ -193,7 +195,7 @@ func TestFailures(t *testing.T) {
 		{"crash: restarted with new processes, then disabled", []string{"-mode", "crash", "-after", "5"},
 			func(s *Settings) { s.MaxRestarts = 2; s.Flush = 0; s.Batch = 1 },
 			func(t *testing.T, st *Stage, send func(int), logs *logBuffer) {
-				eventually(t, 20*time.Second, "disabled", func() bool {
+				testutil.Eventually(t, 20*time.Second, "disabled", func() bool {
 					send(1)
 					return st.Stats().Disabled
 				})
@@ -224,14 +226,14 @@ func TestFailures(t *testing.T) {
 			func(s *Settings) { s.MaxRestarts = 0; s.Queue = 64; s.Flush = 0; s.Batch = 1 },
 			func(t *testing.T, st *Stage, send func(int), logs *logBuffer) {
 				pid := st.Stats().PID
-				eventually(t, 20*time.Second, "hung plugin detected", func() bool {
+				testutil.Eventually(t, 20*time.Second, "hung plugin detected", func() bool {
 					send(20) // never blocks, even while the plugin hangs
 					return st.Stats().Disabled
 				})
 				if s := st.Stats(); s.Dropped == 0 || s.Failures != 1 {
 					t.Fatalf("stats %+v", s)
 				}
-				eventually(t, 10*time.Second, "hung process gone", func() bool { return gone(pid) })
+				testutil.Eventually(t, 10*time.Second, "hung process gone", func() bool { return gone(pid) })
 				if !logs.contains("hung") && !logs.contains("health check") {
 					t.Fatalf("logs:\n%s", logs)
 				}
@@ -252,7 +254,7 @@ func TestFailures(t *testing.T) {
 			func(s *Settings) { s.Conversations = []string{"conv-1"} },
 			func(t *testing.T, st *Stage, send func(int), logs *logBuffer) {
 				send(1)
-				eventually(t, 10*time.Second, "results judged", func() bool {
+				testutil.Eventually(t, 10*time.Second, "results judged", func() bool {
 					s := st.Stats()
 					return s.Rejected == 6 && s.Results+s.Unpublished == 1
 				})
@@ -321,7 +323,7 @@ func TestCloseKillsHungPlugin(t *testing.T) {
 	if err := sink.WriteRTP(rtpPacket(t, 1, 960, 9, 30, []byte{0xf8, 0xff, 0xfe}), time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "packet sent", func() bool { return st.Stats().Sent == 1 })
+	testutil.Eventually(t, 5*time.Second, "packet sent", func() bool { return st.Stats().Sent == 1 })
 	sink.Close()
 	pid := st.Stats().PID
 	start := time.Now()

@@ -14,6 +14,8 @@ import (
 
 	"github.com/beepvoice/router/beeppb"
 	"github.com/beepvoice/router/pipeline"
+
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 // natsServer is an embedded NATS server with JetStream that can be stopped
@@ -110,19 +112,6 @@ func testBite(seq uint64) *pipeline.Bite {
 	return &pipeline.Bite{Conversation: "conv-1", UserID: "alice", ClientID: "phone", Seq: seq, Start: time.Now(), Duration: time.Second, Format: pipeline.FormatOggOpus, Data: make([]byte, 1000)}
 }
 
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
-}
-
 func inOrder(seqs []uint64, n int) bool {
 	if len(seqs) != n {
 		return false
@@ -163,17 +152,17 @@ func TestNATSOutage(t *testing.T) {
 			for i := range 10 {
 				proc.HandleBite(testBite(uint64(i)))
 			}
-			waitUntil(t, 10*time.Second, "10 bites before the outage", func() bool { return len(stored()) == 10 })
+			testutil.Eventually(t, 10*time.Second, "10 bites before the outage", func() bool { return len(stored()) == 10 })
 
 			ns.stop()
-			waitUntil(t, 10*time.Second, "the sink to see NATS gone", func() bool { return !k.nc.IsConnected() })
+			testutil.Eventually(t, 10*time.Second, "the sink to see NATS gone", func() bool { return !k.nc.IsConnected() })
 			for i := 10; i < 30; i++ {
 				proc.HandleBite(testBite(uint64(i)))
 			}
-			waitUntil(t, 10*time.Second, "20 spooled", func() bool { return k.Stats()["spooled"] == 20 })
+			testutil.Eventually(t, 10*time.Second, "20 spooled", func() bool { return k.Stats()["spooled"] == 20 })
 
 			ns.start()
-			waitUntil(t, 15*time.Second, "all 30 bites, in order", func() bool { return inOrder(stored(), 30) })
+			testutil.Eventually(t, 15*time.Second, "all 30 bites, in order", func() bool { return inOrder(stored(), 30) })
 			if err := k.Close(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -194,7 +183,7 @@ func TestSpoolFull(t *testing.T) {
 	stored := ns.stream(ctx)
 	nc := ns.connect()
 	ns.stop()
-	waitUntil(t, 10*time.Second, "NATS gone", func() bool { return !nc.IsConnected() })
+	testutil.Eventually(t, 10*time.Second, "NATS gone", func() bool { return !nc.IsConnected() })
 	s := *natsSinkKind.Defaults().(*NATSSinkSettings)
 	s.StoreSubject = ""
 	s.SpoolBytes = 5500 // five 1 KB bites
@@ -207,9 +196,9 @@ func TestSpoolFull(t *testing.T) {
 	for i := range 8 {
 		proc.HandleBite(testBite(uint64(i)))
 	}
-	waitUntil(t, 10*time.Second, "3 drops", func() bool { return k.Stats()["drop_spool_full"] == 3 })
+	testutil.Eventually(t, 10*time.Second, "3 drops", func() bool { return k.Stats()["drop_spool_full"] == 3 })
 	ns.start()
-	waitUntil(t, 15*time.Second, "the 5 spooled bites", func() bool { return inOrder(stored(), 5) })
+	testutil.Eventually(t, 15*time.Second, "the 5 spooled bites", func() bool { return inOrder(stored(), 5) })
 	_ = k.Close(ctx)
 }
 
@@ -228,7 +217,7 @@ func TestDirSpoolSurvivesRestart(t *testing.T) {
 
 	nc := ns.connect()
 	ns.stop()
-	waitUntil(t, 10*time.Second, "NATS gone", func() bool { return !nc.IsConnected() })
+	testutil.Eventually(t, 10*time.Second, "NATS gone", func() bool { return !nc.IsConnected() })
 	k1, err := NewNATSSink(nc, s, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -249,6 +238,6 @@ func TestDirSpoolSurvivesRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 15*time.Second, "the 4 bites of the earlier run", func() bool { return inOrder(stored(), 4) })
+	testutil.Eventually(t, 15*time.Second, "the 4 bites of the earlier run", func() bool { return inOrder(stored(), 4) })
 	_ = k2.Close(ctx)
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/beepvoice/router/claim"
+
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 // TestTwoRoutersShareDeviceSignalling runs two routers on one external NATS
@@ -46,7 +48,7 @@ func TestTwoRoutersShareDeviceSignalling(t *testing.T) {
 	}
 
 	// Router b learns of alice's tablet through presence.
-	if err := waitFor(ctx, func() bool { return strings.Contains(get(t, b, "/user/alice/devices"), "tablet") }); err != nil {
+	if err := testutil.Until(ctx, func() bool { return strings.Contains(get(t, b, "/user/alice/devices"), "tablet") }); err != nil {
 		t.Fatalf("router b never lists alice's tablet: %s", get(t, b, "/user/alice/devices"))
 	}
 	post, _ := http.NewRequest(http.MethodPost, "http://"+b.addr()+"/user/alice/device/tablet", strings.NewReader(`{"data":"ring","event":"call"}`))

@@ -26,6 +26,8 @@ import (
 	"github.com/beepvoice/router/beeppb"
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/internal/beepclient"
+
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 func TestConnectThenJoin(t *testing.T) {
@@ -154,7 +156,7 @@ func TestPeerThatNeverConnectsIsReleased(t *testing.T) {
 	if closeErr.Code != websocket.CloseInternalServerErr || !strings.Contains(closeErr.Text, "failed") {
 		t.Fatalf("close %d %q", closeErr.Code, closeErr.Text)
 	}
-	if err := waitFor(deadline(t, 5*time.Second), func() bool { return r.a.sessions.Stats().Peers == 0 }); err != nil {
+	if err := testutil.Until(deadline(t, 5*time.Second), func() bool { return r.a.sessions.Stats().Peers == 0 }); err != nil {
 		t.Fatalf("peer not released: %+v", r.a.sessions.Stats())
 	}
 }
@@ -212,16 +214,6 @@ func buildRouter(t *testing.T) string {
 	return bin
 }
 
-func freeTCPAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // TestBinary runs the real binary: bad settings stop it with a message that
 // names them; a .env file configures it; SIGTERM flushes the open bite of a
 // talking client to NATS and exits 0.
@@ -249,7 +241,7 @@ func TestBinary(t *testing.T) {
 
 	t.Run("env file and SIGTERM under load", func(t *testing.T) {
 		dir := t.TempDir()
-		listen, natsAddr := freeTCPAddr(t), freeTCPAddr(t)
+		listen, natsAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
 		env := fmt.Sprintf("LISTEN=%s\nPERMISSIONS_HOST=allow-all\nICE_IPS=127.0.0.1\nNATS_EMBEDDED_LISTEN=%s\n", listen, natsAddr)
 		if err := os.WriteFile(filepath.Join(dir, ".env"), []byte(env), 0o600); err != nil {
 			t.Fatal(err)
@@ -378,12 +370,12 @@ func TestVanishedPeerIsReleased(t *testing.T) {
 	if err := pace(a, 'a', 0, 5, loud); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitFor(deadline(t, 5*time.Second), func() bool { return r.a.sessions.Stats().Tracks == 1 }); err != nil {
+	if err := testutil.Until(deadline(t, 5*time.Second), func() bool { return r.a.sessions.Stats().Tracks == 1 }); err != nil {
 		t.Fatal("track never started")
 	}
 	a.Close()
 	// Test timeouts: 1 s disconnected + 1 s failed.
-	if err := waitFor(deadline(t, 10*time.Second), func() bool {
+	if err := testutil.Until(deadline(t, 10*time.Second), func() bool {
 		s := r.a.sessions.Stats()
 		return s.Peers == 0 && s.Tracks == 0
 	}); err != nil {

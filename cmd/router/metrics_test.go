@@ -11,6 +11,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/beepvoice/router/internal/beepclient"
+
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 func scrape(t *testing.T, url string) (int, string) {
@@ -36,7 +38,7 @@ func metric(t *testing.T, body, sample string) float64 {
 }
 
 func TestMetricsAndHealth(t *testing.T) {
-	maddr := freeTCPAddr(t)
+	maddr := testutil.FreeAddr(t)
 	r := startRouter(t, map[string]string{"METRICS_LISTEN": maddr})
 	r.mustJoin("alice", "conv-1")
 	r.mustJoin("bob", "conv-1")
@@ -92,9 +94,9 @@ func TestMetricsAndHealth(t *testing.T) {
 // and serves calls, and says it is not ready; it becomes ready when NATS
 // comes up, and unready again when NATS goes away.
 func TestNATSDown(t *testing.T) {
-	natsAddr := freeTCPAddr(t)
+	natsAddr := testutil.FreeAddr(t)
 	a := startExternal(t, "nats://"+natsAddr)
-	if err := waitFor(deadline(t, 5*time.Second), func() bool {
+	if err := testutil.Until(deadline(t, 5*time.Second), func() bool {
 		code, _ := scrape(t, "http://"+a.addr()+"/readyz")
 		return code == http.StatusServiceUnavailable
 	}); err != nil {
@@ -109,7 +111,7 @@ func TestNATSDown(t *testing.T) {
 	if !ns.ReadyForConnections(5 * time.Second) {
 		t.Fatal("nats not ready")
 	}
-	if err := waitFor(deadline(t, 10*time.Second), func() bool {
+	if err := testutil.Until(deadline(t, 10*time.Second), func() bool {
 		code, _ := scrape(t, "http://"+a.addr()+"/readyz")
 		return code == http.StatusOK
 	}); err != nil {
@@ -117,7 +119,7 @@ func TestNATSDown(t *testing.T) {
 	}
 	ns.Shutdown()
 	ns.WaitForShutdown()
-	if err := waitFor(deadline(t, 5*time.Second), func() bool {
+	if err := testutil.Until(deadline(t, 5*time.Second), func() bool {
 		code, _ := scrape(t, "http://"+a.addr()+"/readyz")
 		return code == http.StatusServiceUnavailable
 	}); err != nil {

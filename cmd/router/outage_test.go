@@ -15,6 +15,8 @@ import (
 
 	"github.com/beepvoice/router/beeppb"
 	"github.com/beepvoice/router/internal/beepclient"
+
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 // TestNATSOutageMidCall stops NATS in the middle of a call for
@@ -115,7 +117,7 @@ func TestNATSOutageMidCall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := waitFor(deadline(t, 30*time.Second), func() bool {
+	if err := testutil.Until(deadline(t, 30*time.Second), func() bool {
 		info, err := stream.Info(ctx)
 		return err == nil && int(info.State.Msgs) >= want
 	}); err != nil {

@@ -23,6 +23,8 @@ import (
 	"github.com/beepvoice/router/pipeline"
 	"github.com/beepvoice/router/session"
 	"github.com/beepvoice/router/stages"
+
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 // dialClose opens /connect as user/client, sends a message and returns the
@@ -258,7 +260,7 @@ func TestPanicInStageIsContained(t *testing.T) {
 	if err := pace(mallory, 'm', 0, 5, loud); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitFor(deadline(t, 5*time.Second), func() bool { return r.a.sessions.Stats().Peers == 2 }); err != nil {
+	if err := testutil.Until(deadline(t, 5*time.Second), func() bool { return r.a.sessions.Stats().Peers == 2 }); err != nil {
 		t.Fatalf("mallory's peer was not closed: %+v", r.a.sessions.Stats())
 	}
 	if err := pace(alice, 'a', 0, 20, loud); err != nil {

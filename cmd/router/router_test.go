@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -19,6 +18,8 @@ import (
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/internal/beepclient"
 	"github.com/beepvoice/router/oggopus"
+
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 // checkStream asserts that the packets of one slot form one valid RTP
@@ -349,26 +350,13 @@ func TestConnectErrors(t *testing.T) {
 		t.Fatalf("connect without claim: %v %v, want 400", err, resp)
 	}
 	// Nothing leaked: every refused offer's peer is gone.
-	if err := waitFor(deadline(t, 5*time.Second), func() bool { return r.a.sessions.Stats().Peers == 0 }); err != nil {
+	if err := testutil.Until(deadline(t, 5*time.Second), func() bool { return r.a.sessions.Stats().Peers == 0 }); err != nil {
 		t.Fatalf("peers left after refused offers: %+v", r.a.sessions.Stats())
 	}
 }
 
 func isReset(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "connection reset")
-}
-
-func waitFor(ctx context.Context, cond func() bool) error {
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	return nil
 }
 
 func TestBitesOnNATS(t *testing.T) {

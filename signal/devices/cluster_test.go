@@ -11,6 +11,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/beepvoice/router/claim"
+
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 const testBeat = 50 * time.Millisecond
@@ -54,7 +56,7 @@ func TestClusterDelivery(t *testing.T) {
 	// Union of the device lists.
 	_ = b.subscribe(t, "alice", "tablet")
 	for name, in := range map[string]*instance{"a": a, "b": b} {
-		eventually(t, 5*time.Second, "union on "+name, func() bool {
+		testutil.Eventually(t, 5*time.Second, "union on "+name, func() bool {
 			return sameList(in.deviceList(t, "alice"), "phone", "tablet")
 		})
 	}
@@ -69,7 +71,7 @@ func TestClusterDelivery(t *testing.T) {
 	if ev := oddStream.nextEvent(t); !sameList(ev.data, "odd") {
 		t.Fatalf("odd got %+v", ev)
 	}
-	eventually(t, 5*time.Second, "odd device listed on a", func() bool {
+	testutil.Eventually(t, 5*time.Second, "odd device listed on a", func() bool {
 		return sameList(a.deviceList(t, url.PathEscape(odd.UserID)), odd.ClientID)
 	})
 	// A wildcard-looking id must not reach other devices.
@@ -87,14 +89,14 @@ func TestClusterDelivery(t *testing.T) {
 		t.Fatalf("new stream got %+v", ev)
 	}
 	for name, in := range map[string]*instance{"a": a, "b": b} {
-		eventually(t, 5*time.Second, "list after replacement on "+name, func() bool {
+		testutil.Eventually(t, 5*time.Second, "list after replacement on "+name, func() bool {
 			return sameList(in.deviceList(t, "alice"), "phone", "tablet")
 		})
 	}
 
 	// Leaving shows on the other instance.
 	bob.close()
-	eventually(t, 5*time.Second, "bob's laptop to leave a's list", func() bool {
+	testutil.Eventually(t, 5*time.Second, "bob's laptop to leave a's list", func() bool {
 		return sameList(a.deviceList(t, "bob"))
 	})
 }
@@ -109,21 +111,21 @@ func TestClusterDeltas(t *testing.T) {
 	b := newInstance(t, Config{NATS: connectNATS(t, natsURL), InstanceID: "b", Heartbeat: slow})
 	_ = b.subscribe(t, "bob", "laptop")
 	a := newInstance(t, Config{NATS: connectNATS(t, natsURL), InstanceID: "a", Heartbeat: slow})
-	eventually(t, 5*time.Second, "a to learn b's devices on start", func() bool {
+	testutil.Eventually(t, 5*time.Second, "a to learn b's devices on start", func() bool {
 		return sameList(a.deviceList(t, "bob"), "laptop")
 	})
 	phone := b.subscribe(t, "bob", "phone")
-	eventually(t, 5*time.Second, "join delta", func() bool {
+	testutil.Eventually(t, 5*time.Second, "join delta", func() bool {
 		return sameList(a.deviceList(t, "bob"), "laptop", "phone")
 	})
 	phone.close()
-	eventually(t, 5*time.Second, "leave delta", func() bool {
+	testutil.Eventually(t, 5*time.Second, "leave delta", func() bool {
 		return sameList(a.deviceList(t, "bob"), "laptop")
 	})
 	if err := b.svc.Close(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "goodbye", func() bool {
+	testutil.Eventually(t, 5*time.Second, "goodbye", func() bool {
 		return sameList(a.deviceList(t, "bob"))
 	})
 }
@@ -139,21 +141,19 @@ func TestClusterExpiry(t *testing.T) {
 	b := newInstance(t, Config{NATS: ncB, InstanceID: "b", Heartbeat: testBeat})
 	_ = b.subscribe(t, "bob", "laptop")
 	_ = a.subscribe(t, "bob", "phone")
-	eventually(t, 5*time.Second, "union", func() bool {
+	testutil.Eventually(t, 5*time.Second, "union", func() bool {
 		return sameList(a.deviceList(t, "bob"), "laptop", "phone")
 	})
 	// Let a few heartbeats prove that a steady state stays listed.
-	steady := time.Now().Add(4 * expiryBeats * testBeat)
-	for time.Now().Before(steady) {
+	holdsFor(t, 4*expiryBeats*testBeat, testBeat/2, func() {
 		if l := a.deviceList(t, "bob"); !sameList(l, "laptop", "phone") {
 			t.Fatalf("steady state lost a device: %q", l)
 		}
-		time.Sleep(testBeat / 2)
-	}
+	})
 
 	start := time.Now()
 	ncB.Close() // b vanishes: no goodbye, no leave
-	eventually(t, 20*expiryBeats*testBeat, "b's device to expire", func() bool {
+	testutil.Eventually(t, 20*expiryBeats*testBeat, "b's device to expire", func() bool {
 		return sameList(a.deviceList(t, "bob"), "phone")
 	})
 	took := time.Since(start)
@@ -172,16 +172,14 @@ func TestClusterMixedHeartbeats(t *testing.T) {
 	slowBeat := 8 * testBeat
 	slow := newInstance(t, Config{NATS: connectNATS(t, natsURL), InstanceID: "slow", Heartbeat: slowBeat})
 	_ = slow.subscribe(t, "bob", "laptop")
-	eventually(t, 5*time.Second, "fast to list slow's device", func() bool {
+	testutil.Eventually(t, 5*time.Second, "fast to list slow's device", func() bool {
 		return sameList(fast.deviceList(t, "bob"), "laptop")
 	})
-	until := time.Now().Add(3 * slowBeat)
-	for time.Now().Before(until) {
+	holdsFor(t, 3*slowBeat, testBeat/2, func() {
 		if l := fast.deviceList(t, "bob"); !sameList(l, "laptop") {
 			t.Fatalf("slow instance's device dropped between its heartbeats: %q", l)
 		}
-		time.Sleep(testBeat / 2)
-	}
+	})
 }
 
 // TestClusterLargeSnapshot: a snapshot larger than the NATS max payload
@@ -200,10 +198,28 @@ func TestClusterLargeSnapshot(t *testing.T) {
 	}
 	cfg.NATS, cfg.InstanceID = connectNATS(t, natsURL), "a"
 	a := newInstance(t, cfg)
-	eventually(t, 5*time.Second, "a to learn all of b's devices", func() bool {
+	testutil.Eventually(t, 5*time.Second, "a to learn all of b's devices", func() bool {
 		return sameList(a.deviceList(t, "bob"), want...)
 	})
 	if code := a.post(t, alicePhone, "bob", want[39], postBodyJSON("x", "")); code != http.StatusOK {
 		t.Fatalf("post: %d", code)
+	}
+}
+
+// holdsFor runs check every interval for the whole window d: it samples a
+// property that must keep holding (a negative result needs the time to
+// pass), which is not a wait for an event.
+func holdsFor(t *testing.T, d, interval time.Duration, check func()) {
+	t.Helper()
+	end := time.After(d)
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		check()
+		select {
+		case <-end:
+			return
+		case <-tick.C:
+		}
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/beepvoice/router/claim"
+
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 var alicePhone = claim.Claim{UserID: "alice", ClientID: "phone"}
@@ -142,9 +144,9 @@ func TestDeviceList(t *testing.T) {
 		t.Fatalf("other user: %q", l)
 	}
 	laptop.close()
-	eventually(t, 5*time.Second, "laptop to leave", func() bool { return sameList(in.deviceList(t, "bob"), "phone") })
+	testutil.Eventually(t, 5*time.Second, "laptop to leave", func() bool { return sameList(in.deviceList(t, "bob"), "phone") })
 	phone.close()
-	eventually(t, 5*time.Second, "list to be empty", func() bool {
+	testutil.Eventually(t, 5*time.Second, "list to be empty", func() bool {
 		_, body := in.devices(t, "bob", true)
 		return body == "[]\n"
 	})
@@ -219,7 +221,7 @@ func TestReplaceOlderSubscription(t *testing.T) {
 		t.Fatalf("event %+v", ev)
 	}
 	cur.close()
-	eventually(t, 5*time.Second, "list to be empty", func() bool { return sameList(in.deviceList(t, "bob")) })
+	testutil.Eventually(t, 5*time.Second, "list to be empty", func() bool { return sameList(in.deviceList(t, "bob")) })
 }
 
 // TestSlowReader: a client that never reads gets its stream closed when its
@@ -328,7 +330,7 @@ func TestCloseEndsStreams(t *testing.T) {
 	}
 	a.waitEnded(t, 5*time.Second)
 	b.waitEnded(t, 5*time.Second)
-	eventually(t, 5*time.Second, "subscription goroutines to end", func() bool { return natsSubGoroutines() == 0 })
+	testutil.Eventually(t, 5*time.Second, "subscription goroutines to end", func() bool { return natsSubGoroutines() == 0 })
 	if _, code := in.openStream(t, "/subscribe", "bob", "laptop"); code != http.StatusServiceUnavailable {
 		t.Fatalf("subscribe after Close: %d", code)
 	}

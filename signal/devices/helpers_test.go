@@ -201,18 +201,6 @@ func (in *instance) deviceList(t *testing.T, user string) []string {
 	return l
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func sameList(got []string, want ...string) bool {
 	if len(got) != len(want) {
 		return false

@@ -1,0 +1,51 @@
+// Package testutil holds what the router's tests share: waiting on a
+// condition with a deadline (never a bare sleep), and free loopback
+// addresses.
+package testutil
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+)
+
+// pollEvery is how often Until looks at its condition.
+const pollEvery = 10 * time.Millisecond
+
+// Until waits until cond holds, looking every 10 ms, or until ctx ends.
+func Until(ctx context.Context, cond func() bool) error {
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// Eventually waits up to timeout for cond, failing t with what it waited
+// for.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := Until(ctx, cond); err != nil {
+		t.Fatalf("timed out after %v waiting for %s", timeout, what)
+	}
+}
+
+// FreeAddr returns a loopback TCP address ("127.0.0.1:port") that was free
+// a moment ago.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
