@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 var (
@@ -150,31 +151,13 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // router is a running ./cmd/router -dev subprocess.
 type router struct {
 	cmd     *exec.Cmd
 	HTTP    string // http://127.0.0.1:port
 	WS      string // ws://127.0.0.1:port
 	NATS    string // nats://127.0.0.1:port
-	log     *syncBuffer
+	log     *testutil.Buffer
 	exited  chan struct{}
 	waitErr error
 	stopped bool
@@ -191,7 +174,7 @@ func startRouter(t *testing.T) *router {
 		HTTP:   fmt.Sprintf("http://127.0.0.1:%d", httpPort),
 		WS:     fmt.Sprintf("ws://127.0.0.1:%d", httpPort),
 		NATS:   fmt.Sprintf("nats://127.0.0.1:%d", natsPort),
-		log:    &syncBuffer{},
+		log:    &testutil.Buffer{},
 		exited: make(chan struct{}),
 	}
 	r.cmd = exec.Command(bin, "-dev", "-env-file", os.DevNull)

@@ -23,6 +23,8 @@ import (
 	"github.com/beepvoice/router/pipeline"
 	"github.com/beepvoice/router/session"
 	"github.com/beepvoice/router/stages"
+
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 // binDir holds the plugins the tests build, once per test binary.
@@ -206,23 +208,8 @@ func rtpPacket(t testing.TB, seq uint16, ts uint32, ssrc uint32, level int, payl
 	return b
 }
 
-// logBuffer is a slog handler target that tests can search.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+// logBuffer collects a stage's logs for a test to search.
+type logBuffer struct{ testutil.Buffer }
 
 func (l *logBuffer) contains(s string) bool { return strings.Contains(l.String(), s) }
 
