@@ -54,8 +54,7 @@ func BenchmarkPipeline(b *testing.B) {
 		level byte
 	}{{"silence", 127}, {"speech", 10}} {
 		b.Run(bc.name, func(b *testing.B) {
-			m, track := env(&testing.T{})
-			defer m.Close(context.Background())
+			m, track := env(b)
 			reg := pipeline.NewRegistry()
 			Register(reg)
 			cfg, err := reg.Config(Default...)
@@ -96,8 +95,7 @@ func BenchmarkPipeline(b *testing.B) {
 // BenchmarkChunkerOgg measures cutting and muxing: 250 speech packets per
 // 5 s bite.
 func BenchmarkChunkerOgg(b *testing.B) {
-	m, track := env(&testing.T{})
-	defer m.Close(context.Background())
+	_, track := env(b)
 	ch, _ := NewChunker(*chunkerKind.Defaults().(*ChunkerSettings), nil)
 	p := pipeline.New(map[string]pipeline.Stage{"gate": &Gate{}, "chunker": ch}, "gate", "chunker")
 	sink, _ := p.Open(track)

@@ -34,7 +34,7 @@ type nopSink struct{}
 func (nopSink) Open(*session.Track) (session.TrackSink, error) { return nil, nil }
 
 // env returns a session manager with alice in conv-1, and her track.
-func env(t *testing.T) (*session.Manager, *session.Track) {
+func env(t testing.TB) (*session.Manager, *session.Track) {
 	t.Helper()
 	m, err := session.New(session.Config{Sink: nopSink{}})
 	if err != nil {
