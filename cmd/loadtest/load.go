@@ -87,6 +87,9 @@ type loadConfig struct {
 	// NACK makes the clients negotiate NACK for Opus, as pion clients do;
 	// browsers and libwebrtc do not (their Opus has only transport-cc).
 	NACK bool
+	// Wire makes the receiving devices timestamp datagrams in the kernel
+	// (beepclient.Options.ArrivalTimes), for the wire latency.
+	Wire bool
 	// DialTimeout bounds one device's join and connect.
 	DialTimeout time.Duration
 	// Logf reports progress; nil: quiet.
@@ -153,7 +156,9 @@ type slotStat struct {
 
 	mu          sync.Mutex
 	seq         seqTracker
-	hist        *hist
+	hist        *hist // latency at the app: read time − send time
+	wire        *hist // wire latency: kernel arrival − send time; nil: off
+	noWire      uint64
 	received    uint64 // unique packets sent within the window
 	inWin       bool
 	first, last uint64 // extended sequence numbers of those packets
@@ -164,7 +169,9 @@ type slotStat struct {
 	foreign     uint64 // packets without our payload header
 }
 
-func (s *slotStat) handle(p *rtp.Packet, at time.Time) {
+// handle counts one packet the slot read at at; arrived is when the
+// kernel received it (zero: unknown).
+func (s *slotStat) handle(p *rtp.Packet, at, arrived time.Time) {
 	pl := p.Payload
 	ours := len(pl) >= payloadHeader && (pl[0] == 0xf8 || pl[0] == 0xfc)
 	var sent int64
@@ -192,7 +199,15 @@ func (s *slotStat) handle(p *rtp.Packet, at time.Time) {
 	if late {
 		s.late++
 	}
-	s.hist.add(at.Sub(time.Unix(0, sent)))
+	sentAt := time.Unix(0, sent)
+	s.hist.add(at.Sub(sentAt))
+	if s.wire != nil {
+		if arrived.IsZero() {
+			s.noWire++
+		} else {
+			s.wire.add(arrived.Sub(sentAt))
+		}
+	}
 	if !s.inWin {
 		s.first, s.last, s.inWin = ext, ext, true
 	} else {
@@ -274,14 +289,13 @@ type runResult struct {
 		SlotsReceiving int     `json:"slots_receiving"`
 		SlotsExpected  int     `json:"slots_expected"`
 	} `json:"loss"`
-	LatencyMS struct {
-		P50  float64 `json:"p50"`
-		P95  float64 `json:"p95"`
-		P99  float64 `json:"p99"`
-		Max  float64 `json:"max"`
-		Mean float64 `json:"mean"`
-	} `json:"latency_ms"`
-	Router *routerFigures `json:"router,omitempty"`
+	// LatencyMS is the latency at the app: the subscriber's read time
+	// from its pion track − the send time in the payload.
+	LatencyMS latencyMS `json:"latency_ms"`
+	// WireLatencyMS is the kernel's receive time of the datagram at the
+	// subscriber's socket − the send time in the payload (with -wire).
+	WireLatencyMS *wireLatencyMS `json:"wire_latency_ms,omitempty"`
+	Router        *routerFigures `json:"router,omitempty"`
 	// Processing is the harness router's own time per published packet
 	// over the window (pipeline and fan-out to every slot), when the
 	// router is the harness (-router-self).
@@ -303,6 +317,32 @@ type runResult struct {
 	} `json:"udp_drops"`
 	RouterLog  []string `json:"router_warnings,omitempty"`
 	CPUProfile string   `json:"cpu_profile,omitempty"`
+}
+
+type latencyMS struct {
+	P50  float64 `json:"p50"`
+	P95  float64 `json:"p95"`
+	P99  float64 `json:"p99"`
+	Max  float64 `json:"max"`
+	Mean float64 `json:"mean"`
+}
+
+// wireLatencyMS is the wire latency with its sample counts.
+type wireLatencyMS struct {
+	latencyMS
+	// Samples are the received packets with a kernel arrival time;
+	// NoWireTime those without one (their arrival was no longer known).
+	Samples    uint64 `json:"samples"`
+	NoWireTime uint64 `json:"no_wire_time"`
+}
+
+// latencyOf summarises h in milliseconds.
+func latencyOf(h *hist) latencyMS {
+	ms := func(us float64) float64 { return us / 1000 }
+	return latencyMS{
+		P50: ms(h.quantile(0.50)), P95: ms(h.quantile(0.95)), P99: ms(h.quantile(0.99)),
+		Max: ms(h.quantile(1)), Mean: ms(h.mean()),
+	}
 }
 
 type slowConnect struct {
@@ -438,8 +478,12 @@ func (k *connector) connect(ctx context.Context, d *device) {
 		Publish: d.publisher, Receive: d.slots, NoNACK: !k.cfg.NACK,
 		// Cheaper reading; the slots find duplicates themselves.
 		NoReplayProtection: true,
-		OnTrack: func(string) func(*rtp.Packet, time.Time) {
+		ArrivalTimes:       k.cfg.Wire && d.slots > 0,
+		OnTrack: func(string) func(*rtp.Packet, time.Time, time.Time) {
 			s := &slotStat{win: k.win, hist: newHist()}
+			if k.cfg.Wire {
+				s.wire = newHist()
+			}
 			d.mu.Lock()
 			d.tracks = append(d.tracks, s)
 			d.mu.Unlock()
@@ -602,6 +646,9 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 		Payload: [2]int{cfg.SizeMin, cfg.SizeMax}, LevelDBov: -cfg.Level, NACK: cfg.NACK,
 	}
 	res.Machine.CPUs = machineCPUs()
+	if cfg.Wire {
+		res.WireLatencyMS = &wireLatencyMS{}
+	}
 	win := &window{}
 	win.start.Store(math.MaxInt64)
 	win.end.Store(math.MaxInt64)
@@ -772,7 +819,8 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 
 // aggregate fills the packet figures of res from what the devices saw.
 func aggregate(res *runResult, devs []*device) {
-	total := newHist()
+	total, wire := newHist(), newHist()
+	var noWire uint64
 	pubsIn := make(map[string][]*device) // conversation → its connected publishers
 	for _, d := range devs {
 		if d.publisher && d.c != nil {
@@ -821,6 +869,10 @@ func aggregate(res *runResult, devs []*device) {
 			res.Loss.Duplicates += s.dups
 			res.Loss.Switches += s.switches
 			total.merge(s.hist)
+			if s.wire != nil {
+				wire.merge(s.wire)
+				noWire += s.noWire
+			}
 			s.mu.Unlock()
 		}
 	}
@@ -830,12 +882,10 @@ func aggregate(res *runResult, devs []*device) {
 	if res.Egress.ExpectedByFanout > 0 {
 		res.Egress.DeliveryPct = 100 * float64(res.Egress.Received) / res.Egress.ExpectedByFanout
 	}
-	ms := func(us float64) float64 { return us / 1000 }
-	res.LatencyMS.P50 = ms(total.quantile(0.50))
-	res.LatencyMS.P95 = ms(total.quantile(0.95))
-	res.LatencyMS.P99 = ms(total.quantile(0.99))
-	res.LatencyMS.Max = ms(total.quantile(1))
-	res.LatencyMS.Mean = ms(total.mean())
+	res.LatencyMS = latencyOf(total)
+	if res.WireLatencyMS != nil {
+		*res.WireLatencyMS = wireLatencyMS{latencyMS: latencyOf(wire), Samples: wire.n, NoWireTime: noWire}
+	}
 }
 
 // sleepUntil waits until t or until ctx ends; it reports whether t came.

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -13,6 +14,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/internal/beepclient"
 )
 
 // TestMain lets the test binary act as the router harness, so that
@@ -37,9 +41,9 @@ func readReport(t *testing.T, path string) report {
 	return rep
 }
 
-// TestTinyLoad runs 2 publishers and 2 subscribers in one conversation for
-// 2 s against the harness router in-process, through the command line.
-func TestTinyLoad(t *testing.T) {
+// testHarness starts the harness router in-process for one test.
+func testHarness(t *testing.T) *harness {
+	t.Helper()
 	h, err := startHarness(slog.New(slog.NewTextHandler(io.Discard, nil)), 0)
 	if err != nil {
 		t.Fatal(err)
@@ -51,6 +55,13 @@ func TestTinyLoad(t *testing.T) {
 			t.Errorf("harness close: %v", err)
 		}
 	})
+	return h
+}
+
+// TestTinyLoad runs 2 publishers and 2 subscribers in one conversation for
+// 2 s against the harness router in-process, through the command line.
+func TestTinyLoad(t *testing.T) {
+	h := testHarness(t)
 	js := filepath.Join(t.TempDir(), "report.json")
 	var out, errb bytes.Buffer
 	code := run([]string{
@@ -84,11 +95,90 @@ func TestTinyLoad(t *testing.T) {
 	if !(r.LatencyMS.P50 > 0 && r.LatencyMS.P50 <= r.LatencyMS.P99 && r.LatencyMS.P99 <= r.LatencyMS.Max) {
 		t.Errorf("latency percentiles: %+v", r.LatencyMS)
 	}
+	// Every packet's wire latency is at most its latency at the app, so
+	// each quantile is too (the histograms hold the same packets when
+	// none lacks a wire time).
+	wl := r.WireLatencyMS
+	switch {
+	case wl == nil:
+		t.Error("no wire latency in the report")
+	case wl.Samples == 0 || wl.Samples+wl.NoWireTime != r.Egress.Received:
+		t.Errorf("wire latency of %d packets (%d without a wire time); %d received", wl.Samples, wl.NoWireTime, r.Egress.Received)
+	case !(wl.P50 > 0 && wl.P50 <= wl.P99 && wl.P99 <= wl.Max):
+		t.Errorf("wire latency percentiles: %+v", *wl)
+	case wl.NoWireTime == 0 && (wl.P50 > r.LatencyMS.P50 || wl.P99 > r.LatencyMS.P99 || wl.Max > r.LatencyMS.Max):
+		t.Errorf("wire latency %+v above the latency at the app %+v", *wl, r.LatencyMS)
+	}
 	if r.Router == nil || r.Router.CPUSeconds <= 0 || r.Router.RSSPeakKiB <= 0 {
 		t.Errorf("router figures: %+v", r.Router)
 	}
 	if !strings.Contains(out.String(), "2x2") {
 		t.Errorf("no table row for 2x2 in:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "wire p50") {
+		t.Errorf("no wire latency columns in:\n%s", out.String())
+	}
+}
+
+// TestWireLatencyPerPacket publishes timestamped packets through the
+// harness router to a subscriber with kernel arrival times: every packet
+// it receives has one, after its send time and no later than its read.
+func TestWireLatencyPerPacket(t *testing.T) {
+	h := testHarness(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := &loadConfig{URL: h.URL(), DialTimeout: 20 * time.Second}
+	k, err := newConnector(cfg, &window{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.close()
+	dial := func(user string, o beepclient.Options) *beepclient.Client {
+		t.Helper()
+		o.URL, o.Claim = k.ws, claim.Claim{UserID: user, ClientID: user + "-dev"}
+		if err := k.join(ctx, o.Claim, "wire"); err != nil {
+			t.Fatal(err)
+		}
+		c, err := beepclient.Dial(ctx, o)
+		if err != nil {
+			t.Fatalf("%s: %v", user, err)
+		}
+		t.Cleanup(c.Close)
+		return c
+	}
+	pub := dial("alice", beepclient.Options{Publish: true})
+	sub := dial("bob", beepclient.Options{Receive: 1, ArrivalTimes: true})
+
+	const n = 50
+	payload := make([]byte, 60)
+	payload[0] = 0xf8
+	for i := 0; i < n; i++ {
+		binary.BigEndian.PutUint64(payload[1:9], uint64(time.Now().UnixNano()))
+		if err := pub.Send(payload, 20); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := sub.WaitFor(ctx, func(r map[string][]beepclient.Packet) bool {
+		total := 0
+		for _, ps := range r {
+			total += len(ps)
+		}
+		return total >= n*9/10
+	}); err != nil {
+		t.Fatalf("waiting for packets: %v", err)
+	}
+	for mid, ps := range sub.Received() {
+		for _, p := range ps {
+			sent := time.Unix(0, int64(binary.BigEndian.Uint64(p.Payload[1:9])))
+			switch {
+			case p.Arrived.IsZero():
+				t.Errorf("mid %s seq %d: no arrival time", mid, p.SequenceNumber)
+			case !p.Arrived.After(sent) || p.Arrived.After(p.At) || p.At.Sub(sent) > 5*time.Second:
+				t.Errorf("mid %s seq %d: sent %v, arrived %v, read %v", mid, p.SequenceNumber,
+					sent.Format(time.StampNano), p.Arrived.Format(time.StampNano), p.At.Format(time.StampNano))
+			}
+		}
 	}
 }
 

@@ -6,6 +6,12 @@
 // times and the router's CPU and memory (from /proc). -idle N measures
 // memory per connected idle device instead.
 //
+// One-way latency is reported twice: at the app (the subscriber's read
+// from its pion track − the send time in the payload) and on the wire (the
+// kernel's receive time of the datagram at the subscriber's socket, from
+// SO_TIMESTAMPNS, − the send time), which leaves out the subscriber's own
+// scheduling and pion receive path.
+//
 // All traffic stays on loopback: a router URL whose host is not a loopback
 // address is refused unless -allow-remote is given, a router the tool
 // starts gathers on 127.0.0.1 only, and the clients gather on 127.0.0.1
@@ -28,6 +34,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -80,6 +87,7 @@ type options struct {
 	heapProf   string
 	toolProf   string
 	nack       bool
+	wire       bool
 	verbose    bool
 
 	serveRouter bool
@@ -132,6 +140,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.heapProf, "heapprofile", "", "with -router-self and -idle: write the router's heap profile after the idle devices here (and the baseline to FILE.before)")
 	fs.StringVar(&o.toolProf, "tool-cpuprofile", "", "write this tool's own CPU profile (the clients) of the steady window here (last run)")
 	fs.BoolVar(&o.nack, "nack", false, "clients negotiate NACK for Opus, as pion clients do; default off, as browsers and libwebrtc offer only transport-cc for Opus")
+	fs.BoolVar(&o.wire, "wire", true, "receiving clients timestamp datagrams in the kernel (SO_TIMESTAMPNS, on a UDP socket of their own through pion's ICE UDP mux, which adds one goroutine hand-off to their receive path) for the wire latency")
 	fs.BoolVar(&o.verbose, "v", false, "log progress to stderr")
 
 	fs.BoolVar(&o.serveRouter, "serve-router", false, "run as the in-process router harness (used by -router-self)")
@@ -410,7 +419,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 					res, err = runLoad(ctx, loadConfig{
 						URL: u, Scenario: sc, Rate: o.rate, Settle: o.settle, Hold: o.hold, Grace: o.grace,
 						SizeMin: o.sizeMin, SizeMax: o.sizeMax, Level: o.level, Framing: framing,
-						RouterPID: pid, DebugURL: dbg, CPUProfile: prof, ToolProfile: o.toolProf, NACK: o.nack,
+						RouterPID: pid, DebugURL: dbg, CPUProfile: prof, ToolProfile: o.toolProf, NACK: o.nack, Wire: o.wire,
 						DialTimeout: o.dialTO, Logf: logf,
 					}, i)
 					return err
@@ -501,13 +510,17 @@ func printReport(w io.Writer, rep *report) {
 			best[i] = true
 		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "scenario\trun\tdevices\tingress pkt/s\tegress pkt/s\tdelivery %\tloss %\tlat p50\tp95\tp99\tmax ms\tconnect p50\tp99 ms\trouter cores\t(sys)\tµs/egress pkt\tpkt/s per core\trouter RSS MiB\ttool cores\tother cores\t")
+		fmt.Fprintln(tw, "scenario\trun\tdevices\tingress pkt/s\tegress pkt/s\tdelivery %\tloss %\tlat p50\tp95\tp99\tmax ms\twire p50\tp99\tmax ms\tconnect p50\tp99 ms\trouter cores\t(sys)\tµs/egress pkt\tpkt/s per core\trouter RSS MiB\ttool cores\tother cores\t")
 		for i, r := range rep.Runs {
 			mark := ""
 			if best[i] && len(rep.Runs) > len(rep.Best) {
 				mark = "*"
 			}
 			cores, sys, us, ppc, rss := "-", "-", "-", "-", "-"
+			w50, w99, wmax := "-", "-", "-"
+			if wl := r.WireLatencyMS; wl != nil && wl.Samples > 0 {
+				w50, w99, wmax = fmt.Sprintf("%.2f", wl.P50), fmt.Sprintf("%.2f", wl.P99), fmt.Sprintf("%.2f", wl.Max)
+			}
 			if r.Router != nil {
 				cores = fmt.Sprintf("%.2f", r.Router.Cores)
 				sys = fmt.Sprintf("%.2f", r.Router.SysSeconds/r.WindowS)
@@ -515,13 +528,16 @@ func printReport(w io.Writer, rep *report) {
 				ppc = fmt.Sprintf("%.0f", r.Router.EgressPPSPerCore)
 				rss = fmt.Sprintf("%.1f", float64(r.Router.RSSPeakKiB)/1024)
 			}
-			fmt.Fprintf(tw, "%s\t%d%s\t%d/%d\t%.0f\t%.0f\t%.2f\t%.3f\t%.2f\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t\n",
+			fmt.Fprintf(tw, "%s\t%d%s\t%d/%d\t%.0f\t%.0f\t%.2f\t%.3f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t\n",
 				r.Name, r.Run, mark, r.Devices.Connected, r.Devices.Connected+r.Devices.Failed,
 				r.Ingress.PPS, r.Egress.PPS, r.Egress.DeliveryPct, r.Loss.Pct,
-				r.LatencyMS.P50, r.LatencyMS.P95, r.LatencyMS.P99, r.LatencyMS.Max,
+				r.LatencyMS.P50, r.LatencyMS.P95, r.LatencyMS.P99, r.LatencyMS.Max, w50, w99, wmax,
 				r.ConnectMS.P50, r.ConnectMS.P99, cores, sys, us, ppc, rss, r.Tool.Cores, r.Machine.OtherCores)
 		}
 		tw.Flush()
+		if slices.ContainsFunc(rep.Runs, func(r *runResult) bool { return r.WireLatencyMS != nil }) {
+			fmt.Fprintln(w, "lat: the subscriber's read from its pion track − the send time in the payload; wire: the kernel's receive time at the subscriber's socket − the send time")
+		}
 		if len(rep.Runs) > len(rep.Best) {
 			fmt.Fprintln(w, "* best run of its scenario: a clean run (no loss, no drops at the tool, ≥ 99.5 % delivered) first, then the least disturbed (fewest other cores busy), then the lowest router CPU per egress packet")
 		}
@@ -535,6 +551,10 @@ func printReport(w io.Writer, rep *report) {
 					rd = strconv.FormatUint(*r.UDPDrops.Router, 10)
 				}
 				fmt.Fprintf(w, "%s run %d: UDP receive-buffer drops: router %s, tool %d\n", r.Name, r.Run, rd, r.UDPDrops.Tool)
+			}
+			if wl := r.WireLatencyMS; wl != nil && wl.NoWireTime > 0 {
+				fmt.Fprintf(w, "%s run %d: %d of %d received packets had no wire time (kernel arrival no longer known); the wire figures leave them out\n",
+					r.Name, r.Run, wl.NoWireTime, wl.Samples+wl.NoWireTime)
 			}
 			if r.Devices.Failed > 0 {
 				fmt.Fprintf(w, "%s run %d: %d devices failed: %s\n", r.Name, r.Run, r.Devices.Failed, r.Devices.FirstError)

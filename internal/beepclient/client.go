@@ -64,14 +64,25 @@ type Options struct {
 	// NoReplayProtection accepts SRTP packets seen before, so that a
 	// retransmission of a packet that was not lost is visible.
 	NoReplayProtection bool
+	// ArrivalTimes makes the client note when the kernel received each RTP
+	// datagram: ICE then uses one UDP socket of the client's own on
+	// 127.0.0.1 (through pion's UDP mux) with SO_TIMESTAMPNS, and every
+	// received packet gets its kernel arrival time next to its read time
+	// (Packet.Arrived, OnTrack's arrived). That time leaves out the
+	// client's own receive path (goroutine hand-offs, SRTP decryption),
+	// although the mux adds one hand-off to that path. Linux only.
+	ArrivalTimes bool
 	// OnTrack, when set, replaces recording with a lightweight callback,
 	// for load tools: for every receiving track it is called once, with the
 	// track's mid, on that track's reading goroutine, and returns the
-	// function that then gets each of the track's packets and when it was
-	// read. The track is read into one reused buffer and unmarshalled into
-	// one reused rtp.Packet: the function must not keep p or its payload.
-	// Received then stays empty and WaitFor sees no packets.
-	OnTrack func(mid string) func(p *rtp.Packet, at time.Time)
+	// function that then gets each of the track's packets, when it was
+	// read (at) and, with ArrivalTimes, when the kernel received it
+	// (arrived; the zero time without ArrivalTimes, or when the packet's
+	// arrival is no longer known). The track is read into one reused
+	// buffer and unmarshalled into one reused rtp.Packet: the function
+	// must not keep p or its payload. Received then stays empty and
+	// WaitFor sees no packets.
+	OnTrack func(mid string) func(p *rtp.Packet, at, arrived time.Time)
 }
 
 // Packet is one received RTP packet.
@@ -80,6 +91,9 @@ type Packet struct {
 	Mid string
 	// At is when it was read.
 	At time.Time
+	// Arrived is when the kernel received the datagram, with
+	// Options.ArrivalTimes (else, or when unknown, the zero time).
+	Arrived time.Time
 	rtp.Packet
 }
 
@@ -91,7 +105,12 @@ type Client struct {
 	seq     uint16
 	ts      uint32
 
-	onTrack func(mid string) func(p *rtp.Packet, at time.Time)
+	onTrack func(mid string) func(p *rtp.Packet, at, arrived time.Time)
+
+	// mux and arr are set with Options.ArrivalTimes: the ICE UDP mux
+	// over the client's timestamping socket, and what it recorded.
+	mux *ice.UDPMuxDefault
+	arr *arrivals
 
 	bye     chan struct{}
 	byeOnce sync.Once
@@ -103,8 +122,9 @@ type Client struct {
 	wg       sync.WaitGroup
 }
 
-// loopbackAPI returns a pion API that gathers on 127.0.0.1 only.
-func loopbackAPI(o Options) (*webrtc.API, error) {
+// loopbackAPI returns a pion API that gathers on 127.0.0.1 only; with
+// mux, only on mux's socket.
+func loopbackAPI(o Options, mux *ice.UDPMuxDefault) (*webrtc.API, error) {
 	m := &webrtc.MediaEngine{}
 	codec := webrtc.RTPCodecParameters{
 		RTPCodecCapability: webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2, SDPFmtpLine: "minptime=10;useinbandfec=1"},
@@ -135,21 +155,39 @@ func loopbackAPI(o Options) (*webrtc.API, error) {
 	if o.NoReplayProtection {
 		s.DisableSRTPReplayProtection(true)
 	}
+	if mux != nil {
+		s.SetICEUDPMux(mux)
+	}
 	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(s)), nil
 }
 
 // Dial connects a client: it signals over /connect and waits until the peer
 // connection is established and the router has closed the socket.
 func Dial(ctx context.Context, o Options) (*Client, error) {
-	api, err := loopbackAPI(o)
-	if err != nil {
-		return nil, err
+	var (
+		mux *ice.UDPMuxDefault
+		arr *arrivals
+	)
+	if o.ArrivalTimes {
+		arr = &arrivals{}
+		conn, err := listenArrivals(arr)
+		if err != nil {
+			return nil, err
+		}
+		mux = ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: conn})
 	}
-	pc, err := api.NewPeerConnection(webrtc.Configuration{})
-	if err != nil {
-		return nil, err
+	api, err := loopbackAPI(o, mux)
+	var pc *webrtc.PeerConnection
+	if err == nil {
+		pc, err = api.NewPeerConnection(webrtc.Configuration{})
 	}
-	c := &Client{pc: pc, received: make(map[string][]Packet), notify: make(chan struct{}, 1), bye: make(chan struct{}), seq: 1000, ts: 160000, onTrack: o.OnTrack}
+	if err != nil {
+		if mux != nil {
+			_ = mux.Close()
+		}
+		return nil, fmt.Errorf("peer connection: %w", err)
+	}
+	c := &Client{pc: pc, received: make(map[string][]Packet), notify: make(chan struct{}, 1), bye: make(chan struct{}), seq: 1000, ts: 160000, onTrack: o.OnTrack, mux: mux, arr: arr}
 	ok := false
 	defer func() {
 		if !ok {
@@ -353,8 +391,10 @@ func (c *Client) read(t *webrtc.TrackRemote, recv *webrtc.RTPReceiver) {
 		if err != nil {
 			return
 		}
+		at := time.Now()
+		arrived := c.arrived(p.SSRC, p.SequenceNumber)
 		c.mu.Lock()
-		c.received[mid] = append(c.received[mid], Packet{Mid: mid, At: time.Now(), Packet: *p})
+		c.received[mid] = append(c.received[mid], Packet{Mid: mid, At: at, Arrived: arrived, Packet: *p})
 		c.mu.Unlock()
 		select {
 		case c.notify <- struct{}{}:
@@ -363,8 +403,17 @@ func (c *Client) read(t *webrtc.TrackRemote, recv *webrtc.RTPReceiver) {
 	}
 }
 
+// arrived returns when the kernel received packet ssrc/seq, or the zero
+// time when that is not known.
+func (c *Client) arrived(ssrc uint32, seq uint16) time.Time {
+	if c.arr == nil {
+		return time.Time{}
+	}
+	return c.arr.lookup(ssrc, seq)
+}
+
 // count reads t into one reused buffer and packet, handing each to handle.
-func (c *Client) count(t *webrtc.TrackRemote, handle func(*rtp.Packet, time.Time)) {
+func (c *Client) count(t *webrtc.TrackRemote, handle func(p *rtp.Packet, at, arrived time.Time)) {
 	buf := make([]byte, 1500)
 	var p rtp.Packet
 	for {
@@ -376,7 +425,7 @@ func (c *Client) count(t *webrtc.TrackRemote, handle func(*rtp.Packet, time.Time
 			continue
 		}
 		if handle != nil {
-			handle(&p, time.Now())
+			handle(&p, time.Now(), c.arrived(p.SSRC, p.SequenceNumber))
 		}
 	}
 }
@@ -439,11 +488,15 @@ func (c *Client) WaitFor(ctx context.Context, cond func(map[string][]Packet) boo
 	}
 }
 
-// Close closes the peer connection and waits for the client's goroutines.
+// Close closes the peer connection, and the ICE UDP mux with its socket
+// when the client has one, and waits for the client's goroutines.
 func (c *Client) Close() {
 	c.mu.Lock()
 	c.closing = true
 	c.mu.Unlock()
 	_ = c.pc.Close()
+	if c.mux != nil {
+		_ = c.mux.Close()
+	}
 	c.wg.Wait()
 }
