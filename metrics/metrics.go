@@ -40,7 +40,7 @@ func Register(r prometheus.Registerer, src Sources) error {
 type collector struct {
 	src Sources
 
-	users, convs, peers, tracks, slots            *prometheus.Desc
+	users, convs, peers, direct, tracks, slots    *prometheus.Desc
 	pktsIn, bytesIn, malformed, pktsOut, bytesOut *prometheus.Desc
 	nacks, plis, nacksSent, overload, stageEvents *prometheus.Desc
 	natsUp                                        *prometheus.Desc
@@ -55,6 +55,7 @@ func newCollector(src Sources) *collector {
 		users:       d("users", "Users known: members of a conversation or with a connected device."),
 		convs:       d("conversations", "Conversations with at least one member."),
 		peers:       d("peers", "Peer connections (devices), connected or connecting."),
+		direct:      d("peers_direct_egress", "Connected peers whose slots encrypt and send their packets themselves (EGRESS=direct); the others' go through pion's write path."),
 		tracks:      d("tracks", "Audio tracks being published."),
 		slots:       d("slots", "Outgoing audio slots of connected peers."),
 		pktsIn:      d("rtp_packets_in_total", "RTP packets received from publishers."),
@@ -72,7 +73,7 @@ func newCollector(src Sources) *collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.pktsOut, c.bytesOut, c.nacks, c.plis, c.nacksSent, c.overload, c.stageEvents, c.natsUp} {
+	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.direct, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.pktsOut, c.bytesOut, c.nacks, c.plis, c.nacksSent, c.overload, c.stageEvents, c.natsUp} {
 		ch <- d
 	}
 }
@@ -89,6 +90,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.users, float64(s.Users))
 		gauge(c.convs, float64(s.Conversations))
 		gauge(c.peers, float64(s.Peers))
+		gauge(c.direct, float64(s.DirectPeers))
 		gauge(c.tracks, float64(s.Tracks))
 		gauge(c.slots, float64(s.Slots))
 		counter(c.pktsIn, s.PacketsIn)

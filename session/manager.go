@@ -69,6 +69,11 @@ type Config struct {
 	// membership included, so that users who join and never connect do not
 	// pile up. Zero means DefaultMembershipTTL.
 	MembershipTTL time.Duration
+	// PionEgress sends every slot's packets through pion's generic write
+	// path (interceptors, SRTP session, ICE connection) instead of the
+	// direct path of egress.go. It costs more CPU per packet; it is there
+	// to compare and as a fallback.
+	PionEgress bool
 }
 
 // Defaults for Config fields left zero.
@@ -80,10 +85,11 @@ const (
 
 // Manager owns all peers, users and conversations of the router.
 type Manager struct {
-	cfg Config
-	log *slog.Logger
-	api *webrtc.API
-	mux ice.UDPMux
+	cfg   Config
+	log   *slog.Logger
+	api   *webrtc.API
+	mux   ice.UDPMux
+	socks *sockets
 
 	mu     sync.Mutex
 	users  map[string]*User
@@ -150,29 +156,53 @@ func New(cfg Config) (*Manager, error) {
 		stopJanitor: make(chan struct{}),
 		janitorDone: make(chan struct{}),
 	}
-	api, mux, err := newAPI(&cfg, &m.count)
+	socks, err := newSockets()
 	if err != nil {
 		return nil, err
 	}
-	m.api, m.mux = api, mux
+	api, mux, err := newAPI(&cfg, &m.count, socks)
+	if err != nil {
+		return nil, err
+	}
+	m.api, m.mux, m.socks = api, mux, socks
 	go m.janitor()
 	return m, nil
 }
 
-// janitor forgets users that have had no device for MembershipTTL.
+// janitor forgets users that have had no device for MembershipTTL, and
+// sends the slots' sender reports.
 func (m *Manager) janitor() {
 	defer close(m.janitorDone)
 	every := min(m.cfg.MembershipTTL/2, time.Minute)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
+	reports := time.NewTicker(reportInterval)
+	defer reports.Stop()
 	for {
 		select {
 		case <-m.stopJanitor:
 			return
 		case now := <-tick.C:
 			m.expire(now)
+		case now := <-reports.C:
+			for _, p := range m.connectedPeers() {
+				p.sendReports(now)
+			}
 		}
 	}
+}
+
+// connectedPeers returns the peers that are connected now.
+func (m *Manager) connectedPeers() []*Peer {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	peers := make([]*Peer, 0, len(m.peers))
+	for p := range m.peers {
+		if p.connectedFlag {
+			peers = append(peers, p)
+		}
+	}
+	return peers
 }
 
 // expire forgets the users idle since before now-MembershipTTL.
@@ -289,6 +319,9 @@ func (m *Manager) User(id string) *User {
 type Stats struct {
 	// Users, Conversations, Peers, Tracks and Slots are current sizes.
 	Users, Conversations, Peers, Tracks, Slots int
+	// DirectPeers counts the connected peers whose slots send directly
+	// (egress.go) rather than through pion's write path.
+	DirectPeers int
 	// PacketsIn and BytesIn count RTP received from publishers; Malformed
 	// the packets that did not parse.
 	PacketsIn, BytesIn, Malformed uint64
@@ -311,6 +344,9 @@ func (m *Manager) Stats() Stats {
 	for p := range m.peers {
 		if !p.connectedFlag {
 			continue // Answer may still be adding its slots; none has sent
+		}
+		if p.egress.Load() != nil {
+			s.DirectPeers++
 		}
 		for _, sl := range p.slots {
 			s.Slots++

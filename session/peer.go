@@ -49,6 +49,14 @@ type Peer struct {
 	remoteSet   bool
 	pending     []webrtc.ICECandidateInit
 	onCandidate atomic.Pointer[func(webrtc.ICECandidateInit)]
+
+	// The direct egress path (egress.go): slots send with egress when it
+	// is set.
+	egress       atomic.Pointer[egress]
+	egressMu     sync.Mutex
+	keys         *egress // keys only
+	pair         *webrtc.ICECandidatePair
+	egressLogged bool
 }
 
 func newPeer(m *Manager, c claim.Claim, pc *webrtc.PeerConnection) *Peer {
@@ -80,6 +88,7 @@ func (p *Peer) start() {
 		case webrtc.PeerConnectionStateConnected:
 			p.connectedOnce.Do(func() {
 				p.deadline.Stop()
+				p.startEgress()
 				close(p.connected)
 				p.m.peerConnected(p)
 				p.log.Info("peer connected", "slots", len(p.slots))
@@ -97,6 +106,7 @@ func (p *Peer) start() {
 		}
 	})
 	p.pc.OnTrack(p.readTrack)
+	p.watchRoute()
 }
 
 // enter counts the caller as one of the peer's goroutines, unless the peer
@@ -202,7 +212,7 @@ func (p *Peer) attachSlots(o offer) error {
 			continue
 		}
 		p.slots = append(p.slots, slot)
-		p.goroutine(func() { p.readFeedback(sender) })
+		p.goroutine(func() { p.readFeedback(slot, sender) })
 	}
 	for _, sender := range detach {
 		if err := p.pc.RemoveTrack(sender); err != nil {
@@ -389,10 +399,12 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 	p.log.Info("track ended", "track", t.ID, "malformed", bad)
 }
 
-// readFeedback drains a slot sender's RTCP (see drainRTCP) and counts the
-// NACKs (answered by the NACK interceptor from its cache) and PLIs.
-func (p *Peer) readFeedback(sender *webrtc.RTPSender) {
+// readFeedback drains a slot sender's RTCP (see drainRTCP), counts the
+// NACKs and PLIs, and answers NACKs for what the slot sent directly (pion's
+// NACK interceptor answers for what went through pion).
+func (p *Peer) readFeedback(s *Slot, sender *webrtc.RTPSender) {
 	buf := make([]byte, 1500)
+	var seqs []uint16
 	for {
 		n, _, err := sender.Read(buf)
 		if err != nil {
@@ -403,9 +415,17 @@ func (p *Peer) readFeedback(sender *webrtc.RTPSender) {
 			continue
 		}
 		for _, pk := range pkts {
-			switch pk.(type) {
+			switch pk := pk.(type) {
 			case *rtcp.TransportLayerNack:
 				p.m.count.nacks.Add(1)
+				seqs = seqs[:0]
+				for _, n := range pk.Nacks {
+					n.Range(func(seq uint16) bool {
+						seqs = append(seqs, seq)
+						return true
+					})
+				}
+				s.resend(seqs)
 			case *rtcp.PictureLossIndication:
 				p.m.count.plis.Add(1)
 			}

@@ -2,7 +2,9 @@ package session
 
 import (
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/pion/rtp"
 	"github.com/pion/sdp/v3"
+	"github.com/pion/srtp/v2"
 	"github.com/pion/webrtc/v3"
 )
 
@@ -35,18 +38,26 @@ type Slot struct {
 	ssrc    uint32
 	pt      uint8
 	levelID uint8 // receiver's audio level extension id; 0: not negotiated
+	nack    bool  // the receiver negotiated NACK
 
 	last      *Track // source of the last packet written
 	started   bool
 	seqOffset uint16
 	tsOffset  uint32
 	lastSeq   uint16
+	sent      uint64 // bit i: sequence number lastSeq-i went out
 	lastTS    uint32
 	lastAt    int64 // unix ns of the last write
 
 	hdr   rtp.Header
 	ext   [1]rtp.Extension
 	level [1]byte
+
+	// The direct egress path (egress.go): the slot's own SRTP context,
+	// once it has sent with it.
+	srtp    *srtp.Context
+	scratch rtp.Header
+	cache   []sentPacket // NACK retransmission cache, when nack
 
 	written atomic.Uint64
 	bytes   atomic.Uint64
@@ -87,6 +98,12 @@ func (s *Slot) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameters, er
 		s.ssrc = uint32(ctx.SSRC())
 		s.pt = uint8(c.PayloadType)
 		s.levelID = 0
+		s.nack = false
+		for _, fb := range c.RTCPFeedback {
+			if fb.Type == webrtc.TypeRTCPFBNACK && fb.Parameter == "" {
+				s.nack = true
+			}
+		}
 		for _, e := range ctx.HeaderExtensions() {
 			if e.URI == sdp.AudioLevelURI {
 				s.levelID = uint8(e.ID)
@@ -112,7 +129,10 @@ func (s *Slot) setSource(t *Track) { s.source.Store(t) }
 // Write forwards one packet of src, received for conversation c, at now
 // (unix ns). levelByte is the RFC 6464 byte to send when hasLevel. A packet
 // from a track that is no longer the slot's source, or for a conversation
-// the receiving user has left, is dropped: it reports false.
+// the receiving user has left, is dropped: it reports false. So is a packet
+// that would reuse a sequence number the slot has already sent (a duplicate,
+// or a late packet of a new speaker): SRTP would encrypt two packets under
+// one nonce.
 func (s *Slot) Write(src *Track, c *Conversation, p *rtp.Packet, levelByte byte, hasLevel bool, now int64) (bool, error) {
 	if s.source.Load() != src || s.peer.user.conv.Load() != c {
 		return false, nil
@@ -141,10 +161,12 @@ func (s *Slot) Write(src *Track, c *Conversation, p *rtp.Packet, levelByte byte,
 	}
 	seq := p.SequenceNumber + s.seqOffset
 	ts := p.Timestamp + s.tsOffset
-	if !s.started || int16(seq-s.lastSeq) > 0 {
+	if !s.markSent(seq) {
+		return false, nil
+	}
+	if int16(seq-s.lastSeq) >= 0 {
 		s.lastSeq, s.lastTS = seq, ts
 	}
-	s.started = true
 	s.lastAt = now
 
 	h := &s.hdr
@@ -164,7 +186,17 @@ func (s *Slot) Write(src *Track, c *Conversation, p *rtp.Packet, levelByte byte,
 			return false, err
 		}
 	}
-	if _, err := s.writer.WriteRTP(h, p.Payload); err != nil {
+	if e := s.peer.egress.Load(); e != nil || s.srtp != nil {
+		if src.scratch == nil {
+			src.scratch = make([]byte, maxPacket+srtpOverhead)
+		}
+		if err := s.writeDirect(e, h, p.Payload, src.scratch); err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return false, nil
+			}
+			return false, err
+		}
+	} else if _, err := s.writer.WriteRTP(h, p.Payload); err != nil {
 		if errors.Is(err, io.ErrClosedPipe) {
 			return false, nil
 		}
@@ -173,4 +205,123 @@ func (s *Slot) Write(src *Track, c *Conversation, p *rtp.Packet, levelByte byte,
 	s.written.Add(1)
 	s.bytes.Add(uint64(len(p.Payload)))
 	return true, nil
+}
+
+// markSent records that seq goes out, in a window of the last 64 sequence
+// numbers, and reports false if it went out before or is older than the
+// window. The first packet starts the window.
+func (s *Slot) markSent(seq uint16) bool {
+	if !s.started {
+		s.started = true
+		s.lastSeq = seq
+		s.sent = 1
+		return true
+	}
+	d := int(int16(seq - s.lastSeq))
+	switch {
+	case d > 0:
+		if d >= 64 {
+			s.sent = 1
+		} else {
+			s.sent = s.sent<<d | 1
+		}
+		return true
+	case d <= -64 || s.sent&(1<<-d) != 0:
+		return false
+	default:
+		s.sent |= 1 << -d
+		return true
+	}
+}
+
+// errNoRoute is returned for a slot that encrypts its own packets when its
+// peer has no direct route (any more): it may not fall back to pion's SRTP
+// context, which would reuse its nonces.
+var errNoRoute = errors.New("slot: no direct route to the receiver")
+
+// maxPacket bounds an outgoing RTP packet: header, one extension, payload.
+// srtpOverhead is room for SRTP's authentication tag.
+const (
+	maxPacket    = 1500
+	srtpOverhead = 16
+)
+
+// sentPacket is one packet kept for retransmission.
+type sentPacket struct {
+	seq uint16
+	ok  bool
+	b   []byte
+}
+
+// nackCache is how many sent packets a slot keeps when its receiver
+// negotiated NACK: 1.28 s of 20 ms frames, as for pion's responder.
+const nackCache = 64
+
+// writeDirect encrypts h and payload with the slot's SRTP context and sends
+// them on e's socket (see egress.go), building the packet in buf and
+// encrypting it there in place. Callers hold s.mu.
+func (s *Slot) writeDirect(e *egress, h *rtp.Header, payload, buf []byte) error {
+	if e == nil {
+		return errNoRoute
+	}
+	if s.srtp == nil {
+		ctx, err := srtp.CreateContext(e.key, e.salt, e.profile)
+		if err != nil {
+			return fmt.Errorf("slot SRTP context: %w", err)
+		}
+		s.srtp = ctx
+		if s.nack {
+			s.cache = make([]sentPacket, nackCache)
+		}
+	}
+	n, err := h.MarshalTo(buf)
+	if err != nil {
+		return fmt.Errorf("marshal RTP header: %w", err)
+	}
+	if n+len(payload)+srtpOverhead > len(buf) {
+		return fmt.Errorf("RTP packet of %d bytes: too large", n+len(payload))
+	}
+	n += copy(buf[n:], payload)
+	// In place: pion marshals the header again over itself and seals the
+	// payload onto itself, which AES-GCM and AES-CM allow.
+	out, err := s.srtp.EncryptRTP(buf[:0], buf[:n], &s.scratch)
+	if err != nil {
+		return fmt.Errorf("SRTP encrypt: %w", err)
+	}
+	if _, err := e.conn.WriteToUDPAddrPort(out, e.to); err != nil {
+		return err
+	}
+	if s.cache != nil {
+		c := &s.cache[h.SequenceNumber%nackCache]
+		c.seq, c.ok = h.SequenceNumber, true
+		c.b = append(c.b[:0], out...)
+	}
+	return nil
+}
+
+// resend sends again the packets of seqs the slot still has (NACK). It
+// reports how many it sent. pion's NACK responder answers for packets
+// written through pion.
+func (s *Slot) resend(seqs []uint16) int {
+	e := s.peer.egress.Load()
+	if e == nil {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cache == nil {
+		return 0
+	}
+	sent := 0
+	for _, seq := range seqs {
+		c := &s.cache[seq%nackCache]
+		if !c.ok || c.seq != seq {
+			continue
+		}
+		if _, err := e.conn.WriteToUDPAddrPort(c.b, e.to); err != nil {
+			return sent
+		}
+		sent++
+	}
+	return sent
 }

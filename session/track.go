@@ -33,6 +33,12 @@ type Track struct {
 	waiting atomic.Bool
 	// targets are the slots that receive this track now.
 	targets atomic.Pointer[targets]
+
+	// scratch is where Slot.Write builds and encrypts each copy of the
+	// track's packets that it sends directly. Only the track's packet path
+	// (one goroutine) writes the track's packets, so one buffer serves the
+	// whole fan-out and stays in cache.
+	scratch []byte
 }
 
 // targets is an immutable snapshot of the slots assigned to a track within

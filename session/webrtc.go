@@ -9,6 +9,7 @@ import (
 	"github.com/pion/ice/v2"
 	"github.com/pion/interceptor"
 	"github.com/pion/interceptor/pkg/nack"
+	"github.com/pion/interceptor/pkg/report"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/stun"
 	"github.com/pion/webrtc/v3"
@@ -30,9 +31,10 @@ var Opus = webrtc.RTPCodecParameters{
 
 // newAPI builds the pion API shared by all peer connections: Opus only, the
 // RFC 6464 audio level extension, NACK generator and responder, RTCP
-// sender and receiver reports, and the ICE network settings of cfg.
+// receiver reports, and the ICE network settings of cfg. ICE opens its
+// sockets through socks.
 // It returns the UDP mux, if any, so that the Manager can close it.
-func newAPI(cfg *Config, c *counters) (*webrtc.API, ice.UDPMux, error) {
+func newAPI(cfg *Config, c *counters, socks *sockets) (*webrtc.API, ice.UDPMux, error) {
 	m := &webrtc.MediaEngine{}
 	if err := m.RegisterCodec(Opus, webrtc.RTPCodecTypeAudio); err != nil {
 		return nil, nil, fmt.Errorf("register opus: %w", err)
@@ -57,11 +59,16 @@ func newAPI(cfg *Config, c *counters) (*webrtc.API, ice.UDPMux, error) {
 	}
 	reg.Add(gen)
 	reg.Add(resp)
-	if err := webrtc.ConfigureRTCPReports(reg); err != nil {
-		return nil, nil, fmt.Errorf("rtcp reports: %w", err)
+	// Receiver reports only: slots send their own sender reports
+	// (report.go), since pion does not see what the direct path sends.
+	rr, err := report.NewReceiverInterceptor()
+	if err != nil {
+		return nil, nil, fmt.Errorf("rtcp receiver reports: %w", err)
 	}
+	reg.Add(rr)
 
 	s := webrtc.SettingEngine{}
+	s.SetNet(socks)
 	// A server has no use for mDNS, and its multicast would leave loopback.
 	s.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
 	s.SetICEBindingRequestHandler(followNomination)
@@ -84,7 +91,10 @@ func newAPI(cfg *Config, c *counters) (*webrtc.API, ice.UDPMux, error) {
 	}
 	var mux ice.UDPMux
 	if cfg.UDPPort > 0 {
-		opts := []ice.UDPMuxFromPortOption{ice.UDPMuxFromPortWithNetworks(iceNetworks(cfg.ICEIPs)...)}
+		opts := []ice.UDPMuxFromPortOption{
+			ice.UDPMuxFromPortWithNetworks(iceNetworks(cfg.ICEIPs)...),
+			ice.UDPMuxFromPortWithNet(socks),
+		}
 		if len(cfg.ICEIPs) > 0 {
 			opts = append(opts, ice.UDPMuxFromPortWithIPFilter(ipFilter(cfg.ICEIPs)))
 			if hasLoopback(cfg.ICEIPs) {

@@ -115,6 +115,7 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (a *app, err er
 		KeepaliveInterval:       cfg.ICEKeepalive,
 		MaxSlots:                cfg.MaxSlots,
 		TrackBuffer:             cfg.TrackBuffer,
+		PionEgress:              cfg.PionEgress,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("media: %w", err)

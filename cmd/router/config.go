@@ -37,6 +37,7 @@ type config struct {
 	MaxMessage      int64
 	MaxSlots        int
 	TrackBuffer     int
+	PionEgress      bool
 	LogFormat       string
 	LogLevel        slog.Level
 	ShutdownTimeout time.Duration
@@ -97,6 +98,7 @@ var settings = []setting{
 	{"ALLOWED_ORIGINS", "", "comma list of browser origins allowed besides the router's own (WebSocket Origin check and CORS); `*` allows all; requests without Origin (native apps) are always allowed"},
 	{"AUTH_JWT_PUBLIC_KEY", "", "path of a PEM RSA public key: verify Beep's RS256 token (?token= or Authorization: Bearer, claims userid and clientid) instead of trusting X-User-Claim"},
 	{"TRACK_BUFFER_BYTES", "4096", "received audio of one track that may wait for the router (about half a second of Opus); past it packets are dropped and counted rather than delivered late"},
+	{"EGRESS", "direct", "`direct`: slots encrypt and send their packets themselves (less CPU per packet); `pion`: through pion's generic write path"},
 	{"LOG_FORMAT", "text", "`text` or `json`"},
 	{"LOG_LEVEL", "info", "`debug`, `info`, `warn` or `error`"},
 	{"SHUTDOWN_TIMEOUT", "10s", "how long SIGTERM waits for peers to close and bites to flush"},
@@ -205,6 +207,13 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 	c.MaxMessage = int64(integer("MAX_MESSAGE", 1024, 16<<20))
 	c.MaxSlots = integer("MAX_SLOTS", 1, 64)
 	c.TrackBuffer = integer("TRACK_BUFFER_BYTES", 1500, 1<<20)
+	switch get("EGRESS") {
+	case "direct":
+	case "pion":
+		c.PionEgress = true
+	default:
+		bad("EGRESS", errors.New("want direct or pion"))
+	}
 	c.LogFormat = get("LOG_FORMAT")
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		bad("LOG_FORMAT", errors.New("want text or json"))

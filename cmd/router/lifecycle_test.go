@@ -116,6 +116,10 @@ func TestSingleUDPPort(t *testing.T) {
 	if _, err := net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
 		t.Fatalf("UDP port %d is not in use by the router", port)
 	}
+	// The slots sent on the mux's socket directly.
+	if s := r.a.sessions.Stats(); s.DirectPeers != 2 {
+		t.Errorf("%d peers send directly, want 2", s.DirectPeers)
+	}
 }
 
 func TestPeerThatNeverConnectsIsReleased(t *testing.T) {
@@ -162,7 +166,15 @@ func TestPeerThatNeverConnectsIsReleased(t *testing.T) {
 }
 
 func TestNACKAnsweredFromCache(t *testing.T) {
-	r := startRouter(t, nil)
+	// Each egress path keeps its own cache: the slot's (direct) or pion's
+	// NACK responder.
+	for _, egress := range []string{"direct", "pion"} {
+		t.Run(egress, func(t *testing.T) { testNACKAnswered(t, egress) })
+	}
+}
+
+func testNACKAnswered(t *testing.T, egress string) {
+	r := startRouter(t, map[string]string{"EGRESS": egress})
 	r.mustJoin("alice", "conv-1")
 	r.mustJoin("bob", "conv-1")
 	a := r.dial("alice", beepclient.Options{Publish: true})

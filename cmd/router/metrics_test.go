@@ -62,6 +62,8 @@ func TestMetricsAndHealth(t *testing.T) {
 		min    float64
 	}{
 		{"router_peers", 2},
+		// Both peers connected with the direct egress path (EGRESS=direct).
+		{"router_peers_direct_egress", 2},
 		{"router_conversations", 1},
 		{"router_tracks", 1},
 		{"router_slots", 1},

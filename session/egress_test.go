@@ -1,0 +1,248 @@
+package session
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/pion/rtp"
+	"github.com/pion/srtp/v2"
+	"github.com/pion/webrtc/v3"
+
+	"github.com/beepvoice/router/claim"
+)
+
+// directSlot returns a slot bound like pion binds it, whose peer sends
+// directly from a loopback socket to the returned receiving socket with
+// profile's keys, and the speaker track assigned to it.
+func directSlot(t *testing.T, profile srtp.ProtectionProfile) (*Slot, *Track, *Conversation, *net.UDPConn, *egress) {
+	t.Helper()
+	keyLen, err := profile.KeyLen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	saltLen, err := profile.SaltLen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	send, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { send.Close(); recv.Close() })
+	e := &egress{
+		key:     bytes.Repeat([]byte{7}, keyLen),
+		salt:    bytes.Repeat([]byte{9}, saltLen),
+		profile: profile,
+		conn:    send,
+		to:      recv.LocalAddr().(*net.UDPAddr).AddrPort(),
+	}
+
+	c := newConversation("direct")
+	speaker := &User{ID: "speaker", peers: map[string]*Peer{}}
+	speaker.conv.Store(c)
+	tr := NewTrack(speaker, claim.Claim{UserID: "speaker", ClientID: "s"}, 1, 1)
+	u := &User{ID: "listener", peers: map[string]*Peer{}}
+	u.conv.Store(c)
+	p := &Peer{Claim: claim.Claim{UserID: u.ID, ClientID: "d"}, user: u}
+	p.egress.Store(e)
+	s := newSlot(p, 0)
+	if _, err := s.Bind(boundContext{ssrc: 4242}); err != nil {
+		t.Fatal(err)
+	}
+	s.setSource(tr)
+	return s, tr, c, recv, e
+}
+
+// receive reads one datagram from conn within a second.
+func receive(t *testing.T, conn *net.UDPConn) []byte {
+	t.Helper()
+	if err := conn.SetReadDeadline(time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1500)
+	n, err := conn.Read(b)
+	if err != nil {
+		t.Fatalf("no packet: %v", err)
+	}
+	return b[:n]
+}
+
+// TestDirectEgress checks, for each SRTP profile the router accepts, that
+// what a slot encrypts in place and sends decrypts with the same keys to
+// the rewritten packet, and that a NACK gets the very same bytes again.
+func TestDirectEgress(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		profile srtp.ProtectionProfile
+	}{
+		{"AEAD_AES_128_GCM", srtp.ProtectionProfileAeadAes128Gcm},
+		{"AEAD_AES_256_GCM", srtp.ProtectionProfileAeadAes256Gcm},
+		{"AES128_CM_HMAC_SHA1_80", srtp.ProtectionProfileAes128CmHmacSha1_80},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, tr, c, recv, e := directSlot(t, tc.profile)
+			dec, err := srtp.CreateContext(e.key, e.salt, e.profile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var sent [][]byte
+			for i := 0; i < 5; i++ {
+				payload := bytes.Repeat([]byte{byte(i + 1)}, 60+i*20)
+				p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: uint16(65533 + i), Timestamp: uint32(i * 960)}, Payload: payload}
+				ok, err := s.Write(tr, c, p, 0x85, true, time.Now().UnixNano())
+				if !ok || err != nil {
+					t.Fatalf("packet %d not written: %v %v", i, ok, err)
+				}
+				b := receive(t, recv)
+				sent = append(sent, b)
+				plain, err := dec.DecryptRTP(nil, b, nil)
+				if err != nil {
+					t.Fatalf("packet %d does not decrypt: %v", i, err)
+				}
+				var got rtp.Packet
+				if err := got.Unmarshal(plain); err != nil {
+					t.Fatal(err)
+				}
+				if got.SSRC != 4242 || got.PayloadType != 111 || !bytes.Equal(got.Payload, payload) {
+					t.Errorf("packet %d: ssrc %d pt %d payload %d bytes, want 4242, 111, %d bytes", i, got.SSRC, got.PayloadType, len(got.Payload), len(payload))
+				}
+				if lv := got.GetExtension(1); len(lv) != 1 || lv[0] != 0x85 {
+					t.Errorf("packet %d: audio level %x, want 85", i, lv)
+				}
+				if want := uint16(65533 + i); got.SequenceNumber != want {
+					t.Errorf("packet %d: sequence number %d, want %d", i, got.SequenceNumber, want)
+				}
+			}
+			if n := s.resend([]uint16{65534, 1, 3000}); n != 2 {
+				t.Fatalf("resent %d packets, want 2 (65534 and 1; 3000 was never sent)", n)
+			}
+			for _, want := range [][]byte{sent[1], sent[4]} {
+				if got := receive(t, recv); !bytes.Equal(got, want) {
+					t.Errorf("retransmission differs from the packet sent")
+				}
+			}
+			// A duplicate of a packet already sent is not encrypted again.
+			p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: 65535, Timestamp: 2 * 960}, Payload: []byte{1}}
+			if ok, err := s.Write(tr, c, p, 0x85, true, time.Now().UnixNano()); ok || err != nil {
+				t.Errorf("duplicate: written %v, err %v; want dropped", ok, err)
+			}
+		})
+	}
+}
+
+// TestDirectEgressNeverFallsBack checks that a slot that has encrypted
+// with its own context refuses to write once its route is gone, rather than
+// hand its SSRC to pion's context.
+func TestDirectEgressNeverFallsBack(t *testing.T) {
+	s, tr, c, recv, _ := directSlot(t, srtp.ProtectionProfileAeadAes128Gcm)
+	w := &countingWriter{}
+	s.writer = w
+	p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: 1}, Payload: []byte{1, 2, 3}}
+	if ok, err := s.Write(tr, c, p, 0, false, time.Now().UnixNano()); !ok || err != nil {
+		t.Fatalf("first packet: %v %v", ok, err)
+	}
+	receive(t, recv)
+	s.peer.egress.Store(nil)
+	p.SequenceNumber++
+	if ok, err := s.Write(tr, c, p, 0, false, time.Now().UnixNano()); ok || !errors.Is(err, errNoRoute) {
+		t.Errorf("without a route: written %v, err %v; want errNoRoute", ok, err)
+	}
+	if w.n != 0 {
+		t.Errorf("pion's writer got %d packets, want 0", w.n)
+	}
+}
+
+type countingWriter struct{ n int }
+
+func (w *countingWriter) WriteRTP(*rtp.Header, []byte) (int, error) { w.n++; return 0, nil }
+func (w *countingWriter) Write(b []byte) (int, error)               { w.n++; return len(b), nil }
+
+// TestMarkSent checks the window of sequence numbers a slot has sent.
+func TestMarkSent(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		seqs []uint16
+		want []bool
+	}{
+		{"in order", []uint16{10, 11, 12}, []bool{true, true, true}},
+		{"duplicate", []uint16{10, 11, 11, 10}, []bool{true, true, false, false}},
+		{"late but new", []uint16{10, 12, 11, 11}, []bool{true, true, true, false}},
+		{"across the wrap", []uint16{65535, 0, 65535, 1}, []bool{true, true, false, true}},
+		{"older than the window", []uint16{100, 36, 37}, []bool{true, false, true}},
+		{"jump clears the window", []uint16{10, 200, 10, 199}, []bool{true, true, false, true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var s Slot
+			for i, seq := range tc.seqs {
+				got := s.markSent(seq)
+				if got != tc.want[i] {
+					t.Fatalf("seq %d (#%d): %v, want %v", seq, i, got, tc.want[i])
+				}
+				if got && int16(seq-s.lastSeq) > 0 {
+					s.lastSeq = seq
+				}
+			}
+		})
+	}
+}
+
+// TestNTPTime checks the conversion against RFC 3550's epoch.
+func TestNTPTime(t *testing.T) {
+	for _, tc := range []struct {
+		t    time.Time
+		want uint64
+	}{
+		{time.Unix(0, 0), 2208988800 << 32},
+		{time.Unix(1, 500_000_000), (2208988801 << 32) | 1<<31},
+	} {
+		if got := ntpTime(tc.t); got != tc.want {
+			t.Errorf("ntpTime(%v) = %#x, want %#x", tc.t, got, tc.want)
+		}
+	}
+}
+
+// TestSocketsForgetClosed checks that the socket registry finds what ICE
+// opened and forgets it on close.
+func TestSocketsForgetClosed(t *testing.T) {
+	socks, err := newSockets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := socks.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	if socks.lookup(addr) == nil {
+		t.Fatalf("socket %s not found", addr)
+	}
+	pair := &webrtc.ICECandidatePair{
+		Local:  &webrtc.ICECandidate{Protocol: webrtc.ICEProtocolUDP, Typ: webrtc.ICECandidateTypeHost, Address: "127.0.0.1", Port: addr.Port()},
+		Remote: &webrtc.ICECandidate{Protocol: webrtc.ICEProtocolUDP, Typ: webrtc.ICECandidateTypeHost, Address: "127.0.0.1", Port: 9},
+	}
+	conn, to, err := route(pair, socks)
+	if err != nil || conn == nil || to != netip.MustParseAddrPort("127.0.0.1:9") {
+		t.Fatalf("route: %v %v %v", conn, to, err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if socks.lookup(addr) != nil || socks.count() != 0 {
+		t.Errorf("closed socket still registered (%d open)", socks.count())
+	}
+	if _, _, err := route(pair, socks); !errors.Is(err, errNoDirectEgress) {
+		t.Errorf("route after close: %v, want errNoDirectEgress", err)
+	}
+	pair.Local.Typ = webrtc.ICECandidateTypeRelay
+	if _, _, err := route(pair, socks); !errors.Is(err, errNoDirectEgress) {
+		t.Errorf("route from a relay candidate: %v, want errNoDirectEgress", err)
+	}
+}
