@@ -394,3 +394,60 @@ func TestVanishedPeerIsReleased(t *testing.T) {
 		t.Fatalf("vanished peer not released: %+v", r.a.sessions.Stats())
 	}
 }
+
+// TestSenderReports checks the RTCP sender reports of slots, on both egress
+// paths: a slot that sends reports its SSRC, its counts and an RTP time
+// that follows its stream; a slot that has sent nothing reports nothing.
+func TestSenderReports(t *testing.T) {
+	for _, egress := range []string{"direct", "pion"} {
+		t.Run(egress, func(t *testing.T) {
+			r := startRouter(t, map[string]string{"EGRESS": egress})
+			r.mustJoin("alice", "conv-1")
+			r.mustJoin("bob", "conv-1")
+			a := r.dial("alice", beepclient.Options{Publish: true})
+			b := r.dial("bob", beepclient.Options{Receive: 2})
+			const sent = 75 // 1.5 s: at least one report
+			if err := pace(a, 'a', 0, sent, loud); err != nil {
+				t.Fatal(err)
+			}
+			var ssrc uint32
+			var first, last uint32
+			if err := b.WaitFor(deadline(t, 5*time.Second), func(rx map[string][]beepclient.Packet) bool {
+				for _, pkts := range rx {
+					if len(pkts) == sent {
+						ssrc, first, last = pkts[0].SSRC, pkts[0].Timestamp, pkts[sent-1].Timestamp
+						return true
+					}
+				}
+				return false
+			}); err != nil {
+				t.Fatalf("bob did not get all %d packets: %v", sent, err)
+			}
+			// Reports come every second; wait for one that counts them all.
+			var sr rtcp.SenderReport
+			if err := b.WaitReports(deadline(t, 5*time.Second), func(reports map[uint32]rtcp.SenderReport) bool {
+				sr = reports[ssrc]
+				return sr.PacketCount == sent
+			}); err != nil {
+				t.Fatalf("no sender report counting %d packets on SSRC %d: last %+v", sent, ssrc, sr)
+			}
+			if want := uint32(sent * len(frame('a', 0))); sr.OctetCount != want {
+				t.Errorf("octet count %d, want %d", sr.OctetCount, want)
+			}
+			// The RTP time runs on from the last packet at 48 kHz.
+			if d := sr.RTPTime - last; sr.RTPTime-first < last-first || d > 5*48000 {
+				t.Errorf("RTP time %d is not after the last packet's %d by less than 5 s", sr.RTPTime, last)
+			}
+			ntp := time.Unix(int64(sr.NTPTime>>32)-2208988800, 0)
+			if d := time.Since(ntp); d < -2*time.Second || d > 10*time.Second {
+				t.Errorf("NTP time %v is not now", ntp)
+			}
+			b.WaitReports(deadline(t, 10*time.Millisecond), func(reports map[uint32]rtcp.SenderReport) bool {
+				if len(reports) != 1 {
+					t.Errorf("reports on %d SSRCs, want 1 (the idle slot has sent nothing): %v", len(reports), reports)
+				}
+				return true
+			})
+		})
+	}
+}

@@ -118,6 +118,7 @@ type Client struct {
 	mu       sync.Mutex
 	closing  bool
 	received map[string][]Packet
+	reports  map[uint32]rtcp.SenderReport // the last one per SSRC
 	notify   chan struct{}
 	wg       sync.WaitGroup
 }
@@ -187,7 +188,7 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 		}
 		return nil, fmt.Errorf("peer connection: %w", err)
 	}
-	c := &Client{pc: pc, received: make(map[string][]Packet), notify: make(chan struct{}, 1), bye: make(chan struct{}), seq: 1000, ts: 160000, onTrack: o.OnTrack, mux: mux, arr: arr}
+	c := &Client{pc: pc, received: make(map[string][]Packet), reports: make(map[uint32]rtcp.SenderReport), notify: make(chan struct{}, 1), bye: make(chan struct{}), seq: 1000, ts: 160000, onTrack: o.OnTrack, mux: mux, arr: arr}
 	ok := false
 	defer func() {
 		if !ok {
@@ -370,8 +371,17 @@ func (c *Client) read(t *webrtc.TrackRemote, recv *webrtc.RTPReceiver) {
 				return
 			}
 			for _, p := range pkts {
-				if _, ok := p.(*rtcp.Goodbye); ok {
+				switch p := p.(type) {
+				case *rtcp.Goodbye:
 					c.byeOnce.Do(func() { close(c.bye) })
+				case *rtcp.SenderReport:
+					c.mu.Lock()
+					c.reports[p.SSRC] = *p
+					c.mu.Unlock()
+					select {
+					case c.notify <- struct{}{}:
+					default:
+					}
 				}
 			}
 		}
@@ -473,9 +483,20 @@ func (c *Client) Received() map[string][]Packet {
 
 // WaitFor waits until cond holds on the received packets, or ctx ends.
 func (c *Client) WaitFor(ctx context.Context, cond func(map[string][]Packet) bool) error {
+	return c.wait(ctx, func() bool { return cond(c.received) })
+}
+
+// WaitReports waits until cond holds for the last RTCP sender report
+// received on each SSRC, or ctx ends. cond must not keep the map.
+func (c *Client) WaitReports(ctx context.Context, cond func(map[uint32]rtcp.SenderReport) bool) error {
+	return c.wait(ctx, func() bool { return cond(c.reports) })
+}
+
+// wait waits until cond, called with c.mu held, holds or ctx ends.
+func (c *Client) wait(ctx context.Context, cond func() bool) error {
 	for {
 		c.mu.Lock()
-		ok := cond(c.received)
+		ok := cond()
 		c.mu.Unlock()
 		if ok {
 			return nil
