@@ -15,6 +15,8 @@ import (
 	"github.com/pion/transport/v2"
 	"github.com/pion/transport/v2/stdnet"
 	"github.com/pion/webrtc/v3"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 // The direct egress path.
@@ -48,6 +50,10 @@ type egress struct {
 	profile   srtp.ProtectionProfile
 	conn      *net.UDPConn
 	to        netip.AddrPort
+	// batch and addr, for a socket shared by all peers (the UDP_PORT
+	// mux): slots queue their packets for one sendmmsg (batch.go).
+	batch batchWriter
+	addr  *net.UDPAddr
 }
 
 // errNoDirectEgress explains why a peer's slots write through pion.
@@ -285,6 +291,14 @@ func (p *Peer) updateEgress() {
 	}
 	e := *p.keys
 	e.conn, e.to = conn, to
+	if p.m.mux != nil {
+		if to.Addr().Is4() {
+			e.batch = ipv4.NewPacketConn(conn)
+		} else {
+			e.batch = ipv6.NewPacketConn(conn)
+		}
+		e.addr = net.UDPAddrFromAddrPort(to)
+	}
 	p.egress.Store(&e)
 }
 

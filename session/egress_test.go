@@ -11,6 +11,7 @@ import (
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v2"
 	"github.com/pion/webrtc/v3"
+	"golang.org/x/net/ipv4"
 
 	"github.com/beepvoice/router/claim"
 )
@@ -244,5 +245,54 @@ func TestSocketsForgetClosed(t *testing.T) {
 	pair.Local.Typ = webrtc.ICECandidateTypeRelay
 	if _, _, err := route(pair, socks); !errors.Is(err, errNoDirectEgress) {
 		t.Errorf("route from a relay candidate: %v, want errNoDirectEgress", err)
+	}
+}
+
+// TestSendBatch checks the UDP_PORT mode: the copies of a packet are queued
+// and leave together on Track.Flush, in order; a datagram the kernel
+// refuses is counted and does not hold back the others.
+func TestSendBatch(t *testing.T) {
+	s, tr, c, recv, e := directSlot(t, srtp.ProtectionProfileAeadAes128Gcm)
+	e.batch = ipv4.NewPacketConn(e.conn)
+	e.addr = net.UDPAddrFromAddrPort(e.to)
+	for i := 0; i < 3; i++ {
+		p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: uint16(i)}, Payload: []byte{byte(i)}}
+		if ok, err := s.Write(tr, c, p, 0, false, time.Now().UnixNano()); !ok || err != nil {
+			t.Fatalf("packet %d: %v %v", i, ok, err)
+		}
+	}
+	if len(tr.batch.msgs) != 3 {
+		t.Fatalf("%d packets queued, want 3", len(tr.batch.msgs))
+	}
+	// One datagram the kernel refuses: an IPv6 address on an IPv4 socket.
+	buf := tr.batch.buffer(e.batch)
+	tr.batch.queue(buf[:20], &net.UDPAddr{IP: net.IPv6loopback, Port: 9})
+	p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: 3}, Payload: []byte{3}}
+	if ok, err := s.Write(tr, c, p, 0, false, time.Now().UnixNano()); !ok || err != nil {
+		t.Fatalf("packet 3: %v %v", ok, err)
+	}
+	failed, err := tr.Flush()
+	if failed != 1 || err == nil {
+		t.Errorf("Flush: %d failed, err %v; want 1 and an error", failed, err)
+	}
+	dec, err := srtp.CreateContext(e.key, e.salt, e.profile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 4; i++ {
+		plain, err := dec.DecryptRTP(nil, receive(t, recv), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got rtp.Packet
+		if err := got.Unmarshal(plain); err != nil {
+			t.Fatal(err)
+		}
+		if got.SequenceNumber != uint16(i) || got.Payload[0] != byte(i) {
+			t.Errorf("datagram %d: seq %d payload %x", i, got.SequenceNumber, got.Payload)
+		}
+	}
+	if failed, err := tr.Flush(); failed != 0 || err != nil || len(tr.batch.msgs) != 0 {
+		t.Errorf("second Flush: %d %v, %d queued", failed, err, len(tr.batch.msgs))
 	}
 }

@@ -187,10 +187,7 @@ func (s *Slot) Write(src *Track, c *Conversation, p *rtp.Packet, levelByte byte,
 		}
 	}
 	if e := s.peer.egress.Load(); e != nil || s.srtp != nil {
-		if src.scratch == nil {
-			src.scratch = make([]byte, maxPacket+srtpOverhead)
-		}
-		if err := s.writeDirect(e, h, p.Payload, src.scratch); err != nil {
+		if err := s.writeDirect(e, h, p.Payload, &src.batch); err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return false, nil
 			}
@@ -257,10 +254,10 @@ type sentPacket struct {
 // negotiated NACK: 1.28 s of 20 ms frames, as for pion's responder.
 const nackCache = 64
 
-// writeDirect encrypts h and payload with the slot's SRTP context and sends
-// them on e's socket (see egress.go), building the packet in buf and
-// encrypting it there in place. Callers hold s.mu.
-func (s *Slot) writeDirect(e *egress, h *rtp.Header, payload, buf []byte) error {
+// writeDirect encrypts h and payload with the slot's SRTP context, in place
+// in a buffer of b, and sends the packet on e's socket (see egress.go): at
+// once, or queued in b when the socket takes batches. Callers hold s.mu.
+func (s *Slot) writeDirect(e *egress, h *rtp.Header, payload []byte, b *sendBatch) error {
 	if e == nil {
 		return errNoRoute
 	}
@@ -274,6 +271,7 @@ func (s *Slot) writeDirect(e *egress, h *rtp.Header, payload, buf []byte) error 
 			s.cache = make([]sentPacket, nackCache)
 		}
 	}
+	buf := b.buffer(e.batch)
 	n, err := h.MarshalTo(buf)
 	if err != nil {
 		return fmt.Errorf("marshal RTP header: %w", err)
@@ -288,15 +286,17 @@ func (s *Slot) writeDirect(e *egress, h *rtp.Header, payload, buf []byte) error 
 	if err != nil {
 		return fmt.Errorf("SRTP encrypt: %w", err)
 	}
-	if _, err := e.conn.WriteToUDPAddrPort(out, e.to); err != nil {
-		return err
-	}
 	if s.cache != nil {
 		c := &s.cache[h.SequenceNumber%nackCache]
 		c.seq, c.ok = h.SequenceNumber, true
 		c.b = append(c.b[:0], out...)
 	}
-	return nil
+	if e.batch != nil {
+		b.queue(out, e.addr)
+		return nil
+	}
+	_, err = e.conn.WriteToUDPAddrPort(out, e.to)
+	return err
 }
 
 // resend sends again the packets of seqs the slot still has (NACK). It

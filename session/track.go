@@ -34,11 +34,9 @@ type Track struct {
 	// targets are the slots that receive this track now.
 	targets atomic.Pointer[targets]
 
-	// scratch is where Slot.Write builds and encrypts each copy of the
-	// track's packets that it sends directly. Only the track's packet path
-	// (one goroutine) writes the track's packets, so one buffer serves the
-	// whole fan-out and stays in cache.
-	scratch []byte
+	// batch is where Slot.Write builds, encrypts and queues the copies of
+	// the track's packets that it sends directly (batch.go).
+	batch sendBatch
 }
 
 // targets is an immutable snapshot of the slots assigned to a track within

@@ -121,6 +121,12 @@ func (fp *forwarderProc) HandlePacket(p *pipeline.Packet) bool {
 			written++
 		}
 	}
+	if failed, err := t.Flush(); err != nil {
+		fp.count.failed.Add(uint64(failed))
+		if allow, n := f.errLog.Allow(p.Arrival); allow {
+			f.log.Warn("forward failed", "track", t.ID, "err", err, "suppressed", n)
+		}
+	}
 	if written > 0 {
 		fp.count.forwarded.Add(written)
 	}

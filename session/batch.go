@@ -1,0 +1,108 @@
+package session
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"golang.org/x/net/ipv4"
+)
+
+// sendBatch is where a track's packet path puts the encrypted copies of one
+// packet for its slots, to send them with as few system calls as it can.
+//
+// On the UDP_PORT mux every peer shares one socket, so the copies of one
+// packet for all its receivers leave with one sendmmsg (through x/net's
+// WriteBatch). With a socket per peer there is nothing to batch: each copy
+// is sent at once with sendto, from the same buffer.
+//
+// Only the track's packet path (one goroutine) uses its sendBatch, so one
+// buffer serves the whole fan-out and stays in cache.
+type sendBatch struct {
+	arena []byte
+	used  int
+	msgs  []ipv4.Message
+	bufs  [][1][]byte
+	to    batchWriter // the socket of msgs
+
+	// What sends refused since the last Track.Flush.
+	failed int
+	err    error
+}
+
+// batchWriter sends several datagrams with one system call.
+type batchWriter interface {
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// Sizes of a sendBatch: room for the copies of one packet for about a
+// hundred receivers, then it is sent and reused.
+const (
+	batchArena = 16 << 10
+	batchMsgs  = 64
+)
+
+// buffer returns room for one outgoing packet, sending what is queued first
+// if the batch is full or goes to another socket.
+func (b *sendBatch) buffer(to batchWriter) []byte {
+	if b.arena == nil {
+		b.arena = make([]byte, batchArena)
+		b.msgs = make([]ipv4.Message, 0, batchMsgs)
+		b.bufs = make([][1][]byte, batchMsgs)
+	}
+	if len(b.msgs) > 0 && (to != b.to || len(b.msgs) == batchMsgs || len(b.arena)-b.used < maxPacket+srtpOverhead) {
+		b.flush()
+	}
+	b.to = to
+	return b.arena[b.used : b.used+maxPacket+srtpOverhead]
+}
+
+// queue adds pkt, which must lie at the start of the last buffer returned,
+// for addr.
+func (b *sendBatch) queue(pkt []byte, addr *net.UDPAddr) {
+	i := len(b.msgs)
+	b.bufs[i][0] = pkt
+	b.msgs = append(b.msgs, ipv4.Message{Buffers: b.bufs[i][:], Addr: addr})
+	b.used += len(pkt)
+}
+
+// flush sends what is queued. A datagram the kernel refuses is skipped and
+// counted, and the rest still go.
+func (b *sendBatch) flush() {
+	for i := 0; i < len(b.msgs); {
+		n, err := b.to.WriteBatch(b.msgs[i:], 0)
+		if n > 0 { // x/net reports -1 with an error
+			i += n
+		}
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				break // the shared socket closes with the router
+			}
+			if b.err == nil {
+				b.err = fmt.Errorf("sendmmsg to %v: %w", b.msgs[i].Addr, err)
+			}
+			b.failed++
+			i++ // the datagram that failed
+		}
+	}
+	for i := range b.msgs {
+		b.msgs[i] = ipv4.Message{}
+		b.bufs[i][0] = nil
+	}
+	b.msgs = b.msgs[:0]
+	b.used = 0
+}
+
+// Flush sends the copies of the track's last packet that its slots have
+// queued (see sendBatch). The forwarder calls it once it has written a
+// packet to every slot. It reports how many datagrams the kernel refused
+// and the first error.
+func (t *Track) Flush() (failed int, err error) {
+	b := &t.batch
+	if len(b.msgs) > 0 {
+		b.flush()
+	}
+	failed, err = b.failed, b.err
+	b.failed, b.err = 0, nil
+	return failed, err
+}
