@@ -115,18 +115,37 @@ func startRouter(t *testing.T, env map[string]string) *testRouter {
 	return tr
 }
 
-// testLogger logs to the test log.
+// testLogger logs to the test log until the test's cleanup.
 func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	w := &testWriter{t: t}
+	t.Cleanup(w.stop)
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
-// testWriter sends router logs to the test log.
-type testWriter struct{ t *testing.T }
+// testWriter sends router logs to the test log. A signalling goroutine can
+// log just after its test has ended (the HTTP server does not wait for
+// hijacked WebSocket connections); testing forbids t.Log then, so writes
+// after stop are dropped.
+type testWriter struct {
+	mu   sync.Mutex
+	t    *testing.T
+	done bool
+}
 
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(b), "\n"))
+func (w *testWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Helper()
+		w.t.Log(strings.TrimRight(string(b), "\n"))
+	}
 	return len(b), nil
+}
+
+func (w *testWriter) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.done = true
 }
 
 func (r *testRouter) url(path string) string { return "http://" + r.a.addr() + path }
