@@ -11,7 +11,7 @@ import (
 	"unsafe"
 
 	"github.com/pion/dtls/v2"
-	"github.com/pion/srtp/v2"
+	"github.com/pion/srtp/v3"
 	"github.com/pion/transport/v2"
 	"github.com/pion/transport/v2/stdnet"
 	"github.com/pion/webrtc/v3"

@@ -12,7 +12,7 @@ import (
 
 	"github.com/pion/rtp"
 	"github.com/pion/sdp/v3"
-	"github.com/pion/srtp/v2"
+	"github.com/pion/srtp/v3"
 	"github.com/pion/webrtc/v3"
 )
 
