@@ -16,7 +16,9 @@ type Packet struct {
 	RTP rtp.Packet
 	// Raw is the packet as received (after SRTP decryption).
 	Raw []byte
-	// Arrival is when the router read the packet.
+	// Arrival is when the packet reached the router: the kernel's receive
+	// time of its datagram where the system gives it, else when the
+	// router read it.
 	Arrival time.Time
 	// Track is the published track the packet belongs to.
 	Track *session.Track

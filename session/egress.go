@@ -17,6 +17,8 @@ import (
 	"github.com/pion/webrtc/v3"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+
+	"github.com/beepvoice/router/internal/stamp"
 )
 
 // The direct egress path.
@@ -130,7 +132,7 @@ func dtlsClient(pc *webrtc.PeerConnection) (bool, error) {
 
 // route returns the socket and remote address of a selected candidate
 // pair, if the local candidate is one of the host sockets in socks.
-func route(pair *webrtc.ICECandidatePair, socks *sockets) (*net.UDPConn, netip.AddrPort, error) {
+func route(pair *webrtc.ICECandidatePair, socks *sockets) (*trackedConn, netip.AddrPort, error) {
 	if pair == nil || pair.Local == nil || pair.Remote == nil {
 		return nil, netip.AddrPort{}, fmt.Errorf("%w: no selected candidate pair", errNoDirectEgress)
 	}
@@ -170,7 +172,7 @@ type sockets struct {
 	transport.Net
 
 	mu     sync.Mutex
-	byAddr map[netip.AddrPort]*net.UDPConn
+	byAddr map[netip.AddrPort]*trackedConn
 }
 
 func newSockets() (*sockets, error) {
@@ -178,7 +180,7 @@ func newSockets() (*sockets, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list network interfaces: %w", err)
 	}
-	return &sockets{Net: n, byAddr: make(map[netip.AddrPort]*net.UDPConn)}, nil
+	return &sockets{Net: n, byAddr: make(map[netip.AddrPort]*trackedConn)}, nil
 }
 
 // Interfaces lists the interfaces now: a router's addresses can change
@@ -191,7 +193,9 @@ func (s *sockets) Interfaces() ([]*transport.Interface, error) {
 	return n.Interfaces()
 }
 
-// ListenUDP opens a UDP socket and records it until it is closed.
+// ListenUDP opens a UDP socket and records it until it is closed. The
+// socket notes the kernel's arrival time of the RTP it receives (see
+// internal/stamp), where the system can.
 func (s *sockets) ListenUDP(network string, laddr *net.UDPAddr) (transport.UDPConn, error) {
 	c, err := s.Net.ListenUDP(network, laddr)
 	if err != nil {
@@ -203,13 +207,18 @@ func (s *sockets) ListenUDP(network string, laddr *net.UDPAddr) (transport.UDPCo
 	}
 	addr := uc.LocalAddr().(*net.UDPAddr).AddrPort()
 	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	tc := &trackedConn{UDPConn: uc, socks: s, addr: addr}
+	tc.table = &stamp.Table{}
+	if tc.stamped, err = stamp.Wrap(uc, tc.table); err != nil {
+		tc.table = nil // latencies then count from the track's read
+	}
 	s.mu.Lock()
-	s.byAddr[addr] = uc
+	s.byAddr[addr] = tc
 	s.mu.Unlock()
-	return &trackedConn{UDPConn: uc, socks: s, addr: addr}, nil
+	return tc, nil
 }
 
-func (s *sockets) lookup(addr netip.AddrPort) *net.UDPConn {
+func (s *sockets) lookup(addr netip.AddrPort) *trackedConn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.byAddr[addr]
@@ -222,80 +231,101 @@ func (s *sockets) count() int {
 	return len(s.byAddr)
 }
 
-// trackedConn is a socket that leaves the registry when closed.
+// trackedConn is a socket that leaves the registry when closed, with the
+// arrival times of the RTP it reads, if the system gives them.
 type trackedConn struct {
 	*net.UDPConn
-	socks *sockets
-	addr  netip.AddrPort
-	once  sync.Once
+	socks   *sockets
+	addr    netip.AddrPort
+	stamped *stamp.Conn  // nil without kernel timestamps
+	table   *stamp.Table // stamped's; nil without
+	once    sync.Once
+}
+
+// ReadFrom reads one datagram, noting when it arrived.
+func (c *trackedConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	if c.stamped != nil {
+		return c.stamped.ReadFrom(b)
+	}
+	return c.UDPConn.ReadFrom(b)
 }
 
 // Close closes the socket and forgets it.
 func (c *trackedConn) Close() error {
 	c.once.Do(func() {
 		c.socks.mu.Lock()
-		if c.socks.byAddr[c.addr] == c.UDPConn {
+		if c.socks.byAddr[c.addr] == c {
 			delete(c.socks.byAddr, c.addr)
 		}
 		c.socks.mu.Unlock()
 	})
+	if c.stamped != nil {
+		return c.stamped.Close()
+	}
 	return c.UDPConn.Close()
 }
 
 // watchRoute follows the peer's selected ICE candidate pair, so that the
-// direct path always sends where ICE does. Called once, before connecting.
+// direct path always sends where ICE does, and packets find their arrival
+// times. Called once, before connecting.
 func (p *Peer) watchRoute() {
-	if p.m.cfg.PionEgress {
-		return
-	}
 	p.pc.SCTP().Transport().ICETransport().OnSelectedCandidatePairChange(func(pair *webrtc.ICECandidatePair) {
 		p.egressMu.Lock()
 		defer p.egressMu.Unlock()
 		p.pair = pair
-		p.updateEgress()
+		p.updateRoute()
 	})
 }
 
 // startEgress gives the peer's slots the direct path once DTLS is up.
 func (p *Peer) startEgress() {
-	if p.m.cfg.PionEgress {
-		return
+	var (
+		key, salt []byte
+		profile   srtp.ProtectionProfile
+		err       error
+	)
+	if !p.m.cfg.PionEgress {
+		key, salt, profile, err = egressKeys(p.pc)
 	}
-	key, salt, profile, err := egressKeys(p.pc)
 	p.egressMu.Lock()
 	defer p.egressMu.Unlock()
-	if err != nil {
+	switch {
+	case err != nil:
 		p.egressErr(err)
-		return
+	case !p.m.cfg.PionEgress:
+		p.keys = &egress{key: key, salt: salt, profile: profile}
 	}
-	p.keys = &egress{key: key, salt: salt, profile: profile}
 	if p.pair == nil {
 		if pair, err := p.pc.SCTP().Transport().ICETransport().GetSelectedCandidatePair(); err == nil {
 			p.pair = pair
 		}
 	}
-	p.updateEgress()
+	p.updateRoute()
 }
 
-// updateEgress publishes the direct path for the current keys and pair.
-// Callers hold p.egressMu.
-func (p *Peer) updateEgress() {
+// updateRoute publishes the arrival times and the direct path of the
+// current pair. Callers hold p.egressMu.
+func (p *Peer) updateRoute() {
+	tc, to, err := route(p.pair, p.m.socks)
+	if err != nil {
+		p.arrivals.Store(nil)
+		p.egress.Store(nil)
+		if p.keys != nil {
+			p.egressErr(err)
+		}
+		return
+	}
+	p.arrivals.Store(tc.table)
 	if p.keys == nil {
 		return
 	}
-	conn, to, err := route(p.pair, p.m.socks)
-	if err != nil {
-		p.egress.Store(nil)
-		p.egressErr(err)
-		return
-	}
 	e := *p.keys
-	e.conn, e.to = conn, to
+	e.conn, e.to = tc.UDPConn, to
 	if p.m.mux != nil {
 		if to.Addr().Is4() {
-			e.batch = ipv4.NewPacketConn(conn)
+			e.batch = ipv4.NewPacketConn(tc.UDPConn)
 		} else {
-			e.batch = ipv6.NewPacketConn(conn)
+			e.batch = ipv6.NewPacketConn(tc.UDPConn)
 		}
 		e.addr = net.UDPAddrFromAddrPort(to)
 	}

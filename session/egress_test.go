@@ -2,6 +2,7 @@ package session
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/netip"
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/internal/stamp"
 )
 
 // directSlot returns a slot bound like pion binds it, whose peer sends
@@ -346,5 +348,45 @@ func BenchmarkDirectEgress(b *testing.B) {
 			recv.Close()
 			<-drained
 		})
+	}
+}
+
+// TestArrival checks which time a track reader gives a packet: the kernel's
+// arrival time when its socket noted one, else the time of the read.
+func TestArrival(t *testing.T) {
+	var tb stamp.Table
+	p := &Peer{}
+	p.arrivals.Store(&tb)
+	tr := &Track{SSRC: 9}
+	pkt := func(seq uint16) []byte {
+		b := make([]byte, 12)
+		b[0], b[1] = 0x80, 111
+		binary.BigEndian.PutUint16(b[2:], seq)
+		binary.BigEndian.PutUint32(b[8:], 9)
+		return b
+	}
+	now := time.Now().UnixNano()
+	tb.Record(pkt(1), now-int64(3*time.Millisecond))
+	tb.Record(pkt(2), now-int64(time.Minute))
+	tb.Record(pkt(3), now+int64(time.Hour))
+	for _, tc := range []struct {
+		name   string
+		seq    uint16
+		kernel bool
+	}{
+		{"noted", 1, true},
+		{"not noted", 4, false},
+		{"too old: another packet's", 2, false},
+		{"in the future", 3, false},
+	} {
+		before := time.Now()
+		got := p.arrival(tr, pkt(tc.seq))
+		if tc.kernel {
+			if got.UnixNano() != now-int64(3*time.Millisecond) {
+				t.Errorf("%s: %v, want the kernel time", tc.name, got)
+			}
+		} else if got.Before(before) || got.After(time.Now()) {
+			t.Errorf("%s: %v, want the read time", tc.name, got)
+		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/pion/webrtc/v3"
 
 	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/internal/stamp"
 )
 
 // Peer is the peer connection of one device.
@@ -51,8 +52,10 @@ type Peer struct {
 	onCandidate atomic.Pointer[func(webrtc.ICECandidateInit)]
 
 	// The direct egress path (egress.go): slots send with egress when it
-	// is set.
+	// is set. arrivals are the kernel arrival times of the socket of the
+	// selected pair.
 	egress       atomic.Pointer[egress]
+	arrivals     atomic.Pointer[stamp.Table]
 	egressMu     sync.Mutex
 	keys         *egress // keys only
 	pair         *webrtc.ICECandidatePair
@@ -384,7 +387,7 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 			flush()
 		}
 		bytes += uint64(n)
-		if err := sink.WriteRTP(buf[:n], time.Now()); err != nil {
+		if err := sink.WriteRTP(buf[:n], p.arrival(t, buf[:n])); err != nil {
 			if bad == 0 {
 				p.log.Info("dropping malformed RTP", "track", t.ID, "err", err)
 			}
@@ -397,6 +400,26 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 	ended = true
 	sink.Close()
 	p.log.Info("track ended", "track", t.ID, "malformed", bad)
+}
+
+// maxQueued bounds how long before its read a packet's kernel arrival time
+// may be: an older entry is another packet's (its sequence number came
+// round again).
+const maxQueued = 10 * time.Second
+
+// arrival returns when packet b of t reached the router: the kernel's
+// receive time of its datagram if the socket noted it, else now.
+func (p *Peer) arrival(t *Track, b []byte) time.Time {
+	now := time.Now()
+	tb := p.arrivals.Load()
+	if tb == nil || len(b) < 4 {
+		return now
+	}
+	at, ok := tb.Lookup(t.SSRC, uint16(b[2])<<8|uint16(b[3]))
+	if !ok || at > now.UnixNano() || now.UnixNano()-at > int64(maxQueued) {
+		return now
+	}
+	return time.Unix(0, at)
 }
 
 // readFeedback drains a slot sender's RTCP (see drainRTCP), counts the

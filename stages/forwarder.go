@@ -3,10 +3,13 @@ package stages
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/beepvoice/router/internal/throttle"
 	"github.com/beepvoice/router/pipeline"
@@ -37,7 +40,20 @@ var forwarderKind = pipeline.Define(ForwarderKind,
 		if s.Hangover <= 0 || s.Retry <= 0 {
 			return nil, errors.New("hangover and retry must be positive")
 		}
-		return &Forwarder{settings: *s, log: env.Logger}, nil
+		f := &Forwarder{settings: *s, log: env.Logger}
+		if env.Metrics != nil {
+			h := prometheus.NewHistogram(prometheus.HistogramOpts{
+				Name: "router_forward_latency_seconds",
+				Help: "Latency the router adds to a forwarded packet: from the kernel's receive time of its datagram at the router's socket (when the system gives it; else the track reader's read) to the send of its last copy.",
+				// 50 µs to 1 s, 23 % apart: fine enough for p99s of a few ms.
+				Buckets: prometheus.ExponentialBucketsRange(50e-6, 1, 48),
+			})
+			if err := env.Metrics.Register(h); err != nil {
+				return nil, fmt.Errorf("forward latency histogram: %w", err)
+			}
+			f.latency = h
+		}
+		return f, nil
 	})
 
 // Forwarder is the selective forwarding stage. Per packet it updates the
@@ -48,6 +64,7 @@ type Forwarder struct {
 	settings ForwarderSettings
 	log      *slog.Logger
 	errLog   throttle.Gate
+	latency  prometheus.Observer // nil without metrics
 
 	// Counts are kept per track, so that publishers do not contend on one
 	// counter; Stats sums the live tracks and what closed ones left.
@@ -129,6 +146,9 @@ func (fp *forwarderProc) HandlePacket(p *pipeline.Packet) bool {
 	}
 	if written > 0 {
 		fp.count.forwarded.Add(written)
+		if f.latency != nil {
+			f.latency.Observe(time.Since(p.Arrival).Seconds())
+		}
 	}
 	return true
 }

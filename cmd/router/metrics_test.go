@@ -73,12 +73,18 @@ func TestMetricsAndHealth(t *testing.T) {
 		{`router_stage_events_total{event="forwarded",stage="forwarder"}`, 75},
 		{`router_stage_events_total{event="drop_not_member",stage="permission-gate"}`, 0},
 		{"router_nats_connected", 1},
+		{"router_forward_latency_seconds_count", 75},
 		{"go_goroutines", 1},
 	}
 	for _, c := range checks {
 		if v := metric(t, body, c.sample); v < c.min {
 			t.Errorf("%s = %v, want at least %v", c.sample, v, c.min)
 		}
+	}
+	// The latency the router adds, counted from the kernel's arrival time,
+	// is positive and, on an idle loopback, well under 100 ms.
+	if n, sum := metric(t, body, "router_forward_latency_seconds_count"), metric(t, body, "router_forward_latency_seconds_sum"); sum <= 0 || sum/n > 0.1 {
+		t.Errorf("forward latency: %v s over %v packets", sum, n)
 	}
 	if code, _ := scrape(t, "http://"+maddr+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz: %d", code)

@@ -25,6 +25,7 @@ import (
 	"github.com/pion/webrtc/v3"
 
 	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/internal/stamp"
 )
 
 // Framing selects the /connect message framing.
@@ -110,7 +111,7 @@ type Client struct {
 	// mux and arr are set with Options.ArrivalTimes: the ICE UDP mux
 	// over the client's timestamping socket, and what it recorded.
 	mux *ice.UDPMuxDefault
-	arr *arrivals
+	arr *stamp.Table
 
 	bye     chan struct{}
 	byeOnce sync.Once
@@ -167,13 +168,18 @@ func loopbackAPI(o Options, mux *ice.UDPMuxDefault) (*webrtc.API, error) {
 func Dial(ctx context.Context, o Options) (*Client, error) {
 	var (
 		mux *ice.UDPMuxDefault
-		arr *arrivals
+		arr *stamp.Table
 	)
 	if o.ArrivalTimes {
-		arr = &arrivals{}
-		conn, err := listenArrivals(arr)
+		arr = &stamp.Table{}
+		raw, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("arrival times: listen: %w", err)
+		}
+		conn, err := stamp.Wrap(raw, arr)
+		if err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("arrival times: %w", err)
 		}
 		mux = ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: conn})
 	}
@@ -419,7 +425,10 @@ func (c *Client) arrived(ssrc uint32, seq uint16) time.Time {
 	if c.arr == nil {
 		return time.Time{}
 	}
-	return c.arr.lookup(ssrc, seq)
+	if at, ok := c.arr.Lookup(ssrc, seq); ok {
+		return time.Unix(0, at)
+	}
+	return time.Time{}
 }
 
 // count reads t into one reused buffer and packet, handing each to handle.

@@ -85,7 +85,7 @@ type Packet struct {
 	RTP rtp.Packet
 	// Raw is the packet as the router received it.
 	Raw []byte
-	// Arrival is when the router read the packet.
+	// Arrival is when the packet reached the router (see pipeline.Packet).
 	Arrival time.Time
 	// Level is the RFC 6464 audio level in -dBov (0 loudest, 127 silence),
 	// meaningful when HasLevel is set; Voice is the V bit.
