@@ -295,7 +295,15 @@ type runResult struct {
 	// WireLatencyMS is the kernel's receive time of the datagram at the
 	// subscriber's socket − the send time in the payload (with -wire).
 	WireLatencyMS *wireLatencyMS `json:"wire_latency_ms,omitempty"`
-	Router        *routerFigures `json:"router,omitempty"`
+	// RouterForwardMS is the router's own added latency per received RTP
+	// packet (kernel receive time at the router's socket → the forwarder's
+	// send of the last copy), from the router_forward_latency_seconds
+	// histogram of its /metrics, scraped as the steady window starts and
+	// as it ends (the packets the router forwarded in between). Null when
+	// the router does not export the histogram (an older router) or
+	// /metrics could not be read.
+	RouterForwardMS *fwdLatencyMS  `json:"router_forward_latency_ms"`
+	Router          *routerFigures `json:"router,omitempty"`
 	// Processing is the harness router's own time per published packet
 	// over the window (pipeline and fan-out to every slot), when the
 	// router is the harness (-router-self).
@@ -713,6 +721,9 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 	if !sleepUntil(ctx, t0) {
 		return res, ctx.Err()
 	}
+	// The router's /metrics is scraped outside the /proc samples, so that
+	// the scrapes' CPU does not count in the router's figures.
+	fwd0, fwdErr0 := scrapeHistogram(ctx, k.httpc, cfg.URL, forwardLatencyMetric)
 	r0, rerr := readProc(cfg.RouterPID)
 	m0, _ := readMachine()
 	s0 := selfCPU()
@@ -762,6 +773,8 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 	r1, rerr1 := readProc(cfg.RouterPID)
 	m1, _ := readMachine()
 	s1 := selfCPU()
+	fwd1, fwdErr1 := scrapeHistogram(ctx, k.httpc, cfg.URL, forwardLatencyMetric)
+	res.RouterForwardMS = forwardLatencyOver(fwd0, fwd1, errors.Join(fwdErr0, fwdErr1), logf)
 	if cfg.DebugURL != "" {
 		if st, err := harnessStatsOf(ctx, cfg.DebugURL, "reset=1"); err == nil {
 			res.Processing = &quantiles{P50: st.Processing.P50, P99: st.Processing.P99, Max: st.Processing.Max}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -118,6 +119,44 @@ func TestTinyLoad(t *testing.T) {
 	if !strings.Contains(out.String(), "wire p50") {
 		t.Errorf("no wire latency columns in:\n%s", out.String())
 	}
+	checkForwardLatency(t, js, r, out.String())
+	// The harness's /metrics parses, and its labelled pipeline histogram
+	// is found there.
+	if sh, err := scrapeHistogram(context.Background(), http.DefaultClient, h.URL(), "router_stage_packet_seconds"); err != nil || sh == nil {
+		t.Errorf("harness /metrics: router_stage_packet_seconds: %+v, %v", sh, err)
+	}
+}
+
+// checkForwardLatency checks the fwd figures of run r: a JSON key (null
+// when the router does not export router_forward_latency_seconds, as
+// before the router had it), the table columns and, when the router
+// exports it, samples and ordered quantiles.
+func checkForwardLatency(t *testing.T, jsonPath string, r *runResult, table string) {
+	t.Helper()
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw struct {
+		Runs []map[string]json.RawMessage `json:"runs"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil || len(raw.Runs) == 0 {
+		t.Fatalf("JSON runs: %v", err)
+	}
+	if _, ok := raw.Runs[0]["router_forward_latency_ms"]; !ok {
+		t.Error("no router_forward_latency_ms in the JSON report")
+	}
+	if !strings.Contains(table, "fwd p50") || !strings.Contains(table, "fwd: the router's own added latency") {
+		t.Errorf("no fwd column or legend in:\n%s", table)
+	}
+	f := r.RouterForwardMS
+	if f == nil {
+		t.Logf("the router does not export %s: no fwd figures to check", forwardLatencyMetric)
+		return
+	}
+	if f.Samples == 0 || f.P50 == nil || f.P99 == nil || f.Mean == nil || !(*f.P50 > 0 && *f.P50 <= *f.P99 && *f.Mean > 0) {
+		t.Errorf("fwd latency: p50 %v p99 %v mean %v ms of %d samples", deref(f.P50), deref(f.P99), deref(f.Mean), f.Samples)
+	}
 }
 
 // TestWireLatencyPerPacket publishes timestamped packets through the
@@ -219,6 +258,7 @@ func TestRouterSelf(t *testing.T) {
 	if len(rep.Runs) != 1 || rep.Runs[0].Egress.Received == 0 || rep.Runs[0].Router == nil {
 		t.Fatalf("load report: %+v", rep.Runs)
 	}
+	checkForwardLatency(t, js, rep.Runs[0], out.String())
 	if st, err := os.Stat(cpu); err != nil || st.Size() == 0 {
 		t.Errorf("cpu profile: %v", err)
 	}

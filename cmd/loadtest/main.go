@@ -10,7 +10,9 @@
 // from its pion track − the send time in the payload) and on the wire (the
 // kernel's receive time of the datagram at the subscriber's socket, from
 // SO_TIMESTAMPNS, − the send time), which leaves out the subscriber's own
-// scheduling and pion receive path.
+// scheduling and pion receive path. A third figure, fwd, is the router's
+// own added latency, from the router_forward_latency_seconds histogram of
+// its /metrics over the steady window (when the router exports it).
 //
 // All traffic stays on loopback: a router URL whose host is not a loopback
 // address is refused unless -allow-remote is given, a router the tool
@@ -510,7 +512,7 @@ func printReport(w io.Writer, rep *report) {
 			best[i] = true
 		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "scenario\trun\tdevices\tingress pkt/s\tegress pkt/s\tdelivery %\tloss %\tlat p50\tp95\tp99\tmax ms\twire p50\tp99\tmax ms\tconnect p50\tp99 ms\trouter cores\t(sys)\tµs/egress pkt\tpkt/s per core\trouter RSS MiB\ttool cores\tother cores\t")
+		fmt.Fprintln(tw, "scenario\trun\tdevices\tingress pkt/s\tegress pkt/s\tdelivery %\tloss %\tlat p50\tp95\tp99\tmax ms\twire p50\tp99\tmax ms\tfwd p50\tp99 ms\tconnect p50\tp99 ms\trouter cores\t(sys)\tµs/egress pkt\tpkt/s per core\trouter RSS MiB\ttool cores\tother cores\t")
 		for i, r := range rep.Runs {
 			mark := ""
 			if best[i] && len(rep.Runs) > len(rep.Best) {
@@ -521,6 +523,10 @@ func printReport(w io.Writer, rep *report) {
 			if wl := r.WireLatencyMS; wl != nil && wl.Samples > 0 {
 				w50, w99, wmax = fmt.Sprintf("%.2f", wl.P50), fmt.Sprintf("%.2f", wl.P99), fmt.Sprintf("%.2f", wl.Max)
 			}
+			f50, f99 := "-", "-"
+			if f := r.RouterForwardMS; f != nil && f.P50 != nil && f.P99 != nil {
+				f50, f99 = fmt.Sprintf("%.3f", *f.P50), fmt.Sprintf("%.3f", *f.P99)
+			}
 			if r.Router != nil {
 				cores = fmt.Sprintf("%.2f", r.Router.Cores)
 				sys = fmt.Sprintf("%.2f", r.Router.SysSeconds/r.WindowS)
@@ -528,16 +534,21 @@ func printReport(w io.Writer, rep *report) {
 				ppc = fmt.Sprintf("%.0f", r.Router.EgressPPSPerCore)
 				rss = fmt.Sprintf("%.1f", float64(r.Router.RSSPeakKiB)/1024)
 			}
-			fmt.Fprintf(tw, "%s\t%d%s\t%d/%d\t%.0f\t%.0f\t%.2f\t%.3f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t\n",
+			fmt.Fprintf(tw, "%s\t%d%s\t%d/%d\t%.0f\t%.0f\t%.2f\t%.3f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t\n",
 				r.Name, r.Run, mark, r.Devices.Connected, r.Devices.Connected+r.Devices.Failed,
 				r.Ingress.PPS, r.Egress.PPS, r.Egress.DeliveryPct, r.Loss.Pct,
-				r.LatencyMS.P50, r.LatencyMS.P95, r.LatencyMS.P99, r.LatencyMS.Max, w50, w99, wmax,
+				r.LatencyMS.P50, r.LatencyMS.P95, r.LatencyMS.P99, r.LatencyMS.Max, w50, w99, wmax, f50, f99,
 				r.ConnectMS.P50, r.ConnectMS.P99, cores, sys, us, ppc, rss, r.Tool.Cores, r.Machine.OtherCores)
 		}
 		tw.Flush()
 		if slices.ContainsFunc(rep.Runs, func(r *runResult) bool { return r.WireLatencyMS != nil }) {
 			fmt.Fprintln(w, "lat: the subscriber's read from its pion track − the send time in the payload; wire: the kernel's receive time at the subscriber's socket − the send time")
 		}
+		fwd := "fwd: the router's own added latency, from its /metrics: kernel receive time at the router's socket → last copy sent"
+		if !slices.ContainsFunc(rep.Runs, func(r *runResult) bool { return r.RouterForwardMS != nil }) {
+			fwd += " (not reported: the router's /metrics has no " + forwardLatencyMetric + " or could not be read; -v says why)"
+		}
+		fmt.Fprintln(w, fwd)
 		if len(rep.Runs) > len(rep.Best) {
 			fmt.Fprintln(w, "* best run of its scenario: a clean run (no loss, no drops at the tool, ≥ 99.5 % delivered) first, then the least disturbed (fewest other cores busy), then the lowest router CPU per egress packet")
 		}
@@ -551,6 +562,9 @@ func printReport(w io.Writer, rep *report) {
 					rd = strconv.FormatUint(*r.UDPDrops.Router, 10)
 				}
 				fmt.Fprintf(w, "%s run %d: UDP receive-buffer drops: router %s, tool %d\n", r.Name, r.Run, rd, r.UDPDrops.Tool)
+			}
+			if f := r.RouterForwardMS; f != nil && f.Samples == 0 {
+				fmt.Fprintf(w, "%s run %d: the router's %s observed no packet in the window\n", r.Name, r.Run, forwardLatencyMetric)
 			}
 			if wl := r.WireLatencyMS; wl != nil && wl.NoWireTime > 0 {
 				fmt.Fprintf(w, "%s run %d: %d of %d received packets had no wire time (kernel arrival no longer known); the wire figures leave them out\n",
