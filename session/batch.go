@@ -8,17 +8,18 @@ import (
 	"golang.org/x/net/ipv4"
 )
 
-// sendBatch is where a track's packet path puts the encrypted copies of one
-// packet for its slots, to send them with as few system calls as it can.
+// SendBuffer is where a goroutine that writes to slots builds and encrypts
+// the copies it sends directly, and queues them to send them with as few
+// system calls as it can. Each goroutine that calls Slot.Write has its own:
+// a track's packet path uses the track's (Track.SendBuffer), a forwarder's
+// fan-out worker its own. One buffer serves a whole fan-out and stays in
+// cache.
 //
 // On the UDP_PORT mux every peer shares one socket, so the copies of one
 // packet for all its receivers leave with one sendmmsg (through x/net's
 // WriteBatch). With a socket per peer there is nothing to batch: each copy
 // is sent at once with sendto, from the same buffer.
-//
-// Only the track's packet path (one goroutine) uses its sendBatch, so one
-// buffer serves the whole fan-out and stays in cache.
-type sendBatch struct {
+type SendBuffer struct {
 	arena []byte
 	used  int
 	msgs  []ipv4.Message
@@ -35,7 +36,7 @@ type batchWriter interface {
 	WriteBatch(ms []ipv4.Message, flags int) (int, error)
 }
 
-// Sizes of a sendBatch: room for the copies of one packet for about a
+// Sizes of a SendBuffer: room for the copies of one packet for about a
 // hundred receivers, then it is sent and reused.
 const (
 	batchArena = 16 << 10
@@ -44,7 +45,7 @@ const (
 
 // buffer returns room for one outgoing packet, sending what is queued first
 // if the batch is full or goes to another socket.
-func (b *sendBatch) buffer(to batchWriter) []byte {
+func (b *SendBuffer) buffer(to batchWriter) []byte {
 	if b.arena == nil {
 		b.arena = make([]byte, batchArena)
 		b.msgs = make([]ipv4.Message, 0, batchMsgs)
@@ -59,7 +60,7 @@ func (b *sendBatch) buffer(to batchWriter) []byte {
 
 // queue adds pkt, which must lie at the start of the last buffer returned,
 // for addr.
-func (b *sendBatch) queue(pkt []byte, addr *net.UDPAddr) {
+func (b *SendBuffer) queue(pkt []byte, addr *net.UDPAddr) {
 	i := len(b.msgs)
 	b.bufs[i][0] = pkt
 	b.msgs = append(b.msgs, ipv4.Message{Buffers: b.bufs[i][:], Addr: addr})
@@ -68,7 +69,7 @@ func (b *sendBatch) queue(pkt []byte, addr *net.UDPAddr) {
 
 // flush sends what is queued. A datagram the kernel refuses is skipped and
 // counted, and the rest still go.
-func (b *sendBatch) flush() {
+func (b *SendBuffer) flush() {
 	for i := 0; i < len(b.msgs); {
 		n, err := b.to.WriteBatch(b.msgs[i:], 0)
 		if n > 0 { // x/net reports -1 with an error
@@ -93,12 +94,10 @@ func (b *sendBatch) flush() {
 	b.used = 0
 }
 
-// Flush sends the copies of the track's last packet that its slots have
-// queued (see sendBatch). The forwarder calls it once it has written a
-// packet to every slot. It reports how many datagrams the kernel refused
-// and the first error.
-func (t *Track) Flush() (failed int, err error) {
-	b := &t.batch
+// Flush sends what the slots' writes have queued. Call it once a packet
+// has been written to every slot. It reports how many datagrams the kernel
+// refused since the last Flush, and the first error.
+func (b *SendBuffer) Flush() (failed int, err error) {
 	if len(b.msgs) > 0 {
 		b.flush()
 	}
@@ -106,3 +105,6 @@ func (t *Track) Flush() (failed int, err error) {
 	b.failed, b.err = 0, nil
 	return failed, err
 }
+
+// SendBuffer returns the buffer of the track's packet path.
+func (t *Track) SendBuffer() *SendBuffer { return &t.buf }

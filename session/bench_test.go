@@ -79,7 +79,7 @@ func BenchmarkFanout(b *testing.B) {
 				p.SequenceNumber++
 				p.Timestamp += 960
 				for _, s := range t.Targets(c) {
-					if _, err := s.Write(t, c, p, 0x8a, true, now); err != nil {
+					if _, err := s.Write(t.SendBuffer(), t, c, p, 0x8a, true, now); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -109,7 +109,7 @@ func BenchmarkSpeakerSwitch(b *testing.B) {
 		p.SequenceNumber++
 		p.Timestamp += 960
 		now += int64(20 * time.Millisecond)
-		if ok, err := s.Write(src, c, p, 0x8a, true, now); !ok || err != nil {
+		if ok, err := s.Write(src.SendBuffer(), src, c, p, 0x8a, true, now); !ok || err != nil {
 			b.Fatal("not written", err)
 		}
 	}

@@ -100,7 +100,7 @@ func TestDirectEgress(t *testing.T) {
 			for i := 0; i < 5; i++ {
 				payload := bytes.Repeat([]byte{byte(i + 1)}, 60+i*20)
 				p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: uint16(65533 + i), Timestamp: uint32(i * 960)}, Payload: payload}
-				ok, err := s.Write(tr, c, p, 0x85, true, time.Now().UnixNano())
+				ok, err := s.Write(tr.SendBuffer(), tr, c, p, 0x85, true, time.Now().UnixNano())
 				if !ok || err != nil {
 					t.Fatalf("packet %d not written: %v %v", i, ok, err)
 				}
@@ -134,7 +134,7 @@ func TestDirectEgress(t *testing.T) {
 			}
 			// A duplicate of a packet already sent is not encrypted again.
 			p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: 65535, Timestamp: 2 * 960}, Payload: []byte{1}}
-			if ok, err := s.Write(tr, c, p, 0x85, true, time.Now().UnixNano()); ok || err != nil {
+			if ok, err := s.Write(tr.SendBuffer(), tr, c, p, 0x85, true, time.Now().UnixNano()); ok || err != nil {
 				t.Errorf("duplicate: written %v, err %v; want dropped", ok, err)
 			}
 		})
@@ -149,13 +149,13 @@ func TestDirectEgressNeverFallsBack(t *testing.T) {
 	w := &countingWriter{}
 	s.writer = w
 	p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: 1}, Payload: []byte{1, 2, 3}}
-	if ok, err := s.Write(tr, c, p, 0, false, time.Now().UnixNano()); !ok || err != nil {
+	if ok, err := s.Write(tr.SendBuffer(), tr, c, p, 0, false, time.Now().UnixNano()); !ok || err != nil {
 		t.Fatalf("first packet: %v %v", ok, err)
 	}
 	receive(t, recv)
 	s.peer.egress.Store(nil)
 	p.SequenceNumber++
-	if ok, err := s.Write(tr, c, p, 0, false, time.Now().UnixNano()); ok || !errors.Is(err, errNoRoute) {
+	if ok, err := s.Write(tr.SendBuffer(), tr, c, p, 0, false, time.Now().UnixNano()); ok || !errors.Is(err, errNoRoute) {
 		t.Errorf("without a route: written %v, err %v; want errNoRoute", ok, err)
 	}
 	if w.n != 0 {
@@ -259,21 +259,21 @@ func TestSendBatch(t *testing.T) {
 	e.addr = net.UDPAddrFromAddrPort(e.to)
 	for i := 0; i < 3; i++ {
 		p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: uint16(i)}, Payload: []byte{byte(i)}}
-		if ok, err := s.Write(tr, c, p, 0, false, time.Now().UnixNano()); !ok || err != nil {
+		if ok, err := s.Write(tr.SendBuffer(), tr, c, p, 0, false, time.Now().UnixNano()); !ok || err != nil {
 			t.Fatalf("packet %d: %v %v", i, ok, err)
 		}
 	}
-	if len(tr.batch.msgs) != 3 {
-		t.Fatalf("%d packets queued, want 3", len(tr.batch.msgs))
+	if len(tr.buf.msgs) != 3 {
+		t.Fatalf("%d packets queued, want 3", len(tr.buf.msgs))
 	}
 	// One datagram the kernel refuses: an IPv6 address on an IPv4 socket.
-	buf := tr.batch.buffer(e.batch)
-	tr.batch.queue(buf[:20], &net.UDPAddr{IP: net.IPv6loopback, Port: 9})
+	buf := tr.buf.buffer(e.batch)
+	tr.buf.queue(buf[:20], &net.UDPAddr{IP: net.IPv6loopback, Port: 9})
 	p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: 3}, Payload: []byte{3}}
-	if ok, err := s.Write(tr, c, p, 0, false, time.Now().UnixNano()); !ok || err != nil {
+	if ok, err := s.Write(tr.SendBuffer(), tr, c, p, 0, false, time.Now().UnixNano()); !ok || err != nil {
 		t.Fatalf("packet 3: %v %v", ok, err)
 	}
-	failed, err := tr.Flush()
+	failed, err := tr.SendBuffer().Flush()
 	if failed != 1 || err == nil {
 		t.Errorf("Flush: %d failed, err %v; want 1 and an error", failed, err)
 	}
@@ -294,8 +294,8 @@ func TestSendBatch(t *testing.T) {
 			t.Errorf("datagram %d: seq %d payload %x", i, got.SequenceNumber, got.Payload)
 		}
 	}
-	if failed, err := tr.Flush(); failed != 0 || err != nil || len(tr.batch.msgs) != 0 {
-		t.Errorf("second Flush: %d %v, %d queued", failed, err, len(tr.batch.msgs))
+	if failed, err := tr.SendBuffer().Flush(); failed != 0 || err != nil || len(tr.buf.msgs) != 0 {
+		t.Errorf("second Flush: %d %v, %d queued", failed, err, len(tr.buf.msgs))
 	}
 }
 
@@ -332,16 +332,16 @@ func BenchmarkDirectEgress(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				p.SequenceNumber++
 				p.Timestamp += 960
-				if _, err := s.Write(tr, c, p, 0x8a, true, now); err != nil {
+				if _, err := s.Write(tr.SendBuffer(), tr, c, p, 0x8a, true, now); err != nil {
 					b.Fatal(err)
 				}
 				if !batched || i%100 == 99 {
-					if _, err := tr.Flush(); err != nil {
+					if _, err := tr.SendBuffer().Flush(); err != nil {
 						b.Fatal(err)
 					}
 				}
 			}
-			if _, err := tr.Flush(); err != nil {
+			if _, err := tr.SendBuffer().Flush(); err != nil {
 				b.Fatal(err)
 			}
 			b.StopTimer()

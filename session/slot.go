@@ -127,13 +127,15 @@ func (s *Slot) Unbind(webrtc.TrackLocalContext) error {
 func (s *Slot) setSource(t *Track) { s.source.Store(t) }
 
 // Write forwards one packet of src, received for conversation c, at now
-// (unix ns). levelByte is the RFC 6464 byte to send when hasLevel. A packet
+// (unix ns), building the copy in buf (see SendBuffer; Flush it once the
+// packet is written to every slot). levelByte is the RFC 6464 byte to send
+// when hasLevel. A packet
 // from a track that is no longer the slot's source, or for a conversation
 // the receiving user has left, is dropped: it reports false. So is a packet
 // that would reuse a sequence number the slot has already sent (a duplicate,
 // or a late packet of a new speaker): SRTP would encrypt two packets under
 // one nonce.
-func (s *Slot) Write(src *Track, c *Conversation, p *rtp.Packet, levelByte byte, hasLevel bool, now int64) (bool, error) {
+func (s *Slot) Write(buf *SendBuffer, src *Track, c *Conversation, p *rtp.Packet, levelByte byte, hasLevel bool, now int64) (bool, error) {
 	if s.source.Load() != src || s.peer.user.conv.Load() != c {
 		return false, nil
 	}
@@ -187,7 +189,7 @@ func (s *Slot) Write(src *Track, c *Conversation, p *rtp.Packet, levelByte byte,
 		}
 	}
 	if e := s.peer.egress.Load(); e != nil || s.srtp != nil {
-		if err := s.writeDirect(e, h, p.Payload, &src.batch); err != nil {
+		if err := s.writeDirect(e, h, p.Payload, buf); err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return false, nil
 			}
@@ -257,7 +259,7 @@ const nackCache = 64
 // writeDirect encrypts h and payload with the slot's SRTP context, in place
 // in a buffer of b, and sends the packet on e's socket (see egress.go): at
 // once, or queued in b when the socket takes batches. Callers hold s.mu.
-func (s *Slot) writeDirect(e *egress, h *rtp.Header, payload []byte, b *sendBatch) error {
+func (s *Slot) writeDirect(e *egress, h *rtp.Header, payload []byte, b *SendBuffer) error {
 	if e == nil {
 		return errNoRoute
 	}

@@ -34,9 +34,8 @@ type Track struct {
 	// targets are the slots that receive this track now.
 	targets atomic.Pointer[targets]
 
-	// batch is where Slot.Write builds, encrypts and queues the copies of
-	// the track's packets that it sends directly (batch.go).
-	batch sendBatch
+	// buf is the packet path's SendBuffer.
+	buf SendBuffer
 }
 
 // targets is an immutable snapshot of the slots assigned to a track within

@@ -28,17 +28,23 @@ type ForwarderSettings struct {
 	Hangover pipeline.Duration `yaml:"hangover"`
 	// Retry is how often a speaker waiting for a slot asks again.
 	Retry pipeline.Duration `yaml:"retry"`
+	// ShardMin: a packet for at least twice this many slots is written by
+	// idle cores in parts of at least this many (fanout.go); 0: never.
+	ShardMin int `yaml:"shard_min"`
 }
 
 var forwarderKind = pipeline.Define(ForwarderKind,
 	"forwards the active speakers of a conversation to the other members' slots",
-	ForwarderSettings{ThresholdDBov: -50, Hangover: pipeline.Duration(time.Second), Retry: pipeline.Duration(100 * time.Millisecond)},
+	ForwarderSettings{ThresholdDBov: -50, Hangover: pipeline.Duration(time.Second), Retry: pipeline.Duration(100 * time.Millisecond), ShardMin: 32},
 	func(env pipeline.Env, name string, s *ForwarderSettings) (pipeline.Stage, error) {
 		if s.ThresholdDBov > 0 || s.ThresholdDBov < -127 {
 			return nil, errors.New("threshold_dbov must be between -127 and 0")
 		}
 		if s.Hangover <= 0 || s.Retry <= 0 {
 			return nil, errors.New("hangover and retry must be positive")
+		}
+		if s.ShardMin < 0 {
+			return nil, errors.New("shard_min must not be negative")
 		}
 		f := &Forwarder{settings: *s, log: env.Logger}
 		if env.Metrics != nil {
@@ -53,6 +59,9 @@ var forwarderKind = pipeline.Define(ForwarderKind,
 			}
 			f.latency = h
 		}
+		if s.ShardMin > 0 {
+			f.pool = newPool()
+		}
 		return f, nil
 	})
 
@@ -65,6 +74,7 @@ type Forwarder struct {
 	log      *slog.Logger
 	errLog   throttle.Gate
 	latency  prometheus.Observer // nil without metrics
+	pool     *pool               // nil on one core or with shard_min 0
 
 	// Counts are kept per track, so that publishers do not contend on one
 	// counter; Stats sums the live tracks and what closed ones left.
@@ -75,19 +85,21 @@ type Forwarder struct {
 
 // counts are a forwarder processor's counts.
 type counts struct {
-	forwarded, failed atomic.Uint64
+	forwarded, failed, sharded atomic.Uint64
 }
 
-// Stats reports packets written to slots and writes that failed.
+// Stats reports packets written to slots, writes that failed, and the
+// packets whose fan-out was split across cores.
 func (f *Forwarder) Stats() map[string]uint64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	fwd, failed := f.closed.forwarded.Load(), f.closed.failed.Load()
+	fwd, failed, sharded := f.closed.forwarded.Load(), f.closed.failed.Load(), f.closed.sharded.Load()
 	for fp := range f.live {
 		fwd += fp.count.forwarded.Load()
 		failed += fp.count.failed.Load()
+		sharded += fp.count.sharded.Load()
 	}
-	return map[string]uint64{"forwarded": fwd, "drop_write_error": failed}
+	return map[string]uint64{"forwarded": fwd, "drop_write_error": failed, "sharded": sharded}
 }
 
 // Open returns the forwarder's processor for a track.
@@ -102,12 +114,21 @@ func (f *Forwarder) Open(*session.Track, pipeline.Emit) (pipeline.Processor, err
 	return fp, nil
 }
 
-// Close does nothing: slots belong to their peers.
-func (f *Forwarder) Close(context.Context) error { return nil }
+// Close stops the fan-out workers; slots belong to their peers.
+func (f *Forwarder) Close(context.Context) error {
+	if f.pool != nil {
+		f.pool.close()
+	}
+	return nil
+}
 
 type forwarderProc struct {
 	f     *Forwarder
 	count counts
+
+	// The parts of the current packet's fan-out given to the pool.
+	shards     [maxShards]shard
+	shardsDone sync.WaitGroup
 }
 
 func (fp *forwarderProc) HandlePacket(p *pipeline.Packet) bool {
@@ -123,25 +144,30 @@ func (fp *forwarderProc) HandlePacket(p *pipeline.Packet) bool {
 	} else if t.Waiting() && c.RetryDue(now, f.settings.Retry.D()) {
 		c.Reassign()
 	}
-	level := p.LevelByte()
-	var written uint64
-	for _, s := range t.Targets(c) {
-		ok, err := s.Write(t, c, &p.RTP, level, p.HasLevel, now)
-		if err != nil {
-			fp.count.failed.Add(1)
-			if allow, n := f.errLog.Allow(p.Arrival); allow {
-				f.log.Warn("forward failed", "track", t.ID, "err", err, "suppressed", n)
+	job := fanout{track: t, conv: c, pkt: p, level: p.LevelByte(), now: now}
+	slots := t.Targets(c)
+	shards := 0
+	if m := f.settings.ShardMin; m > 0 && f.pool != nil && len(slots) >= 2*m {
+		parts := min(len(slots)/m, f.pool.workers+1)
+		slots, shards = fp.shard(&job, slots, (len(slots)+parts-1)/parts)
+	}
+	written, failed, err := job.run(slots, t.SendBuffer())
+	if shards > 0 {
+		fp.count.sharded.Add(1)
+		fp.shardsDone.Wait()
+		for i := range shards {
+			sh := &fp.shards[i]
+			written += sh.written
+			failed += sh.failed
+			if err == nil {
+				err = sh.err
 			}
-			continue
-		}
-		if ok {
-			written++
 		}
 	}
-	if failed, err := t.Flush(); err != nil {
-		fp.count.failed.Add(uint64(failed))
+	if failed > 0 {
+		fp.count.failed.Add(failed)
 		if allow, n := f.errLog.Allow(p.Arrival); allow {
-			f.log.Warn("forward failed", "track", t.ID, "err", err, "suppressed", n)
+			f.log.Warn("forward failed", "track", t.ID, "err", err, "failed", failed, "suppressed", n)
 		}
 	}
 	if written > 0 {
@@ -151,6 +177,39 @@ func (fp *forwarderProc) HandlePacket(p *pipeline.Packet) bool {
 		}
 	}
 	return true
+}
+
+// fanout is the writing of one packet to slots.
+type fanout struct {
+	track *session.Track
+	conv  *session.Conversation
+	pkt   *pipeline.Packet
+	level byte
+	now   int64
+}
+
+// run writes the packet to slots through buf and sends what buf queued.
+func (j *fanout) run(slots []*session.Slot, buf *session.SendBuffer) (written, failed uint64, err error) {
+	for _, s := range slots {
+		ok, werr := s.Write(buf, j.track, j.conv, &j.pkt.RTP, j.level, j.pkt.HasLevel, j.now)
+		switch {
+		case werr != nil:
+			failed++
+			if err == nil {
+				err = werr
+			}
+		case ok:
+			written++
+		}
+	}
+	n, ferr := buf.Flush()
+	if ferr != nil {
+		failed += uint64(n)
+		if err == nil {
+			err = ferr
+		}
+	}
+	return written, failed, err
 }
 
 func (*forwarderProc) HandleBite(*pipeline.Bite) {}
@@ -163,4 +222,5 @@ func (fp *forwarderProc) Close() {
 	delete(f.live, fp)
 	f.closed.forwarded.Add(fp.count.forwarded.Load())
 	f.closed.failed.Add(fp.count.failed.Load())
+	f.closed.sharded.Add(fp.count.sharded.Load())
 }

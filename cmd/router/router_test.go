@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -448,5 +450,48 @@ func checkOgg(t *testing.T, data []byte, durationMs uint32) {
 	}
 	if out, err := exec.Command("opusdec", "--quiet", path, filepath.Join(t.TempDir(), "bite.wav")).CombinedOutput(); err != nil {
 		t.Fatalf("opusdec: %v\n%s", err, out)
+	}
+}
+
+// TestShardedFanout splits every fan-out (shard_min 1) across the cores:
+// each receiver still gets all of the speaker's packets, in order, on one
+// continuous stream.
+func TestShardedFanout(t *testing.T) {
+	if runtime.GOMAXPROCS(0) < 2 {
+		t.Skip("sharding needs two cores")
+	}
+	r := startRouter(t, map[string]string{"PIPELINE": writePipeline(t, "stages:\n  - name: permission-gate\n  - name: forwarder\n    settings: {shard_min: 1}\n")})
+	const listeners, sent = 6, 50
+	r.mustJoin("speaker", "conv-1")
+	a := r.dial("speaker", beepclient.Options{Publish: true})
+	var ls []*beepclient.Client
+	for i := range listeners {
+		u := fmt.Sprintf("listener%d", i)
+		r.mustJoin(u, "conv-1")
+		ls = append(ls, r.dial(u, beepclient.Options{Receive: 1}))
+	}
+	if err := pace(a, 'a', 0, sent, loud); err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range ls {
+		if err := l.WaitFor(deadline(t, 5*time.Second), func(rx map[string][]beepclient.Packet) bool {
+			n, _ := heard(rx)
+			return n['a'] >= sent
+		}); err != nil {
+			t.Fatalf("listener %d: %v", i, err)
+		}
+		l.WaitFor(deadline(t, time.Second), func(rx map[string][]beepclient.Packet) bool {
+			for _, pkts := range rx {
+				for j := 1; j < len(pkts); j++ {
+					if pkts[j].SequenceNumber != pkts[j-1].SequenceNumber+1 || counter(pkts[j]) != counter(pkts[j-1])+1 {
+						t.Errorf("listener %d: packet %d (counter %d) after %d (counter %d)", i, pkts[j].SequenceNumber, counter(pkts[j]), pkts[j-1].SequenceNumber, counter(pkts[j-1]))
+					}
+				}
+			}
+			return true
+		})
+	}
+	if n := r.a.pipe.Stats()["forwarder"]["sharded"]; n == 0 {
+		t.Error("no fan-out was split across cores")
 	}
 }
