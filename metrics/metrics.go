@@ -43,6 +43,7 @@ type collector struct {
 	users, convs, peers, direct, tracks, slots    *prometheus.Desc
 	pktsIn, bytesIn, malformed, pktsOut, bytesOut *prometheus.Desc
 	nacks, plis, nacksSent, overload, stageEvents *prometheus.Desc
+	resent                                        *prometheus.Desc
 	natsUp                                        *prometheus.Desc
 }
 
@@ -64,6 +65,7 @@ func newCollector(src Sources) *collector {
 		pktsOut:     d("rtp_packets_out_total", "RTP packets forwarded to receivers' slots."),
 		bytesOut:    d("rtp_payload_bytes_out_total", "RTP payload bytes forwarded to receivers' slots."),
 		nacks:       d("rtcp_nacks_received_total", "NACKs received from receivers (answered from the packet cache)."),
+		resent:      d("rtp_resent_total", "Packets sent again in answer to receivers' NACKs, from the slots' caches (EGRESS=direct)."),
 		plis:        d("rtcp_plis_received_total", "PLIs received from receivers (meaningless for audio; not forwarded)."),
 		nacksSent:   d("rtcp_nacks_sent_total", "NACKs sent to publishers for packets lost on the way in."),
 		overload:    d("rtp_dropped_overload_total", "Received RTP packets dropped because their track's reader was TRACK_BUFFER_BYTES behind (the router is overloaded)."),
@@ -73,7 +75,7 @@ func newCollector(src Sources) *collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.direct, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.pktsOut, c.bytesOut, c.nacks, c.plis, c.nacksSent, c.overload, c.stageEvents, c.natsUp} {
+	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.direct, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.pktsOut, c.bytesOut, c.nacks, c.resent, c.plis, c.nacksSent, c.overload, c.stageEvents, c.natsUp} {
 		ch <- d
 	}
 }
@@ -99,6 +101,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.pktsOut, s.PacketsOut)
 		counter(c.bytesOut, s.BytesOut)
 		counter(c.nacks, s.NACKs)
+		counter(c.resent, s.Resent)
 		counter(c.plis, s.PLIs)
 		counter(c.nacksSent, s.NACKsSent)
 		counter(c.overload, s.Overload)

@@ -113,6 +113,7 @@ type counters struct {
 	packetsIn, bytesIn, malformed atomic.Uint64
 	packetsOut, bytesOut          atomic.Uint64 // of closed peers' slots
 	nacks, plis                   atomic.Uint64
+	resent                        atomic.Uint64
 	nacksSent                     atomic.Uint64
 	overload                      atomic.Uint64
 }
@@ -330,6 +331,9 @@ type Stats struct {
 	// NACKs and PLIs count feedback received from receivers. NACKs are
 	// answered from the packet cache; PLIs mean nothing for audio.
 	NACKs, PLIs uint64
+	// Resent counts the packets the direct egress path sent again in
+	// answer to NACKs (pion's responder, with EGRESS=pion, does not count).
+	Resent uint64
 	// NACKsSent counts NACKs the router sent to publishers for lost packets.
 	NACKsSent uint64
 	// Overload counts received packets dropped because their track's reader
@@ -362,6 +366,7 @@ func (m *Manager) Stats() Stats {
 	s.PacketsOut += m.count.packetsOut.Load()
 	s.BytesOut += m.count.bytesOut.Load()
 	s.NACKs = m.count.nacks.Load()
+	s.Resent = m.count.resent.Load()
 	s.PLIs = m.count.plis.Load()
 	s.NACKsSent = m.count.nacksSent.Load()
 	s.Overload = m.count.overload.Load()

@@ -448,7 +448,7 @@ func (p *Peer) readFeedback(s *Slot, sender *webrtc.RTPSender) {
 						return true
 					})
 				}
-				s.resend(seqs)
+				p.m.count.resent.Add(uint64(s.resend(seqs)))
 			case *rtcp.PictureLossIndication:
 				p.m.count.plis.Add(1)
 			}

@@ -213,6 +213,9 @@ func testNACKAnswered(t *testing.T, egress string) {
 	}); err != nil {
 		t.Fatalf("packet %d was not retransmitted after a NACK: %v", seq, err)
 	}
+	if s := r.a.sessions.Stats(); egress == "direct" && s.Resent != 1 {
+		t.Errorf("%d packets counted as resent, want 1", s.Resent)
+	}
 }
 
 // buildRouter builds the router binary once per test run.
