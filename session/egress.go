@@ -224,13 +224,6 @@ func (s *sockets) lookup(addr netip.AddrPort) *trackedConn {
 	return s.byAddr[addr]
 }
 
-// count returns how many sockets are open (tests).
-func (s *sockets) count() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.byAddr)
-}
-
 // trackedConn is a socket that leaves the registry when closed, with the
 // arrival times of the RTP it reads, if the system gives them.
 type trackedConn struct {

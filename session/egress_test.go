@@ -212,6 +212,13 @@ func TestNTPTime(t *testing.T) {
 	}
 }
 
+// count returns how many sockets are open.
+func (s *sockets) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.byAddr)
+}
+
 // TestSocketsForgetClosed checks that the socket registry finds what ICE
 // opened and forgets it on close.
 func TestSocketsForgetClosed(t *testing.T) {

@@ -191,12 +191,14 @@ func TestWireLatencyPerPacket(t *testing.T) {
 	const n = 50
 	payload := make([]byte, 60)
 	payload[0] = 0xf8
+	tick := time.NewTicker(20 * time.Millisecond) // paced like audio
+	defer tick.Stop()
 	for i := 0; i < n; i++ {
 		binary.BigEndian.PutUint64(payload[1:9], uint64(time.Now().UnixNano()))
 		if err := pub.Send(payload, 20); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		<-tick.C
 	}
 	if err := sub.WaitFor(ctx, func(r map[string][]beepclient.Packet) bool {
 		total := 0
