@@ -5,10 +5,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/pion/rtp"
 
+	"github.com/beepvoice/router/internal/testutil"
 	"github.com/beepvoice/router/pipeline"
 )
 
@@ -29,19 +29,11 @@ func rawPackets(b *testing.B, n int, level byte) [][]byte {
 }
 
 func benchNATS(b *testing.B) *nats.Conn {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
+	nc, err := nats.Connect(testutil.StartNATS(b).URL())
 	if err != nil {
 		b.Fatal(err)
 	}
-	go ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		b.Fatal("nats not ready")
-	}
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { nc.Close(); ns.Shutdown() })
+	b.Cleanup(nc.Close)
 	return nc
 }
 

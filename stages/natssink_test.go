@@ -2,12 +2,9 @@ package stages
 
 import (
 	"context"
-	"net"
-	"strconv"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -18,70 +15,25 @@ import (
 	"github.com/beepvoice/router/internal/testutil"
 )
 
-// natsServer is an embedded NATS server with JetStream that can be stopped
-// and started again on the same port and store.
-type natsServer struct {
-	t    *testing.T
-	port int
-	dir  string
-	s    *server.Server
-}
-
-func newNATSServer(t *testing.T) *natsServer {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// connect returns a connection to n that reconnects for ever, quickly.
+func connect(t *testing.T, n *testutil.NATS) *nats.Conn {
+	nc, err := nats.Connect(n.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.RetryOnFailedConnect(true))
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	n := &natsServer{t: t, port: port, dir: t.TempDir()}
-	n.start()
-	t.Cleanup(n.stop)
-	return n
-}
-
-func (n *natsServer) start() {
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: n.port, NoLog: true, NoSigs: true, JetStream: true, StoreDir: n.dir})
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		n.t.Fatal("nats not ready")
-	}
-	n.s = s
-}
-
-func (n *natsServer) stop() {
-	if n.s != nil {
-		n.s.Shutdown()
-		n.s.WaitForShutdown()
-		n.s = nil
-	}
-}
-
-func (n *natsServer) url() string { return "nats://127.0.0.1:" + strconv.Itoa(n.port) }
-
-// connect returns a connection that reconnects for ever, quickly.
-func (n *natsServer) connect() *nats.Conn {
-	nc, err := nats.Connect(n.url(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.RetryOnFailedConnect(true))
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	n.t.Cleanup(nc.Close)
+	t.Cleanup(nc.Close)
 	return nc
 }
 
 // stream makes a JetStream stream that keeps every bite, and returns a
 // function listing the seqs it holds, in order.
-func (n *natsServer) stream(ctx context.Context) func() []uint64 {
-	nc := n.connect()
-	js, err := jetstream.New(nc)
+func stream(ctx context.Context, t *testing.T, n *testutil.NATS) func() []uint64 {
+	js, err := jetstream.New(connect(t, n))
 	if err != nil {
-		n.t.Fatal(err)
+		t.Fatal(err)
 	}
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BITES", Subjects: []string{"bite"}, Storage: jetstream.FileStorage}); err != nil {
-		n.t.Fatal(err)
+		t.Fatal(err)
 	}
 	return func() []uint64 {
 		s, err := js.Stream(ctx, "BITES")
@@ -100,7 +52,7 @@ func (n *natsServer) stream(ctx context.Context) func() []uint64 {
 			}
 			var b beeppb.Bite
 			if err := proto.Unmarshal(m.Data, &b); err != nil {
-				n.t.Fatalf("stored bite: %v", err)
+				t.Fatalf("stored bite: %v", err)
 			}
 			seqs = append(seqs, b.Seq)
 		}
@@ -138,13 +90,13 @@ func TestNATSOutage(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			ns := newNATSServer(t)
-			stored := ns.stream(ctx)
+			ns := testutil.StartNATS(t, testutil.JetStream)
+			stored := stream(ctx, t, ns)
 			s := *natsSinkKind.Defaults().(*NATSSinkSettings)
 			s.StoreSubject = ""
 			s.Retry = pipeline.Duration(20 * time.Millisecond)
 			tt.set(&s, t.TempDir())
-			k, err := NewNATSSink(ns.connect(), s, nil)
+			k, err := NewNATSSink(connect(t, ns), s, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -154,14 +106,14 @@ func TestNATSOutage(t *testing.T) {
 			}
 			testutil.Eventually(t, 10*time.Second, "10 bites before the outage", func() bool { return len(stored()) == 10 })
 
-			ns.stop()
+			ns.Stop()
 			testutil.Eventually(t, 10*time.Second, "the sink to see NATS gone", func() bool { return !k.nc.IsConnected() })
 			for i := 10; i < 30; i++ {
 				proc.HandleBite(testBite(uint64(i)))
 			}
 			testutil.Eventually(t, 10*time.Second, "20 spooled", func() bool { return k.Stats()["spooled"] == 20 })
 
-			ns.start()
+			ns.Start()
 			testutil.Eventually(t, 15*time.Second, "all 30 bites, in order", func() bool { return inOrder(stored(), 30) })
 			if err := k.Close(ctx); err != nil {
 				t.Fatal(err)
@@ -179,10 +131,10 @@ func TestNATSOutage(t *testing.T) {
 func TestSpoolFull(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ns := newNATSServer(t)
-	stored := ns.stream(ctx)
-	nc := ns.connect()
-	ns.stop()
+	ns := testutil.StartNATS(t, testutil.JetStream)
+	stored := stream(ctx, t, ns)
+	nc := connect(t, ns)
+	ns.Stop()
 	testutil.Eventually(t, 10*time.Second, "NATS gone", func() bool { return !nc.IsConnected() })
 	s := *natsSinkKind.Defaults().(*NATSSinkSettings)
 	s.StoreSubject = ""
@@ -197,7 +149,7 @@ func TestSpoolFull(t *testing.T) {
 		proc.HandleBite(testBite(uint64(i)))
 	}
 	testutil.Eventually(t, 10*time.Second, "3 drops", func() bool { return k.Stats()["drop_spool_full"] == 3 })
-	ns.start()
+	ns.Start()
 	testutil.Eventually(t, 15*time.Second, "the 5 spooled bites", func() bool { return inOrder(stored(), 5) })
 	_ = k.Close(ctx)
 }
@@ -207,16 +159,16 @@ func TestSpoolFull(t *testing.T) {
 func TestDirSpoolSurvivesRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ns := newNATSServer(t)
-	stored := ns.stream(ctx)
+	ns := testutil.StartNATS(t, testutil.JetStream)
+	stored := stream(ctx, t, ns)
 	dir := t.TempDir()
 	s := *natsSinkKind.Defaults().(*NATSSinkSettings)
 	s.SpoolDir = dir
 	s.StoreSubject = ""
 	s.Retry = pipeline.Duration(20 * time.Millisecond)
 
-	nc := ns.connect()
-	ns.stop()
+	nc := connect(t, ns)
+	ns.Stop()
 	testutil.Eventually(t, 10*time.Second, "NATS gone", func() bool { return !nc.IsConnected() })
 	k1, err := NewNATSSink(nc, s, nil)
 	if err != nil {
@@ -233,8 +185,8 @@ func TestDirSpoolSurvivesRestart(t *testing.T) {
 		t.Fatal("a directory spool lost bites at shutdown")
 	}
 
-	ns.start()
-	k2, err := NewNATSSink(ns.connect(), s, nil)
+	ns.Start()
+	k2, err := NewNATSSink(connect(t, ns), s, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,14 +4,10 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/beepvoice/router/claim"
 
@@ -22,17 +18,9 @@ import (
 // server: a device subscribed on one receives what is posted on the other,
 // and both list it.
 func TestTwoRoutersShareDeviceSignalling(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats not ready")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	a := startExternal(t, ns.ClientURL())
-	b := startExternal(t, ns.ClientURL())
+	ns := testutil.StartNATS(t)
+	a := startExternal(t, ns.URL())
+	b := startExternal(t, ns.URL())
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -109,13 +97,4 @@ func get(t *testing.T, a *app, path string) string {
 	var ids []string
 	_ = json.NewDecoder(resp.Body).Decode(&ids)
 	return strings.Join(ids, ",")
-}
-
-func netSplit(addr string) (string, int, error) {
-	h, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		return "", 0, err
-	}
-	n, err := strconv.Atoi(p)
-	return h, n, err
 }

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-
 	"github.com/beepvoice/router/internal/beepclient"
 
 	"github.com/beepvoice/router/internal/testutil"
@@ -102,44 +100,26 @@ func TestMetricsAndHealth(t *testing.T) {
 // and serves calls, and says it is not ready; it becomes ready when NATS
 // comes up, and unready again when NATS goes away.
 func TestNATSDown(t *testing.T) {
-	natsAddr := testutil.FreeAddr(t)
-	a := startExternal(t, "nats://"+natsAddr)
+	ns := testutil.NewNATS(t)
+	a := startExternal(t, ns.URL())
 	if err := testutil.Until(deadline(t, 5*time.Second), func() bool {
 		code, _ := scrape(t, "http://"+a.addr()+"/readyz")
 		return code == http.StatusServiceUnavailable
 	}); err != nil {
 		t.Fatal("/readyz is not 503 while NATS is down")
 	}
-	host, port := splitHostPort(t, natsAddr)
-	ns, err := server.NewServer(&server.Options{Host: host, Port: port, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats not ready")
-	}
+	ns.Start()
 	if err := testutil.Until(deadline(t, 10*time.Second), func() bool {
 		code, _ := scrape(t, "http://"+a.addr()+"/readyz")
 		return code == http.StatusOK
 	}); err != nil {
 		t.Fatal("/readyz is not 200 after NATS came up")
 	}
-	ns.Shutdown()
-	ns.WaitForShutdown()
+	ns.Stop()
 	if err := testutil.Until(deadline(t, 5*time.Second), func() bool {
 		code, _ := scrape(t, "http://"+a.addr()+"/readyz")
 		return code == http.StatusServiceUnavailable
 	}); err != nil {
 		t.Fatal("/readyz is not 503 after NATS went away")
 	}
-}
-
-func splitHostPort(t *testing.T, addr string) (string, int) {
-	t.Helper()
-	h, p, err := netSplit(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return h, p
 }

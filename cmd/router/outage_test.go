@@ -2,20 +2,16 @@ package main
 
 import (
 	"context"
-	"net"
 	"os"
-	"strconv"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/beepvoice/router/beeppb"
 	"github.com/beepvoice/router/internal/beepclient"
-
 	"github.com/beepvoice/router/internal/testutil"
 )
 
@@ -31,35 +27,8 @@ func TestNATSOutageMidCall(t *testing.T) {
 		}
 		outage = d
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	store := t.TempDir()
-	var ns *server.Server
-	startNATS := func() {
-		s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true, JetStream: true, StoreDir: store})
-		if err != nil {
-			t.Fatal(err)
-		}
-		go s.Start()
-		if !s.ReadyForConnections(10 * time.Second) {
-			t.Fatal("nats not ready")
-		}
-		ns = s
-	}
-	stopNATS := func() {
-		if ns != nil {
-			ns.Shutdown()
-			ns.WaitForShutdown()
-			ns = nil
-		}
-	}
-	startNATS()
-	t.Cleanup(stopNATS)
-	url := "nats://127.0.0.1:" + strconv.Itoa(port)
+	ns := testutil.StartNATS(t, testutil.JetStream)
+	url := ns.URL()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -101,14 +70,14 @@ func TestNATSOutageMidCall(t *testing.T) {
 	}
 	talk(0, 80) // two utterances with NATS up
 
-	stopNATS()
+	ns.Stop()
 	before := received()
 	done := make(chan struct{})
 	sentDuring := int(outage/(20*time.Millisecond)) / 40 * 40
 	go func() { defer close(done); talk(1000, sentDuring) }()
 	<-done
 	during := received() - before
-	startNATS()
+	ns.Start()
 	talk(5000, 80) // two more after
 	alice.Close()  // ends the track: the last bite flushes
 

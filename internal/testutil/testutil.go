@@ -1,6 +1,6 @@
 // Package testutil holds what the router's tests share: waiting on a
-// condition with a deadline (never a bare sleep), and free loopback
-// addresses.
+// condition with a deadline (never a bare sleep), free loopback addresses,
+// and an embedded NATS server.
 package testutil
 
 import (

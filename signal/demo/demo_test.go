@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/beepvoice/router/beeppb"
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -34,15 +35,8 @@ type fixture struct {
 
 func newFixture(t *testing.T, maxBites int) *fixture {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{DontListen: true, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats not ready")
-	}
-	nc, err := nats.Connect("", nats.InProcessServer(ns))
+	ns := testutil.StartNATS(t, func(o *server.Options) { o.DontListen = true })
+	nc, err := nats.Connect("", nats.InProcessServer(ns.Server()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,9 +52,7 @@ func newFixture(t *testing.T, maxBites int) *fixture {
 			t.Errorf("Close: %v", err)
 		}
 		hs.Close()
-		nc.Close()
-		ns.Shutdown()
-		ns.WaitForShutdown()
+		nc.Close() // the server's own cleanup, registered earlier, runs after this one
 	})
 	return &fixture{t: t, nc: nc, demo: d, http: hs}
 }

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -37,23 +38,7 @@ func testLogger() *slog.Logger {
 // startNATS runs an embedded NATS server on a random loopback port.
 func startNATS(t *testing.T, tune ...func(*server.Options)) string {
 	t.Helper()
-	opts := &server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true}
-	for _, f := range tune {
-		f(opts)
-	}
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	t.Cleanup(func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	})
-	return ns.ClientURL()
+	return testutil.StartNATS(t, tune...).URL()
 }
 
 func connectNATS(t *testing.T, url string) *nats.Conn {
