@@ -45,13 +45,18 @@ import (
 // twice. Sender reports (see report.go) and NACK retransmissions (see
 // Slot.resend) come from the slot, since pion no longer sees its packets.
 
+// srtpKeys are the sending side's keys of a peer's DTLS-SRTP session.
+type srtpKeys struct {
+	key, salt []byte
+	profile   srtp.ProtectionProfile
+}
+
 // egress is where a peer's slots send: the keys of its DTLS-SRTP session
 // and the route of its selected ICE candidate pair.
 type egress struct {
-	key, salt []byte
-	profile   srtp.ProtectionProfile
-	conn      *net.UDPConn
-	to        netip.AddrPort
+	srtpKeys
+	conn *net.UDPConn
+	to   netip.AddrPort
 	// batch and addr, for a socket shared by all peers (the UDP_PORT
 	// mux): slots queue their packets for one sendmmsg (batch.go).
 	batch batchWriter
@@ -63,14 +68,15 @@ var errNoDirectEgress = errors.New("direct egress unavailable")
 
 // egressKeys returns the profile and the sending master key and salt of
 // pc's DTLS-SRTP session. pc must be connected.
-func egressKeys(pc *webrtc.PeerConnection) (key, salt []byte, profile srtp.ProtectionProfile, err error) {
+func egressKeys(pc *webrtc.PeerConnection) (*srtpKeys, error) {
 	conn, err := dtlsConn(pc.SCTP().Transport())
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, err
 	}
+	var profile srtp.ProtectionProfile
 	p, ok := conn.SelectedSRTPProtectionProfile()
 	if !ok {
-		return nil, nil, 0, fmt.Errorf("%w: no SRTP protection profile", errNoDirectEgress)
+		return nil, fmt.Errorf("%w: no SRTP protection profile", errNoDirectEgress)
 	}
 	switch p {
 	case dtls.SRTP_AEAD_AES_128_GCM:
@@ -80,18 +86,18 @@ func egressKeys(pc *webrtc.PeerConnection) (key, salt []byte, profile srtp.Prote
 	case dtls.SRTP_AES128_CM_HMAC_SHA1_80:
 		profile = srtp.ProtectionProfileAes128CmHmacSha1_80
 	default:
-		return nil, nil, 0, fmt.Errorf("%w: SRTP protection profile %#x", errNoDirectEgress, p)
+		return nil, fmt.Errorf("%w: SRTP protection profile %#x", errNoDirectEgress, p)
 	}
 	client, err := dtlsClient(pc)
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, err
 	}
 	state := conn.ConnectionState()
 	cfg := srtp.Config{Profile: profile}
 	if err := cfg.ExtractSessionKeysFromDTLS(&state, client); err != nil {
-		return nil, nil, 0, fmt.Errorf("%w: extract SRTP keys: %v", errNoDirectEgress, err)
+		return nil, fmt.Errorf("%w: extract SRTP keys: %v", errNoDirectEgress, err)
 	}
-	return cfg.Keys.LocalMasterKey, cfg.Keys.LocalMasterSalt, profile, nil
+	return &srtpKeys{key: cfg.Keys.LocalMasterKey, salt: cfg.Keys.LocalMasterSalt, profile: profile}, nil
 }
 
 var dtlsConnType = reflect.TypeOf((*dtls.Conn)(nil))
@@ -208,9 +214,8 @@ func (s *sockets) ListenUDP(network string, laddr *net.UDPAddr) (transport.UDPCo
 	addr := uc.LocalAddr().(*net.UDPAddr).AddrPort()
 	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
 	tc := &trackedConn{UDPConn: uc, socks: s, addr: addr}
-	tc.table = &stamp.Table{}
-	if tc.stamped, err = stamp.Wrap(uc, tc.table); err != nil {
-		tc.table = nil // latencies then count from the track's read
+	if tc.stamped, err = stamp.Wrap(uc, &stamp.Table{}); err != nil {
+		tc.stamped = nil // latencies then count from the track's read
 	}
 	s.mu.Lock()
 	s.byAddr[addr] = tc
@@ -230,8 +235,7 @@ type trackedConn struct {
 	*net.UDPConn
 	socks   *sockets
 	addr    netip.AddrPort
-	stamped *stamp.Conn  // nil without kernel timestamps
-	table   *stamp.Table // stamped's; nil without
+	stamped *stamp.Conn // nil without kernel timestamps
 	once    sync.Once
 }
 
@@ -273,21 +277,18 @@ func (p *Peer) watchRoute() {
 // startEgress gives the peer's slots the direct path once DTLS is up.
 func (p *Peer) startEgress() {
 	var (
-		key, salt []byte
-		profile   srtp.ProtectionProfile
-		err       error
+		keys *srtpKeys
+		err  error
 	)
 	if !p.m.cfg.PionEgress {
-		key, salt, profile, err = egressKeys(p.pc)
+		keys, err = egressKeys(p.pc)
 	}
 	p.egressMu.Lock()
 	defer p.egressMu.Unlock()
-	switch {
-	case err != nil:
+	if err != nil {
 		p.egressErr(err)
-	case !p.m.cfg.PionEgress:
-		p.keys = &egress{key: key, salt: salt, profile: profile}
 	}
+	p.keys = keys
 	if p.pair == nil {
 		if pair, err := p.pc.SCTP().Transport().ICETransport().GetSelectedCandidatePair(); err == nil {
 			p.pair = pair
@@ -308,12 +309,15 @@ func (p *Peer) updateRoute() {
 		}
 		return
 	}
-	p.arrivals.Store(tc.table)
+	if tc.stamped != nil {
+		p.arrivals.Store(tc.stamped.Table())
+	} else {
+		p.arrivals.Store(nil)
+	}
 	if p.keys == nil {
 		return
 	}
-	e := *p.keys
-	e.conn, e.to = tc.UDPConn, to
+	e := egress{srtpKeys: *p.keys, conn: tc.UDPConn, to: to}
 	if p.m.mux != nil {
 		if to.Addr().Is4() {
 			e.batch = ipv4.NewPacketConn(tc.UDPConn)

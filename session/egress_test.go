@@ -41,11 +41,9 @@ func directSlot(t testing.TB, profile srtp.ProtectionProfile) (*Slot, *Track, *C
 	}
 	t.Cleanup(func() { send.Close(); recv.Close() })
 	e := &egress{
-		key:     bytes.Repeat([]byte{7}, keyLen),
-		salt:    bytes.Repeat([]byte{9}, saltLen),
-		profile: profile,
-		conn:    send,
-		to:      recv.LocalAddr().(*net.UDPAddr).AddrPort(),
+		srtpKeys: srtpKeys{key: bytes.Repeat([]byte{7}, keyLen), salt: bytes.Repeat([]byte{9}, saltLen), profile: profile},
+		conn:     send,
+		to:       recv.LocalAddr().(*net.UDPAddr).AddrPort(),
 	}
 
 	c := newConversation("direct")
@@ -364,7 +362,6 @@ func TestArrival(t *testing.T) {
 	var tb stamp.Table
 	p := &Peer{}
 	p.arrivals.Store(&tb)
-	tr := &Track{SSRC: 9}
 	pkt := func(seq uint16) []byte {
 		b := make([]byte, 12)
 		b[0], b[1] = 0x80, 111
@@ -387,7 +384,7 @@ func TestArrival(t *testing.T) {
 		{"in the future", 3, false},
 	} {
 		before := time.Now()
-		got := p.arrival(tr, pkt(tc.seq))
+		got := p.arrival(pkt(tc.seq))
 		if tc.kernel {
 			if got.UnixNano() != now-int64(3*time.Millisecond) {
 				t.Errorf("%s: %v, want the kernel time", tc.name, got)

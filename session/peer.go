@@ -57,7 +57,7 @@ type Peer struct {
 	egress       atomic.Pointer[egress]
 	arrivals     atomic.Pointer[stamp.Table]
 	egressMu     sync.Mutex
-	keys         *egress // keys only
+	keys         *srtpKeys // nil: slots write through pion
 	pair         *webrtc.ICECandidatePair
 	egressLogged bool
 }
@@ -387,7 +387,7 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 			flush()
 		}
 		bytes += uint64(n)
-		if err := sink.WriteRTP(buf[:n], p.arrival(t, buf[:n])); err != nil {
+		if err := sink.WriteRTP(buf[:n], p.arrival(buf[:n])); err != nil {
 			if bad == 0 {
 				p.log.Info("dropping malformed RTP", "track", t.ID, "err", err)
 			}
@@ -407,15 +407,16 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 // round again).
 const maxQueued = 10 * time.Second
 
-// arrival returns when packet b of t reached the router: the kernel's
+// arrival returns when RTP packet b reached the router: the kernel's
 // receive time of its datagram if the socket noted it, else now.
-func (p *Peer) arrival(t *Track, b []byte) time.Time {
+func (p *Peer) arrival(b []byte) time.Time {
 	now := time.Now()
 	tb := p.arrivals.Load()
-	if tb == nil || len(b) < 4 {
+	ssrc, seq, ok := stamp.RTP(b)
+	if tb == nil || !ok {
 		return now
 	}
-	at, ok := tb.Lookup(t.SSRC, uint16(b[2])<<8|uint16(b[3]))
+	at, ok := tb.Lookup(ssrc, seq)
 	if !ok || at > now.UnixNano() || now.UnixNano()-at > int64(maxQueued) {
 		return now
 	}

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"strings"
@@ -488,6 +489,14 @@ func (c *Client) Received() map[string][]Packet {
 		out[k] = append([]Packet(nil), v...)
 	}
 	return out
+}
+
+// SenderReports returns a copy of the last RTCP sender report received on
+// each SSRC.
+func (c *Client) SenderReports() map[uint32]rtcp.SenderReport {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.reports)
 }
 
 // WaitFor waits until cond holds on the received packets, or ctx ends.

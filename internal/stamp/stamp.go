@@ -101,6 +101,9 @@ func Wrap(conn *net.UDPConn, t *Table) (*Conn, error) {
 	return &Conn{UDPConn: conn, table: t, oob: make([]byte, oobSize)}, nil
 }
 
+// Table is where c records.
+func (c *Conn) Table() *Table { return c.table }
+
 // ReadFrom reads one datagram, recording its arrival when it is RTP. It
 // allocates nothing while datagrams come from one address: the address it
 // returns is shared by them and never changed.
