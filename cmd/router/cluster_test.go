@@ -67,23 +67,7 @@ func TestTwoRoutersShareDeviceSignalling(t *testing.T) {
 
 func startExternal(t *testing.T, natsURL string) *app {
 	t.Helper()
-	vars := map[string]string{"LISTEN": "127.0.0.1:0", "ICE_IPS": "127.0.0.1", "NATS": natsURL, "PERMISSIONS_HOST": "allow-all"}
-	cfg, err := loadConfig(func(k string) string { return vars[k] }, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := start(cfg, testLogger(t), registry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := a.shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-	})
-	return a
+	return startApp(t, map[string]string{"LISTEN": "127.0.0.1:0", "ICE_IPS": "127.0.0.1", "NATS": natsURL, "PERMISSIONS_HOST": "allow-all"}, registry())
 }
 
 func get(t *testing.T, a *app, path string) string {

@@ -21,6 +21,7 @@ import (
 	"github.com/beepvoice/router/beeppb"
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/internal/beepclient"
+	"github.com/beepvoice/router/pipeline"
 )
 
 // perms is a real backend-permissions stand-in: an HTTP server that allows
@@ -91,28 +92,35 @@ func startRouter(t *testing.T, env map[string]string) *testRouter {
 	for k, v := range env {
 		vars[k] = v
 	}
-	cfg, err := loadConfig(func(k string) string { return vars[k] }, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := start(cfg, testLogger(t), registry())
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := startApp(t, vars, registry())
 	nc, err := nats.Connect("", nats.InProcessServer(a.ns))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := &testRouter{t: t, a: a, perms: p, nc: nc}
+	t.Cleanup(nc.Close) // before the app's shutdown
+	return &testRouter{t: t, a: a, perms: p, nc: nc}
+}
+
+// startApp starts the router configured by vars, with the stages of reg,
+// and shuts it down at the end of the test.
+func startApp(t *testing.T, vars map[string]string, reg *pipeline.Registry) *app {
+	t.Helper()
+	cfg, err := loadConfig(func(k string) string { return vars[k] }, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := start(cfg, testLogger(t), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
-		nc.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := a.shutdown(ctx); err != nil {
 			t.Errorf("shutdown: %v", err)
 		}
 	})
-	return tr
+	return a
 }
 
 // testLogger logs to the test log until the test's cleanup.

@@ -237,20 +237,7 @@ func TestPanicInStageIsContained(t *testing.T) {
 		"LISTEN": "127.0.0.1:0", "ICE_IPS": "127.0.0.1", "PERMISSIONS_HOST": p.srv.URL,
 		"PIPELINE": writePipeline(t, "stages:\n  - name: permission-gate\n  - name: panicker\n  - name: forwarder\n"),
 	}
-	cfg, err := loadConfig(func(k string) string { return vars[k] }, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := start(cfg, testLogger(t), reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &testRouter{t: t, a: a, perms: p}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = a.shutdown(ctx)
-	})
+	r := &testRouter{t: t, a: startApp(t, vars, reg), perms: p}
 	for _, u := range []string{"alice", "bob", "mallory"} {
 		r.mustJoin(u, "conv-1")
 	}
