@@ -166,35 +166,6 @@ type countingWriter struct{ n int }
 func (w *countingWriter) WriteRTP(*rtp.Header, []byte) (int, error) { w.n++; return 0, nil }
 func (w *countingWriter) Write(b []byte) (int, error)               { w.n++; return len(b), nil }
 
-// TestMarkSent checks the window of sequence numbers a slot has sent.
-func TestMarkSent(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		seqs []uint16
-		want []bool
-	}{
-		{"in order", []uint16{10, 11, 12}, []bool{true, true, true}},
-		{"duplicate", []uint16{10, 11, 11, 10}, []bool{true, true, false, false}},
-		{"late but new", []uint16{10, 12, 11, 11}, []bool{true, true, true, false}},
-		{"across the wrap", []uint16{65535, 0, 65535, 1}, []bool{true, true, false, true}},
-		{"older than the window", []uint16{100, 36, 37}, []bool{true, false, true}},
-		{"jump clears the window", []uint16{10, 200, 10, 199}, []bool{true, true, false, true}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var s Slot
-			for i, seq := range tc.seqs {
-				got := s.markSent(seq)
-				if got != tc.want[i] {
-					t.Fatalf("seq %d (#%d): %v, want %v", seq, i, got, tc.want[i])
-				}
-				if got && int16(seq-s.lastSeq) > 0 {
-					s.lastSeq = seq
-				}
-			}
-		})
-	}
-}
-
 // TestNTPTime checks the conversion against RFC 3550's epoch.
 func TestNTPTime(t *testing.T) {
 	for _, tc := range []struct {

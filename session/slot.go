@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pion/rtp"
 	"github.com/pion/sdp/v3"
@@ -151,9 +152,12 @@ func (s *Slot) Write(buf *SendBuffer, src *Track, c *Conversation, p *rtp.Packet
 			// timestamp advanced by the wall-clock time since the last
 			// packet (at least one 20 ms frame), so that the receiver's
 			// jitter buffer sees a talkspurt start, not a jump.
-			elapsed := uint32((now - s.lastAt) * 48 / 1e6)
-			if elapsed < 960 {
-				elapsed = 960
+			// Packets of different speakers reach the slot in the order
+			// their readers get to it, not always in arrival order: now
+			// may be before lastAt.
+			elapsed := uint32(960)
+			if d := now - s.lastAt; d > 20*int64(time.Millisecond) {
+				elapsed = uint32(d * 48 / 1e6)
 			}
 			s.seqOffset = s.lastSeq + 1 - p.SequenceNumber
 			s.tsOffset = s.lastTS + elapsed - p.Timestamp

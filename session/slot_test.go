@@ -1,0 +1,97 @@
+package session
+
+import (
+	"testing"
+	"time"
+
+	"github.com/pion/rtp"
+
+	"github.com/beepvoice/router/claim"
+)
+
+// TestMarkSent checks the window of sequence numbers a slot has sent.
+func TestMarkSent(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		seqs []uint16
+		want []bool
+	}{
+		{"in order", []uint16{10, 11, 12}, []bool{true, true, true}},
+		{"duplicate", []uint16{10, 11, 11, 10}, []bool{true, true, false, false}},
+		{"late but new", []uint16{10, 12, 11, 11}, []bool{true, true, true, false}},
+		{"across the wrap", []uint16{65535, 0, 65535, 1}, []bool{true, true, false, true}},
+		{"older than the window", []uint16{100, 36, 37}, []bool{true, false, true}},
+		{"jump clears the window", []uint16{10, 200, 10, 199}, []bool{true, true, false, true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var s Slot
+			for i, seq := range tc.seqs {
+				got := s.markSent(seq)
+				if got != tc.want[i] {
+					t.Fatalf("seq %d (#%d): %v, want %v", seq, i, got, tc.want[i])
+				}
+				if got && int16(seq-s.lastSeq) > 0 {
+					s.lastSeq = seq
+				}
+			}
+		})
+	}
+}
+
+// recorder is a bound slot's writer that keeps the headers it is given.
+type recorder struct{ hdrs []rtp.Header }
+
+func (w *recorder) WriteRTP(h *rtp.Header, _ []byte) (int, error) {
+	w.hdrs = append(w.hdrs, *h)
+	return 0, nil
+}
+func (w *recorder) Write(b []byte) (int, error) { return len(b), nil }
+
+// TestSwitchTimestamps checks the timestamps a slot gives a new speaker:
+// one 20 ms frame after the last packet at least, the wall-clock gap when
+// longer, and never backwards, even when the new speaker's packet arrived
+// before the last one written (readers of different tracks race).
+func TestSwitchTimestamps(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		gap  time.Duration // arrival of the new speaker's packet after the last one
+		want uint32        // timestamp advance
+	}{
+		{"arrived earlier", -3 * time.Millisecond, 960},
+		{"at once", 0, 960},
+		{"within a frame", 10 * time.Millisecond, 960},
+		{"after a pause", 500 * time.Millisecond, 24000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newConversation("ts")
+			u := &User{ID: "listener", peers: map[string]*Peer{}}
+			u.conv.Store(c)
+			s := newSlot(&Peer{user: u}, 0)
+			if _, err := s.Bind(boundContext{ssrc: 7}); err != nil {
+				t.Fatal(err)
+			}
+			w := &recorder{}
+			s.writer = w
+			a := NewTrack(u, claim.Claim{ClientID: "a"}, 1, 1)
+			b := NewTrack(u, claim.Claim{ClientID: "b"}, 2, 1)
+			now := time.Now().UnixNano()
+			s.setSource(a)
+			pa := &rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: 100, Timestamp: 5000}, Payload: []byte{1}}
+			if ok, err := s.Write(a.SendBuffer(), a, c, pa, 0, false, now); !ok || err != nil {
+				t.Fatal(ok, err)
+			}
+			s.setSource(b)
+			pb := &rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: 9, Timestamp: 77}, Payload: []byte{1}}
+			if ok, err := s.Write(b.SendBuffer(), b, c, pb, 0, false, now+int64(tc.gap)); !ok || err != nil {
+				t.Fatal(ok, err)
+			}
+			h := w.hdrs[1]
+			if d := h.Timestamp - w.hdrs[0].Timestamp; d != tc.want {
+				t.Errorf("timestamp advanced by %d, want %d", d, tc.want)
+			}
+			if h.SequenceNumber != w.hdrs[0].SequenceNumber+1 || !h.Marker {
+				t.Errorf("switch: seq %d after %d, marker %v", h.SequenceNumber, w.hdrs[0].SequenceNumber, h.Marker)
+			}
+		})
+	}
+}
