@@ -53,10 +53,10 @@ type Config struct {
 	DisconnectedTimeout, FailedTimeout, KeepaliveInterval time.Duration
 	// MaxSlots bounds the receiving audio m-lines of one offer.
 	MaxSlots int
-	// MaxPeersPerUser bounds one user's connected devices (0: no limit).
+	// MaxPeersPerUser bounds one user's devices (0: no limit).
 	MaxPeersPerUser int
-	// MaxPeersPerConversation bounds the devices in one conversation
-	// (0: no limit).
+	// MaxPeersPerConversation bounds the devices in one conversation,
+	// counting those still connecting (0: no limit).
 	MaxPeersPerConversation int
 	// MaxConversations bounds the conversations of the process (0: no
 	// limit).
@@ -262,7 +262,7 @@ func (m *Manager) Join(userID, convID string) error {
 		return fmt.Errorf("%w (%d)", ErrTooManyConversations, m.cfg.MaxConversations)
 	}
 	if ok && m.cfg.MaxPeersPerConversation > 0 {
-		if n := c.Peers() + len(u.connectedPeers()); n > m.cfg.MaxPeersPerConversation {
+		if n := devices(c) + len(u.peers); n > m.cfg.MaxPeersPerConversation {
 			return fmt.Errorf("%w (%d devices)", ErrConversationFull, m.cfg.MaxPeersPerConversation)
 		}
 	}
@@ -417,11 +417,22 @@ func (m *Manager) admit(u *User, old *Peer) error {
 		return fmt.Errorf("%w (%d)", ErrTooManyDevices, max)
 	}
 	if max := m.cfg.MaxPeersPerConversation; max > 0 && old == nil {
-		if c := u.conv.Load(); c != nil && c.Peers() >= max {
+		if c := u.conv.Load(); c != nil && devices(c) >= max {
 			return fmt.Errorf("%w (%d devices)", ErrConversationFull, max)
 		}
 	}
 	return nil
+}
+
+// devices counts the devices of c's members, connecting ones included: a
+// device counts from its /connect on, so that devices still in their ICE and
+// DTLS handshakes cannot together overfill c. Callers hold m.mu.
+func devices(c *Conversation) int {
+	n := 0
+	for u := range c.members {
+		n += len(u.peers)
+	}
+	return n
 }
 
 // peerConnected makes p's slots receive from its user's conversation.

@@ -2,6 +2,8 @@ package session
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -51,4 +53,65 @@ func TestExpireKeepsUsersWithDevices(t *testing.T) {
 	m.mu.Lock()
 	delete(m.users["bob"].peers, "phone")
 	m.mu.Unlock()
+}
+
+// TestConversationLimitCountsConnectingDevices: a device counts against
+// MaxPeersPerConversation from its /connect on, not from when its handshakes
+// finish, so devices that are still connecting cannot overfill a
+// conversation together.
+func TestConversationLimitCountsConnectingDevices(t *testing.T) {
+	tests := []struct {
+		name      string
+		devices   map[string]int // devices of each member of conv-1, none connected
+		joiner    string
+		joinerDev int
+		wantJoin  error // joiner joins conv-1
+		wantAdmit error // a new device of the first member connects
+	}{
+		{"room left", map[string]int{"alice": 1}, "carol", 0, nil, nil},
+		{"joiner fills it", map[string]int{"alice": 1}, "carol", 1, nil, ErrConversationFull},
+		{"joiner's connecting device overfills", map[string]int{"alice": 1, "bob": 1}, "carol", 1, ErrConversationFull, ErrConversationFull},
+		{"joiner without devices fits", map[string]int{"alice": 1, "bob": 1}, "carol", 0, nil, ErrConversationFull},
+		{"one user's two devices fill it", map[string]int{"alice": 2}, "carol", 1, ErrConversationFull, ErrConversationFull},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := New(Config{Sink: nopSink{}, MaxPeersPerConversation: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close(context.Background())
+			addDevices := func(user string, n int) {
+				m.mu.Lock()
+				defer m.mu.Unlock()
+				u := m.user(user)
+				for i := range n {
+					u.peers[fmt.Sprint("device-", i)] = &Peer{} // connecting
+				}
+			}
+			first := ""
+			for user, n := range tt.devices {
+				if first == "" {
+					first = user
+				}
+				if err := m.Join(user, "conv-1"); err != nil {
+					t.Fatal(err)
+				}
+				addDevices(user, n)
+			}
+			addDevices(tt.joiner, tt.joinerDev)
+			if err := m.Join(tt.joiner, "conv-1"); !errors.Is(err, tt.wantJoin) {
+				t.Errorf("join: %v, want %v", err, tt.wantJoin)
+			}
+			m.mu.Lock()
+			err = m.admit(m.users[first], nil)
+			for _, u := range m.users {
+				clear(u.peers) // not real peers: Close must not touch them
+			}
+			m.mu.Unlock()
+			if !errors.Is(err, tt.wantAdmit) {
+				t.Errorf("admit: %v, want %v", err, tt.wantAdmit)
+			}
+		})
+	}
 }
