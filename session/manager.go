@@ -316,6 +316,16 @@ func (m *Manager) User(id string) *User {
 	return m.users[id]
 }
 
+// Peer returns the peer of the user's device clientID, or nil.
+func (m *Manager) Peer(userID, clientID string) *Peer {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if u, ok := m.users[userID]; ok {
+		return u.peers[clientID]
+	}
+	return nil
+}
+
 // Stats is a snapshot of the Manager's state and cumulative counts.
 type Stats struct {
 	// Users, Conversations, Peers, Tracks and Slots are current sizes.

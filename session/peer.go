@@ -92,8 +92,8 @@ func (p *Peer) start() {
 			p.connectedOnce.Do(func() {
 				p.deadline.Stop()
 				p.startEgress()
-				close(p.connected)
 				p.m.peerConnected(p)
+				close(p.connected)
 				p.log.Info("peer connected", "slots", len(p.slots))
 			})
 		case webrtc.PeerConnectionStateFailed, webrtc.PeerConnectionStateClosed:
@@ -262,7 +262,8 @@ func (p *Peer) AddCandidate(c webrtc.ICECandidateInit) error {
 
 const maxPendingCandidates = 64
 
-// Connected is closed once the peer connection is established.
+// Connected is closed once the peer connection is established and its slots
+// receive from its user's conversation.
 func (p *Peer) Connected() <-chan struct{} { return p.connected }
 
 // Done is closed when the peer is closed.

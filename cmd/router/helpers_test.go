@@ -197,6 +197,17 @@ func (r *testRouter) dial(user string, o beepclient.Options) *beepclient.Client 
 		r.t.Fatalf("dial %s: %v", user, err)
 	}
 	r.t.Cleanup(c.Close)
+	// The client may see the connection up before the router does; until
+	// the router does, the device receives nothing.
+	p := r.a.sessions.Peer(o.Claim.UserID, o.Claim.ClientID)
+	if p == nil {
+		r.t.Fatalf("dial %s: the router has no peer for %s", user, o.Claim.ClientID)
+	}
+	select {
+	case <-p.Connected():
+	case <-ctx.Done():
+		r.t.Fatalf("dial %s: the router never saw the peer connected", user)
+	}
 	return c
 }
 
