@@ -64,12 +64,17 @@ func (f *fixture) publish(b *beeppb.Bite) {
 	if err != nil {
 		f.t.Fatal(err)
 	}
+	handled := func() uint64 { // bites kept or ignored so far
+		f.demo.mu.Lock()
+		defer f.demo.mu.Unlock()
+		return f.demo.next + f.demo.ignored
+	}
+	before := handled()
 	if err := f.nc.Publish(BiteSubject, data); err != nil {
 		f.t.Fatal(err)
 	}
-	if err := f.nc.Flush(); err != nil {
-		f.t.Fatal(err)
-	}
+	// The demo handles bites on the subscription's own goroutine.
+	testutil.Eventually(f.t, 5*time.Second, "the demo to handle the bite", func() bool { return handled() > before })
 }
 
 func oggBite(conv, user string, seq uint64, data string) *beeppb.Bite {
