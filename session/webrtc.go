@@ -31,7 +31,8 @@ var Opus = webrtc.RTPCodecParameters{
 
 // newAPI builds the pion API shared by all peer connections: Opus only, the
 // RFC 6464 audio level extension, NACK generator and responder, RTCP
-// receiver reports, and the ICE network settings of cfg. ICE opens its
+// receiver reports (the generator and the reports only for peers that
+// publish: see onDemand), and the ICE network settings of cfg. ICE opens its
 // sockets through socks.
 // It returns the UDP mux, if any, so that the Manager can close it.
 func newAPI(cfg *Config, c *counters, socks *sockets) (*webrtc.API, ice.UDPMux, error) {
@@ -57,7 +58,7 @@ func newAPI(cfg *Config, c *counters, socks *sockets) (*webrtc.API, ice.UDPMux, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("nack responder: %w", err)
 	}
-	reg.Add(gen)
+	reg.Add(onDemand{gen})
 	reg.Add(resp)
 	// Receiver reports only: slots send their own sender reports
 	// (report.go), since pion does not see what the direct path sends.
@@ -65,7 +66,7 @@ func newAPI(cfg *Config, c *counters, socks *sockets) (*webrtc.API, ice.UDPMux, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("rtcp receiver reports: %w", err)
 	}
-	reg.Add(rr)
+	reg.Add(onDemand{rr})
 
 	s := webrtc.SettingEngine{}
 	s.SetNet(socks)

@@ -21,6 +21,7 @@ type idleConfig struct {
 	Conversations int
 	Rate          float64
 	Settle        time.Duration
+	Hold          time.Duration // CPU window once every device is connected
 	RouterPID     int
 	DebugURL      string // harness: /stats and heap profiles
 	HeapProfile   string // harness: write heap profiles here (and .before)
@@ -44,6 +45,12 @@ type idleResult struct {
 	RSSPerDeviceKiB float64   `json:"rss_per_device_kib"`
 	ThreadsBefore   int       `json:"threads_before"`
 	ThreadsAfter    int       `json:"threads_after"`
+	// CPU of the router over Hold with every device connected and idle
+	// (ICE consent, RTCP reports, pion's timers), per connected device,
+	// warm-up devices included.
+	HoldSeconds      float64 `json:"hold_s"`
+	CPUCores         float64 `json:"router_cpu_cores"`
+	CPUPerDeviceUsPS float64 `json:"router_cpu_us_per_device_per_s"`
 	// Only with the harness router (-router-self), after a forced GC.
 	Harness *struct {
 		Before           harnessStats `json:"before"`
@@ -148,6 +155,25 @@ func runIdle(ctx context.Context, cfg idleConfig) (*idleResult, error) {
 	res.RSSBeforeKiB, res.RSSAfterKiB = before.RSSKiB, after.RSSKiB
 	res.RSSPerDeviceKiB = float64(after.RSSKiB-before.RSSKiB) / n
 	res.ThreadsBefore, res.ThreadsAfter = before.Threads, after.Threads
+	if cfg.Hold > 0 {
+		if !sleepUntil(ctx, after.At.Add(cfg.Hold)) {
+			return nil, ctx.Err()
+		}
+		end, err := readProc(cfg.RouterPID)
+		if err != nil {
+			return nil, err
+		}
+		d := end.At.Sub(after.At).Seconds()
+		res.HoldSeconds = d
+		res.CPUCores = (end.CPU - after.CPU).Seconds() / d
+		connected := res.Connected
+		for _, dv := range devs[:cfg.Warmup] {
+			if dv.c != nil {
+				connected++
+			}
+		}
+		res.CPUPerDeviceUsPS = res.CPUCores * 1e6 / float64(connected)
+	}
 	if cfg.DebugURL != "" {
 		ha, err := harnessStatsOf(ctx, cfg.DebugURL, "gc=1")
 		if err != nil {

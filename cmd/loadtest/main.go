@@ -124,7 +124,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.matrix, "matrix", "", "comma list of PxS scenarios run in turn (e.g. 5x20,5x50,10x50,10x100), overriding -publishers and -subscribers")
 	fs.Float64Var(&o.rate, "rate", 50, "ramp: connections started per second")
 	fs.DurationVar(&o.settle, "settle", 2*time.Second, "wait after the ramp before the steady window")
-	fs.DurationVar(&o.hold, "hold", 10*time.Second, "steady window")
+	fs.DurationVar(&o.hold, "hold", 10*time.Second, "steady window (idle mode: the window in which the router's CPU is measured)")
 	fs.DurationVar(&o.grace, "grace", time.Second, "after the window, how long packets sent within it may still arrive")
 	fs.IntVar(&o.sizeMin, "size-min", 60, "smallest Opus payload in bytes (at least 17)")
 	fs.IntVar(&o.sizeMax, "size-max", 120, "largest Opus payload in bytes")
@@ -394,7 +394,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		_, err := withRouter(func(u string, pid int, dbg string) error {
 			res, err := runIdle(ctx, idleConfig{
 				URL: u, Devices: o.idle, Warmup: o.idleWarmup, Slots: slots, Conversations: o.scenario.Conversations,
-				Rate: o.rate, Settle: o.settle, RouterPID: pid, DebugURL: dbg, HeapProfile: o.heapProf,
+				Rate: o.rate, Settle: o.settle, Hold: o.hold, RouterPID: pid, DebugURL: dbg, HeapProfile: o.heapProf,
 				DialTimeout: o.dialTO, NACK: o.nack, Logf: logf,
 			})
 			rep.Idle = res
@@ -581,6 +581,10 @@ func printReport(w io.Writer, rep *report) {
 	if r := rep.Idle; r != nil {
 		fmt.Fprintf(w, "idle: %d of %d devices connected (K=%d, after %d warm-up): router RSS %d → %d KiB = %.1f KiB per device; threads %d → %d; connect p50 %.1f ms p99 %.1f ms\n",
 			r.Connected, r.Devices, r.Slots, r.Warmup, r.RSSBeforeKiB, r.RSSAfterKiB, r.RSSPerDeviceKiB, r.ThreadsBefore, r.ThreadsAfter, r.ConnectMS.P50, r.ConnectMS.P99)
+		if r.HoldSeconds > 0 {
+			fmt.Fprintf(w, "idle: router CPU over %.0f s with every device connected: %.3f cores = %.1f µs per device per second\n",
+				r.HoldSeconds, r.CPUCores, r.CPUPerDeviceUsPS)
+		}
 		if h := r.Harness; h != nil {
 			fmt.Fprintf(w, "idle (harness, after GC): goroutines %d → %d = %.1f per device; heap in use %.1f KiB and stacks %.1f KiB per device\n",
 				h.Before.Goroutines, h.After.Goroutines, h.GoroutinesPerDev, h.HeapPerDevKiB, h.StackPerDevKiB)

@@ -51,7 +51,6 @@ func readProc(pid int) (procSample, error) {
 	}
 	s.CPU = time.Duration(utime+stime) * time.Second / clockTick
 	s.Sys = time.Duration(stime) * time.Second / clockTick
-	s.Sys = time.Duration(stime) * time.Second / clockTick
 
 	st, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
