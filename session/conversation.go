@@ -104,13 +104,6 @@ func (c *Conversation) RetryDue(now int64, interval time.Duration) bool {
 	return now-last >= int64(interval) && c.lastReassign.CompareAndSwap(last, now)
 }
 
-// Peers returns the number of connected devices in the conversation.
-func (c *Conversation) Peers() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.peers)
-}
-
 // reassignLocked assigns speakers to slots. Rules, per receiving device:
 //   - a device never receives its own user's tracks;
 //   - an assigned speaker keeps its slot while it is active, or while no
