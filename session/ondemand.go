@@ -34,9 +34,8 @@ func (f onDemand) NewInterceptor(id string) (interceptor.Interceptor, error) {
 type deferredLoop struct {
 	interceptor.Interceptor
 
-	mu      sync.Mutex
-	writer  interceptor.RTCPWriter // from BindRTCPWriter, until handed on
-	started bool
+	mu     sync.Mutex
+	writer interceptor.RTCPWriter // from BindRTCPWriter; nil once handed on
 }
 
 // BindRTCPWriter keeps w for the wrapped interceptor's loop.
@@ -51,8 +50,7 @@ func (d *deferredLoop) BindRTCPWriter(w interceptor.RTCPWriter) interceptor.RTCP
 // the stream.
 func (d *deferredLoop) BindRemoteStream(info *interceptor.StreamInfo, r interceptor.RTPReader) interceptor.RTPReader {
 	d.mu.Lock()
-	if !d.started && d.writer != nil {
-		d.started = true
+	if d.writer != nil {
 		d.Interceptor.BindRTCPWriter(d.writer)
 		d.writer = nil
 	}

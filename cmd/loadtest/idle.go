@@ -166,13 +166,7 @@ func runIdle(ctx context.Context, cfg idleConfig) (*idleResult, error) {
 		d := end.At.Sub(after.At).Seconds()
 		res.HoldSeconds = d
 		res.CPUCores = (end.CPU - after.CPU).Seconds() / d
-		connected := res.Connected
-		for _, dv := range devs[:cfg.Warmup] {
-			if dv.c != nil {
-				connected++
-			}
-		}
-		res.CPUPerDeviceUsPS = res.CPUCores * 1e6 / float64(connected)
+		res.CPUPerDeviceUsPS = res.CPUCores * 1e6 / float64(len(devs)-res.Failed) // warm-up included
 	}
 	if cfg.DebugURL != "" {
 		ha, err := harnessStatsOf(ctx, cfg.DebugURL, "gc=1")
