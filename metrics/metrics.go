@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/beepvoice/router/pipeline"
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
 )
 
 // NewRegistry returns a registry with the Go runtime (goroutines, memory)
@@ -26,7 +26,7 @@ func NewRegistry() *prometheus.Registry {
 
 // Sources are what the router collector reads at scrape time.
 type Sources struct {
-	Sessions *session.Manager
+	Rooms    *room.Manager
 	Pipeline *pipeline.Pipeline
 	// NATSConnected reports whether the NATS connection is up.
 	NATSConnected func() bool
@@ -87,14 +87,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, l ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), l...)
 	}
-	if m := c.src.Sessions; m != nil {
+	if m := c.src.Rooms; m != nil {
 		s := m.Stats()
 		gauge(c.users, float64(s.Users))
 		gauge(c.convs, float64(s.Conversations))
 		gauge(c.peers, float64(s.Peers))
 		gauge(c.direct, float64(s.DirectPeers))
 		gauge(c.tracks, float64(s.Tracks))
-		gauge(c.slots, float64(s.Slots))
+		gauge(c.slots, float64(s.DownTracks))
 		counter(c.pktsIn, s.PacketsIn)
 		counter(c.bytesIn, s.BytesIn)
 		counter(c.malformed, s.Malformed)

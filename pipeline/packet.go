@@ -5,7 +5,7 @@ import (
 
 	"github.com/pion/rtp"
 
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
 )
 
 // Packet is one RTP packet of a published track on its way through a Chain.
@@ -21,11 +21,11 @@ type Packet struct {
 	// router read it.
 	Arrival time.Time
 	// Track is the published track the packet belongs to.
-	Track *session.Track
+	Track *room.Track
 	// Conversation is the conversation the packet is for. The permission gate
 	// sets it from the publisher's membership when the packet arrives; it is
 	// nil before the gate and for publishers who belong to no conversation.
-	Conversation *session.Conversation
+	Conversation *room.Conversation
 	// Level is the RFC 6464 audio level in -dBov (0 is loudest, 127 silence);
 	// meaningful only when HasLevel is true.
 	Level uint8

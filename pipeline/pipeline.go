@@ -8,10 +8,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
+	"github.com/beepvoice/router/rtc"
 )
 
-// Pipeline is an ordered list of stages. It implements session.Sink.
+// Pipeline is an ordered list of stages. It implements room.Sink.
 type Pipeline struct {
 	stages []named
 }
@@ -53,7 +54,7 @@ func (p *Pipeline) Names() []string {
 }
 
 // Open returns the chain of processors for one published track.
-func (p *Pipeline) Open(t *session.Track) (session.TrackSink, error) {
+func (p *Pipeline) Open(t *room.Track) (rtc.TrackSink, error) {
 	c := &Chain{track: t, procs: make([]Processor, len(p.stages))}
 	if len(p.stages) > 0 && p.stages[0].timing != nil {
 		c.timing = make([]prometheus.Observer, len(p.stages))
@@ -96,7 +97,7 @@ func (p *Pipeline) closeStages() {
 // Chain runs one track's packets through its processors. It is used by one
 // goroutine: the track's reader.
 type Chain struct {
-	track  *session.Track
+	track  *room.Track
 	procs  []Processor
 	pkt    Packet
 	timing []prometheus.Observer // per stage; nil without metrics

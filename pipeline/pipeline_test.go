@@ -9,7 +9,8 @@ import (
 	"github.com/pion/rtp"
 
 	"github.com/beepvoice/router/claim"
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
+	"github.com/beepvoice/router/rtc"
 )
 
 // recorder is a stage that records what it sees, and may stop packets or
@@ -22,7 +23,7 @@ type recorder struct {
 	closed  bool
 }
 
-func (r *recorder) Open(t *session.Track, emit Emit) (Processor, error) {
+func (r *recorder) Open(t *room.Track, emit Emit) (Processor, error) {
 	return &recProc{r: r, emit: emit}, nil
 }
 func (r *recorder) Close(context.Context) error { r.closed = true; return nil }
@@ -63,7 +64,7 @@ func TestChainOrderStopAndBites(t *testing.T) {
 	b := &recorder{name: "b", log: &log, stop: true}
 	c := &recorder{name: "c", log: &log}
 	p := New(map[string]Stage{"a": a, "b": b, "c": c}, "a", "b", "c")
-	tr := session.NewTrack(nil, claim.Claim{UserID: "u", ClientID: "d"}, 1, 3)
+	tr := room.NewTrack(nil, rtc.NewUpTrack(claim.Claim{UserID: "u", ClientID: "d"}, 1, 3))
 	sink, err := p.Open(tr)
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +108,7 @@ func TestChainAudioLevel(t *testing.T) {
 			var got Packet
 			st := stageFunc(func(p *Packet) { got = *p })
 			pl := New(map[string]Stage{"s": st}, "s")
-			sink, _ := pl.Open(session.NewTrack(nil, claim.Claim{UserID: "u", ClientID: "d"}, 1, tt.extID))
+			sink, _ := pl.Open(room.NewTrack(nil, rtc.NewUpTrack(claim.Claim{UserID: "u", ClientID: "d"}, 1, tt.extID)))
 			if err := sink.WriteRTP(tt.raw, time.Now()); err != nil {
 				t.Fatal(err)
 			}
@@ -120,8 +121,8 @@ func TestChainAudioLevel(t *testing.T) {
 
 type stageFunc func(p *Packet)
 
-func (f stageFunc) Open(*session.Track, Emit) (Processor, error) { return procFunc(f), nil }
-func (f stageFunc) Close(context.Context) error                  { return nil }
+func (f stageFunc) Open(*room.Track, Emit) (Processor, error) { return procFunc(f), nil }
+func (f stageFunc) Close(context.Context) error               { return nil }
 
 type procFunc func(p *Packet)
 

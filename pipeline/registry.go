@@ -5,18 +5,15 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
-
-	"github.com/beepvoice/router/session"
 )
 
 // Env is what stages may use from the rest of the router.
 type Env struct {
-	// Sessions is the router's peer, track and conversation state.
-	Sessions *session.Manager
 	// NATS is the connection bites and events are published on.
 	NATS *nats.Conn
 	// Logger is the router's logger; stages add their own name to it.
@@ -38,6 +35,11 @@ type Kind struct {
 	// New builds the stage from settings (the value Defaults returned,
 	// decoded over). name is the stage's name in the Config.
 	New func(env Env, name string, settings any) (Stage, error)
+	// Gate marks the kind that admits packets: it decides, from the
+	// publisher's membership, the conversation a packet is for, and stops
+	// the packets of publishers who have none. Where a Registry has a gate
+	// kind, every pipeline must start with a stage of it.
+	Gate bool
 }
 
 // Define is a typed helper for writing a Kind with settings type S.
@@ -106,6 +108,9 @@ func (r *Registry) Config(kinds ...string) (*Config, error) {
 // Build creates the stages of c. On error, the stages built so far are
 // closed and the error names the stage at fault.
 func (r *Registry) Build(c *Config, env Env) (*Pipeline, error) {
+	if err := r.checkGate(c); err != nil {
+		return nil, err
+	}
 	p := &Pipeline{}
 	for _, sc := range c.Stages {
 		st, err := r.build(sc, env)
@@ -130,6 +135,30 @@ func (r *Registry) Build(c *Config, env Env) (*Pipeline, error) {
 		}
 	}
 	return p, nil
+}
+
+// checkGate refuses a pipeline some packets could pass through unchecked:
+// where r has a gate kind, c must start with a stage of it.
+func (r *Registry) checkGate(c *Config) error {
+	var gates []string
+	for _, k := range r.kinds {
+		if k.Gate {
+			gates = append(gates, k.Name)
+		}
+	}
+	if len(gates) == 0 || len(c.Stages) == 0 {
+		return nil
+	}
+	sort.Strings(gates)
+	for i, sc := range c.Stages {
+		if k, ok := r.kinds[sc.kind()]; ok && k.Gate {
+			if i > 0 {
+				return fmt.Errorf("pipeline stage %q comes before the gate %q: every packet must pass a %s first", c.Stages[0].Name, sc.Name, strings.Join(gates, " or "))
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("pipeline has no gate: its first stage must be a %s, or packets of users outside any conversation would be forwarded", strings.Join(gates, " or "))
 }
 
 func (r *Registry) build(sc StageConfig, env Env) (Stage, error) {

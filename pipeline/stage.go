@@ -3,7 +3,7 @@ package pipeline
 import (
 	"context"
 
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
 )
 
 // Stage is one step of the pipeline. A Stage is shared by all tracks; its
@@ -12,7 +12,7 @@ type Stage interface {
 	// Open returns the stage's processor for one published track. emit
 	// passes a Bite to the stages after this one; it may be called only from
 	// the processor's own methods (the track's goroutine).
-	Open(t *session.Track, emit Emit) (Processor, error)
+	Open(t *room.Track, emit Emit) (Processor, error)
 	// Close stops the stage once every track is closed, flushing what it
 	// holds (queued bites, open files) until ctx ends.
 	Close(ctx context.Context) error

@@ -20,7 +20,8 @@ import (
 
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/pipeline"
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
+	"github.com/beepvoice/router/rtc"
 	"github.com/beepvoice/router/stages"
 
 	"github.com/beepvoice/router/internal/testutil"
@@ -129,16 +130,16 @@ func gone(pid int) bool {
 
 // testEnv is a session manager with users in conversations.
 type testEnv struct {
-	m *session.Manager
+	m *room.Manager
 }
 
 type nopSink struct{}
 
-func (nopSink) Open(*session.Track) (session.TrackSink, error) { return nil, nil }
+func (nopSink) Open(*room.Track) (rtc.TrackSink, error) { return nil, nil }
 
 func newEnv(t testing.TB, members map[string]string) *testEnv {
 	t.Helper()
-	m, err := session.New(session.Config{Sink: nopSink{}})
+	m, err := room.New(room.Config{Sink: nopSink{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,12 +152,12 @@ func newEnv(t testing.TB, members map[string]string) *testEnv {
 	return &testEnv{m: m}
 }
 
-func (e *testEnv) track(user string, ssrc uint32) *session.Track {
-	return session.NewTrack(e.m.User(user), claim.Claim{UserID: user, ClientID: user + "-phone"}, ssrc, 1)
+func (e *testEnv) track(user string, ssrc uint32) *room.Track {
+	return room.NewTrack(e.m.User(user), rtc.NewUpTrack(claim.Claim{UserID: user, ClientID: user + "-phone"}, ssrc, 1))
 }
 
 // chain opens a gate → stage pipeline for track tr.
-func chain(t testing.TB, st pipeline.Stage, tr *session.Track, extra ...namedStage) session.TrackSink {
+func chain(t testing.TB, st pipeline.Stage, tr *room.Track, extra ...namedStage) rtc.TrackSink {
 	t.Helper()
 	m := map[string]pipeline.Stage{"gate": &stages.Gate{}}
 	order := []string{"gate"}

@@ -12,7 +12,7 @@ import (
 	"github.com/beepvoice/router/internal/throttle"
 	"github.com/beepvoice/router/pipeline"
 	"github.com/beepvoice/router/plugins/protocol"
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
 )
 
 // Stage is a pipeline stage backed by a plugin process.
@@ -135,7 +135,7 @@ func (st *Stage) Stats() Stats {
 }
 
 // Open returns the stage's processor for one track.
-func (st *Stage) Open(t *session.Track, _ pipeline.Emit) (pipeline.Processor, error) {
+func (st *Stage) Open(t *room.Track, _ pipeline.Emit) (pipeline.Processor, error) {
 	return &proc{st: st, track: t}, nil
 }
 
@@ -169,10 +169,10 @@ func (st *Stage) drop(what string) {
 // proc is the stage's processor for one track. It never stops a packet.
 type proc struct {
 	st    *Stage
-	track *session.Track
+	track *room.Track
 
-	conv   *session.Conversation // conversation of the current stream
-	stream uint32                // current stream id, 0 if none
+	conv   *room.Conversation // conversation of the current stream
+	stream uint32             // current stream id, 0 if none
 }
 
 // HandlePacket queues a copy of p for the plugin, never blocking.
@@ -203,7 +203,7 @@ func (pp *proc) HandlePacket(p *pipeline.Packet) bool {
 
 // switchTo ends the current stream and starts one for conversation c, if
 // the plugin sees c.
-func (pp *proc) switchTo(c *session.Conversation) {
+func (pp *proc) switchTo(c *room.Conversation) {
 	if pp.stream != 0 {
 		pp.st.streams.close(pp.stream)
 		pp.stream = 0

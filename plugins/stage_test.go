@@ -12,7 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/beepvoice/router/pipeline"
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
 
 	"github.com/beepvoice/router/internal/testutil"
 )
@@ -20,7 +20,7 @@ import (
 // biteSource is a stage whose processors emit the bites a test hands them.
 type biteSource struct{ emit pipeline.Emit }
 
-func (b *biteSource) Open(_ *session.Track, emit pipeline.Emit) (pipeline.Processor, error) {
+func (b *biteSource) Open(_ *room.Track, emit pipeline.Emit) (pipeline.Processor, error) {
 	b.emit = emit
 	return pipeline.Nop{}, nil
 }

@@ -46,14 +46,14 @@ func BenchmarkPipeline(b *testing.B) {
 		level byte
 	}{{"silence", 127}, {"speech", 10}} {
 		b.Run(bc.name, func(b *testing.B) {
-			m, track := env(b)
+			_, track := env(b)
 			reg := pipeline.NewRegistry()
 			Register(reg)
 			cfg, err := reg.Config(Default...)
 			if err != nil {
 				b.Fatal(err)
 			}
-			p, err := reg.Build(cfg, pipeline.Env{Sessions: m, NATS: benchNATS(b)})
+			p, err := reg.Build(cfg, pipeline.Env{NATS: benchNATS(b)})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -11,7 +11,7 @@ import (
 
 	"github.com/beepvoice/router/oggopus"
 	"github.com/beepvoice/router/pipeline"
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
 )
 
 // ChunkerKind is the bite chunker's kind name.
@@ -90,7 +90,7 @@ func NewChunker(s ChunkerSettings, log *slog.Logger) (*Chunker, error) {
 }
 
 // Open returns the chunker's processor for one track.
-func (c *Chunker) Open(t *session.Track, emit pipeline.Emit) (pipeline.Processor, error) {
+func (c *Chunker) Open(t *room.Track, emit pipeline.Emit) (pipeline.Processor, error) {
 	return &chunkerProc{c: c, track: t, emit: emit}, nil
 }
 
@@ -110,11 +110,11 @@ type held struct {
 // emitted.
 type chunkerProc struct {
 	c     *Chunker
-	track *session.Track
+	track *room.Track
 	emit  pipeline.Emit
 
-	conv    *session.Conversation // conversation of the held packets
-	open    bool                  // speech started: the held packets are a bite
+	conv    *room.Conversation // conversation of the held packets
+	open    bool               // speech started: the held packets are a bite
 	pkts    []held
 	arena   []byte
 	silent  bool   // in a run of quiet packets

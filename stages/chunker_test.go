@@ -12,13 +12,14 @@ import (
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/oggopus"
 	"github.com/beepvoice/router/pipeline"
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
+	"github.com/beepvoice/router/rtc"
 )
 
 // biteCollector is a stage that keeps the bites it is given.
 type biteCollector struct{ bites []*pipeline.Bite }
 
-func (c *biteCollector) Open(*session.Track, pipeline.Emit) (pipeline.Processor, error) {
+func (c *biteCollector) Open(*room.Track, pipeline.Emit) (pipeline.Processor, error) {
 	return collectProc{c}, nil
 }
 func (c *biteCollector) Close(context.Context) error { return nil }
@@ -31,12 +32,12 @@ func (collectProc) Close()                             {}
 
 type nopSink struct{}
 
-func (nopSink) Open(*session.Track) (session.TrackSink, error) { return nil, nil }
+func (nopSink) Open(*room.Track) (rtc.TrackSink, error) { return nil, nil }
 
 // env returns a session manager with alice in conv-1, and her track.
-func env(t testing.TB) (*session.Manager, *session.Track) {
+func env(t testing.TB) (*room.Manager, *room.Track) {
 	t.Helper()
-	m, err := session.New(session.Config{Sink: nopSink{}})
+	m, err := room.New(room.Config{Sink: nopSink{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +45,7 @@ func env(t testing.TB) (*session.Manager, *session.Track) {
 	if err := m.Join("alice", "conv-1"); err != nil {
 		t.Fatal(err)
 	}
-	return m, session.NewTrack(m.User("alice"), claim.Claim{UserID: "alice", ClientID: "phone"}, 42, 1)
+	return m, room.NewTrack(m.User("alice"), rtc.NewUpTrack(claim.Claim{UserID: "alice", ClientID: "phone"}, 42, 1))
 }
 
 // step is one packet to feed: its level and how far its timestamp jumps
@@ -70,7 +71,7 @@ func concat(parts ...[]step) []step {
 	return out
 }
 
-func feed(t *testing.T, sink session.TrackSink, seq []step) {
+func feed(t *testing.T, sink rtc.TrackSink, seq []step) {
 	t.Helper()
 	ts := uint32(1000)
 	at := time.Unix(1_700_000_000, 0)

@@ -4,7 +4,7 @@ import (
 	"runtime"
 	"sync"
 
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/rtc"
 )
 
 // Large fan-outs are split across cores.
@@ -31,7 +31,7 @@ type pool struct {
 // shard is a part of one packet's fan-out and what came of it.
 type shard struct {
 	job   fanout
-	slots []*session.Slot
+	slots []*rtc.DownTrack
 	done  *sync.WaitGroup
 
 	written, failed uint64
@@ -56,7 +56,7 @@ func newPool() *pool {
 // work runs shards, with a SendBuffer of its own, until the pool closes.
 func (p *pool) work() {
 	defer p.wg.Done()
-	var buf session.SendBuffer
+	var buf rtc.SendBuffer
 	for {
 		select {
 		case <-p.quit:
@@ -77,7 +77,7 @@ func (p *pool) close() {
 // shard hands the tail parts of slots, of size slots each, to idle
 // workers, and returns the head the caller writes itself and how many
 // parts went out (fp.shards[:n]; wait on fp.shardsDone).
-func (fp *forwarderProc) shard(job *fanout, slots []*session.Slot, size int) (head []*session.Slot, n int) {
+func (fp *forwarderProc) shard(job *fanout, slots []*rtc.DownTrack, size int) (head []*rtc.DownTrack, n int) {
 	p := fp.f.pool
 	end := len(slots)
 	for n < p.workers && end > size {

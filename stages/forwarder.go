@@ -13,7 +13,8 @@ import (
 
 	"github.com/beepvoice/router/internal/throttle"
 	"github.com/beepvoice/router/pipeline"
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
+	"github.com/beepvoice/router/rtc"
 )
 
 // ForwarderKind is the forwarder's kind name.
@@ -103,7 +104,7 @@ func (f *Forwarder) Stats() map[string]uint64 {
 }
 
 // Open returns the forwarder's processor for a track.
-func (f *Forwarder) Open(*session.Track, pipeline.Emit) (pipeline.Processor, error) {
+func (f *Forwarder) Open(*room.Track, pipeline.Emit) (pipeline.Processor, error) {
 	fp := &forwarderProc{f: f}
 	f.mu.Lock()
 	if f.live == nil {
@@ -144,7 +145,7 @@ func (fp *forwarderProc) HandlePacket(p *pipeline.Packet) bool {
 	} else if t.Waiting() && c.RetryDue(now, f.settings.Retry.D()) {
 		c.Reassign()
 	}
-	job := fanout{track: t, conv: c, pkt: p, level: p.LevelByte(), now: now}
+	job := fanout{track: t, pkt: p, level: p.LevelByte(), now: now}
 	slots := t.Targets(c)
 	shards := 0
 	if m := f.settings.ShardMin; m > 0 && f.pool != nil && len(slots) >= 2*m {
@@ -179,28 +180,18 @@ func (fp *forwarderProc) HandlePacket(p *pipeline.Packet) bool {
 	return true
 }
 
-// fanout is the writing of one packet to slots.
+// fanout is the writing of one packet to down-tracks.
 type fanout struct {
-	track *session.Track
-	conv  *session.Conversation
+	track *room.Track
 	pkt   *pipeline.Packet
 	level byte
 	now   int64
 }
 
-// run writes the packet to slots through buf and sends what buf queued.
-func (j *fanout) run(slots []*session.Slot, buf *session.SendBuffer) (written, failed uint64, err error) {
-	for _, s := range slots {
-		ok, werr := s.Write(buf, j.track, j.conv, &j.pkt.RTP, j.level, j.pkt.HasLevel, j.now)
-		switch {
-		case werr != nil:
-			failed++
-			if err == nil {
-				err = werr
-			}
-		case ok:
-			written++
-		}
+// run writes the packet to downs through buf and sends what buf queued.
+func (j *fanout) run(downs []*rtc.DownTrack, buf *rtc.SendBuffer) (written, failed uint64, err error) {
+	for i := 0; i < len(downs); {
+		i = j.write(downs, i, buf, &written, &failed, &err)
 	}
 	n, ferr := buf.Flush()
 	if ferr != nil {
@@ -210,6 +201,34 @@ func (j *fanout) run(slots []*session.Slot, buf *session.SendBuffer) (written, f
 		}
 	}
 	return written, failed, err
+}
+
+// write writes the packet to downs from index i on, and returns where it
+// stopped: at the end, or just past a down-track whose write panicked. That
+// down-track's peer is closed, and the caller goes on with the others.
+func (j *fanout) write(downs []*rtc.DownTrack, i int, buf *rtc.SendBuffer, written, failed *uint64, err *error) (next int) {
+	defer func() {
+		if r := recover(); r != nil {
+			if p := downs[next].Peer(); p != nil {
+				p.Fail("fan-out", r)
+			}
+			*failed++
+			next++
+		}
+	}()
+	for next = i; next < len(downs); next++ {
+		ok, werr := downs[next].Write(buf, j.track.UpTrack, &j.pkt.RTP, j.level, j.pkt.HasLevel, j.now)
+		switch {
+		case werr != nil:
+			*failed++
+			if *err == nil {
+				*err = werr
+			}
+		case ok:
+			*written++
+		}
+	}
+	return next
 }
 
 func (*forwarderProc) HandleBite(*pipeline.Bite) {}

@@ -5,7 +5,7 @@ import (
 	"sync/atomic"
 
 	"github.com/beepvoice/router/pipeline"
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
 )
 
 // GateKind is the permission gate's kind name.
@@ -15,12 +15,16 @@ const GateKind = "permission-gate"
 // backend-permissions when a user joins, and the gate enforces it.
 type GateSettings struct{}
 
-var gateKind = pipeline.Define(GateKind,
-	"drops the packets of users who are not members of a conversation",
-	GateSettings{},
-	func(env pipeline.Env, name string, s *GateSettings) (pipeline.Stage, error) {
-		return &Gate{}, nil
-	})
+var gateKind = func() pipeline.Kind {
+	k := pipeline.Define(GateKind,
+		"drops the packets of users who are not members of a conversation",
+		GateSettings{},
+		func(env pipeline.Env, name string, s *GateSettings) (pipeline.Stage, error) {
+			return &Gate{}, nil
+		})
+	k.Gate = true
+	return k
+}()
 
 // Gate resolves, on every packet, the conversation its publisher belongs to
 // now, and stops packets of publishers who belong to none. Because the
@@ -36,7 +40,7 @@ func (g *Gate) Stats() map[string]uint64 {
 }
 
 // Open returns the gate's processor for a track.
-func (g *Gate) Open(*session.Track, pipeline.Emit) (pipeline.Processor, error) {
+func (g *Gate) Open(*room.Track, pipeline.Emit) (pipeline.Processor, error) {
 	return gateProc{g}, nil
 }
 

@@ -17,7 +17,7 @@ import (
 
 	"github.com/beepvoice/router/internal/throttle"
 	"github.com/beepvoice/router/pipeline"
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
 )
 
 // NATSSinkKind is the NATS sink's kind name.
@@ -176,7 +176,7 @@ func NewNATSSink(nc *nats.Conn, s NATSSinkSettings, log *slog.Logger) (*NATSSink
 }
 
 // Open returns the sink's processor for a track.
-func (k *NATSSink) Open(*session.Track, pipeline.Emit) (pipeline.Processor, error) {
+func (k *NATSSink) Open(*room.Track, pipeline.Emit) (pipeline.Processor, error) {
 	return natsSinkProc{k}, nil
 }
 

@@ -24,14 +24,15 @@ import (
 	"github.com/beepvoice/router/metrics"
 	"github.com/beepvoice/router/permissions"
 	"github.com/beepvoice/router/pipeline"
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
+	"github.com/beepvoice/router/rtc"
 	"github.com/beepvoice/router/signal/beep"
 	"github.com/beepvoice/router/stages"
 )
 
 // harness is the router's media path wired in-process from its packages the
 // way cmd/router/app.go wires it (embedded NATS, the default pipeline with
-// its Prometheus stage timing, session.Manager, the Beep /connect and /join
+// its Prometheus stage timing, room.Manager, the Beep /connect and /join
 // endpoints, /metrics, permissions allow-all, ICE on 127.0.0.1 only,
 // cmd/router's default timeouts), plus a loopback debug listener with pprof
 // and a /stats endpoint. It leaves out configuration parsing, device
@@ -42,7 +43,7 @@ type harness struct {
 	ns       *server.Server
 	nc       *nats.Conn
 	pipe     *pipeline.Pipeline
-	sessions *session.Manager
+	rooms    *room.Manager
 	srv, dbg *http.Server
 	ln, dln  net.Listener
 	served   chan error
@@ -56,11 +57,11 @@ type harness struct {
 
 // timedSink wraps the pipeline to time every packet of every track.
 type timedSink struct {
-	session.Sink
+	room.Sink
 	h *harness
 }
 
-func (s timedSink) Open(t *session.Track) (session.TrackSink, error) {
+func (s timedSink) Open(t *room.Track) (rtc.TrackSink, error) {
 	ts, err := s.Sink.Open(t)
 	if err != nil {
 		return nil, err
@@ -69,7 +70,7 @@ func (s timedSink) Open(t *session.Track) (session.TrackSink, error) {
 }
 
 type timedTrack struct {
-	session.TrackSink
+	rtc.TrackSink
 	h *harness
 }
 
@@ -118,27 +119,28 @@ func startHarness(log *slog.Logger, udpPort int) (h *harness, err error) {
 	if h.pipe, err = reg.Build(pc, pipeline.Env{NATS: h.nc, Logger: log, Metrics: promReg}); err != nil {
 		return nil, err
 	}
-	h.sessions, err = session.New(session.Config{
-		Sink:                timedSink{h.pipe, h},
-		Logger:              log,
-		ICEIPs:              []net.IP{net.IPv4(127, 0, 0, 1)},
-		UDPPort:             udpPort,
-		ConnectTimeout:      30 * time.Second,
-		DisconnectedTimeout: 5 * time.Second,
-		FailedTimeout:       10 * time.Second,
-		KeepaliveInterval:   2 * time.Second,
-		MaxSlots:            session.DefaultMaxSlots,
+	h.rooms, err = room.New(room.Config{
+		Media: rtc.Config{
+			ICEIPs:              []net.IP{net.IPv4(127, 0, 0, 1)},
+			UDPPort:             udpPort,
+			ConnectTimeout:      30 * time.Second,
+			DisconnectedTimeout: 5 * time.Second,
+			FailedTimeout:       10 * time.Second,
+			KeepaliveInterval:   2 * time.Second,
+		},
+		Sink:   timedSink{h.pipe, h},
+		Logger: log,
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := metrics.Register(promReg, metrics.Sources{Sessions: h.sessions, Pipeline: h.pipe, NATSConnected: h.nc.IsConnected}); err != nil {
+	if err := metrics.Register(promReg, metrics.Sources{Rooms: h.rooms, Pipeline: h.pipe, NATSConnected: h.nc.IsConnected}); err != nil {
 		return nil, err
 	}
 	r := mux.NewRouter()
 	r.Handle("/metrics", metrics.Handler(promReg, func() error { return nil }))
 	beep.New(beep.Config{
-		Sessions:     h.sessions,
+		Rooms:        h.rooms,
 		Permissions:  permissions.AllowAll{},
 		Claims:       claim.FromHeader,
 		Logger:       log,
@@ -200,7 +202,7 @@ func (h *harness) stats(w http.ResponseWriter, r *http.Request) {
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	st := h.sessions.Stats()
+	st := h.rooms.Stats()
 	out := harnessStats{
 		Goroutines: runtime.NumGoroutine(),
 		HeapAlloc:  ms.HeapAlloc, HeapInuse: ms.HeapInuse, StackInuse: ms.StackInuse, Sys: ms.Sys,
@@ -228,8 +230,8 @@ func (h *harness) close(ctx context.Context) error {
 	if h.dbg != nil {
 		errs = append(errs, h.dbg.Shutdown(ctx))
 	}
-	if h.sessions != nil {
-		errs = append(errs, h.sessions.Close(ctx))
+	if h.rooms != nil {
+		errs = append(errs, h.rooms.Close(ctx))
 	}
 	if h.pipe != nil {
 		errs = append(errs, h.pipe.Close(ctx))

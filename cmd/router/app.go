@@ -24,7 +24,8 @@ import (
 	"github.com/beepvoice/router/permissions"
 	"github.com/beepvoice/router/pipeline"
 	"github.com/beepvoice/router/plugins"
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
+	"github.com/beepvoice/router/rtc"
 	"github.com/beepvoice/router/signal/beep"
 	"github.com/beepvoice/router/signal/demo"
 	"github.com/beepvoice/router/signal/devices"
@@ -34,18 +35,18 @@ import (
 // app is the wired router: NATS, the pipeline, the session manager and the
 // HTTP front-ends.
 type app struct {
-	log      *slog.Logger
-	ns       *server.Server // embedded NATS, or nil
-	nc       *nats.Conn
-	pipe     *pipeline.Pipeline
-	sessions *session.Manager
-	devices  *devices.Service
-	demo     *demo.Server // -dev only
-	srv      *http.Server
-	ln       net.Listener
-	served   chan error
-	msrv     *http.Server // metrics server, when METRICS_LISTEN is set
-	mln      net.Listener
+	log     *slog.Logger
+	ns      *server.Server // embedded NATS, or nil
+	nc      *nats.Conn
+	pipe    *pipeline.Pipeline
+	rooms   *room.Manager
+	devices *devices.Service
+	demo    *demo.Server // -dev only
+	srv     *http.Server
+	ln      net.Listener
+	served  chan error
+	msrv    *http.Server // metrics server, when METRICS_LISTEN is set
+	mln     net.Listener
 }
 
 // registry returns the stage kinds the router knows.
@@ -98,24 +99,26 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (a *app, err er
 	if err != nil {
 		return nil, fmt.Errorf("PIPELINE: %w", err)
 	}
-	a.sessions, err = session.New(session.Config{
+	a.rooms, err = room.New(room.Config{
+		Media: rtc.Config{
+			ICEIPs:              cfg.ICEIPs,
+			PublicIPs:           cfg.PublicIPs,
+			UDPPort:             cfg.UDPPort,
+			ICEServers:          cfg.ICEServers,
+			ConnectTimeout:      cfg.ConnectTimeout,
+			DisconnectedTimeout: cfg.ICEDisconnected,
+			FailedTimeout:       cfg.ICEFailed,
+			KeepaliveInterval:   cfg.ICEKeepalive,
+			MaxDownTracks:       cfg.MaxSlots,
+			TrackBuffer:         cfg.TrackBuffer,
+			PionEgress:          cfg.PionEgress,
+		},
 		Sink:                    a.pipe,
 		Logger:                  log,
-		ICEIPs:                  cfg.ICEIPs,
-		PublicIPs:               cfg.PublicIPs,
-		UDPPort:                 cfg.UDPPort,
-		ICEServers:              cfg.ICEServers,
-		ConnectTimeout:          cfg.ConnectTimeout,
 		MaxPeersPerUser:         cfg.MaxPeersPerUser,
 		MaxPeersPerConversation: cfg.MaxPeersPerConv,
 		MaxConversations:        cfg.MaxConvs,
 		MembershipTTL:           cfg.MembershipTTL,
-		DisconnectedTimeout:     cfg.ICEDisconnected,
-		FailedTimeout:           cfg.ICEFailed,
-		KeepaliveInterval:       cfg.ICEKeepalive,
-		MaxSlots:                cfg.MaxSlots,
-		TrackBuffer:             cfg.TrackBuffer,
-		PionEgress:              cfg.PionEgress,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("media: %w", err)
@@ -148,7 +151,7 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (a *app, err er
 
 	r := mux.NewRouter()
 	beep.New(beep.Config{
-		Sessions:     a.sessions,
+		Rooms:        a.rooms,
 		Permissions:  perms,
 		Claims:       claims,
 		Logger:       log,
@@ -171,7 +174,7 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (a *app, err er
 		a.demo.Register(r)
 	}
 
-	if err := metrics.Register(promReg, metrics.Sources{Sessions: a.sessions, Pipeline: a.pipe, NATSConnected: a.nc.IsConnected}); err != nil {
+	if err := metrics.Register(promReg, metrics.Sources{Rooms: a.rooms, Pipeline: a.pipe, NATSConnected: a.nc.IsConnected}); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	ops := metrics.Handler(promReg, a.ready)
@@ -312,8 +315,8 @@ func (a *app) shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("device signalling: %w", err))
 		}
 	}
-	if a.sessions != nil {
-		if err := a.sessions.Close(ctx); err != nil {
+	if a.rooms != nil {
+		if err := a.rooms.Close(ctx); err != nil {
 			errs = append(errs, err)
 		}
 	}

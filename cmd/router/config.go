@@ -13,7 +13,7 @@ import (
 	"github.com/pion/webrtc/v3"
 
 	"github.com/beepvoice/router/claim"
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/rtc"
 )
 
 // config is the router's configuration, from the environment.
@@ -193,7 +193,7 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 		}
 		c.PublicIPs = append(c.PublicIPs, s)
 	}
-	servers, err := session.ParseICEServers(get("ICE_SERVERS"), get("TURN_USERNAME"), get("TURN_CREDENTIAL"))
+	servers, err := rtc.ParseICEServers(get("ICE_SERVERS"), get("TURN_USERNAME"), get("TURN_CREDENTIAL"))
 	if err != nil {
 		bad("ICE_SERVERS", err)
 	}

@@ -199,7 +199,7 @@ func (r *testRouter) dial(user string, o beepclient.Options) *beepclient.Client 
 	r.t.Cleanup(c.Close)
 	// The client may see the connection up before the router does; until
 	// the router does, the device receives nothing.
-	p := r.a.sessions.Peer(o.Claim.UserID, o.Claim.ClientID)
+	p := r.a.rooms.Peer(o.Claim.UserID, o.Claim.ClientID)
 	if p == nil {
 		r.t.Fatalf("dial %s: the router has no peer for %s", user, o.Claim.ClientID)
 	}

@@ -117,7 +117,7 @@ func TestSingleUDPPort(t *testing.T) {
 		t.Fatalf("UDP port %d is not in use by the router", port)
 	}
 	// The slots sent on the mux's socket directly.
-	if s := r.a.sessions.Stats(); s.DirectPeers != 2 {
+	if s := r.a.rooms.Stats(); s.DirectPeers != 2 {
 		t.Errorf("%d peers send directly, want 2", s.DirectPeers)
 	}
 }
@@ -160,8 +160,8 @@ func TestPeerThatNeverConnectsIsReleased(t *testing.T) {
 	if closeErr.Code != websocket.CloseInternalServerErr || !strings.Contains(closeErr.Text, "failed") {
 		t.Fatalf("close %d %q", closeErr.Code, closeErr.Text)
 	}
-	if err := testutil.Until(deadline(t, 5*time.Second), func() bool { return r.a.sessions.Stats().Peers == 0 }); err != nil {
-		t.Fatalf("peer not released: %+v", r.a.sessions.Stats())
+	if err := testutil.Until(deadline(t, 5*time.Second), func() bool { return r.a.rooms.Stats().Peers == 0 }); err != nil {
+		t.Fatalf("peer not released: %+v", r.a.rooms.Stats())
 	}
 }
 
@@ -213,7 +213,7 @@ func testNACKAnswered(t *testing.T, egress string) {
 	}); err != nil {
 		t.Fatalf("packet %d was not retransmitted after a NACK: %v", seq, err)
 	}
-	if s := r.a.sessions.Stats(); egress == "direct" && s.Resent != 1 {
+	if s := r.a.rooms.Stats(); egress == "direct" && s.Resent != 1 {
 		t.Errorf("%d packets counted as resent, want 1", s.Resent)
 	}
 }
@@ -385,16 +385,16 @@ func TestVanishedPeerIsReleased(t *testing.T) {
 	if err := pace(a, 'a', 0, 5, loud); err != nil {
 		t.Fatal(err)
 	}
-	if err := testutil.Until(deadline(t, 5*time.Second), func() bool { return r.a.sessions.Stats().Tracks == 1 }); err != nil {
+	if err := testutil.Until(deadline(t, 5*time.Second), func() bool { return r.a.rooms.Stats().Tracks == 1 }); err != nil {
 		t.Fatal("track never started")
 	}
 	a.Close()
 	// Test timeouts: 1 s disconnected + 1 s failed.
 	if err := testutil.Until(deadline(t, 10*time.Second), func() bool {
-		s := r.a.sessions.Stats()
+		s := r.a.rooms.Stats()
 		return s.Peers == 0 && s.Tracks == 0
 	}); err != nil {
-		t.Fatalf("vanished peer not released: %+v", r.a.sessions.Stats())
+		t.Fatalf("vanished peer not released: %+v", r.a.rooms.Stats())
 	}
 }
 

@@ -136,7 +136,7 @@ func TestPacketLossRecoveredByNACK(t *testing.T) {
 		if dropped == 0 {
 			t.Fatal("the relay dropped nothing: the test proves nothing")
 		}
-		if sent := r.a.sessions.Stats().NACKsSent; nack && sent == 0 {
+		if sent := r.a.rooms.Stats().NACKsSent; nack && sent == 0 {
 			t.Fatal("router_rtcp_nacks_sent_total stayed 0 under loss")
 		}
 	}

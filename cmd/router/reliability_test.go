@@ -21,7 +21,7 @@ import (
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/internal/beepclient"
 	"github.com/beepvoice/router/pipeline"
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
 	"github.com/beepvoice/router/stages"
 
 	"github.com/beepvoice/router/internal/testutil"
@@ -202,7 +202,7 @@ func TestJWTMode(t *testing.T) {
 		t.Fatalf("connect with ?token=: %v", err)
 	}
 	c.Close()
-	if r.a.sessions.User("alice") == nil || r.a.sessions.User("mallory") != nil {
+	if r.a.rooms.User("alice") == nil || r.a.rooms.User("mallory") != nil {
 		t.Fatal("the connection was not made as the token's user")
 	}
 }
@@ -210,7 +210,7 @@ func TestJWTMode(t *testing.T) {
 // panicker is a stage that panics on every packet of user "mallory".
 type panicker struct{}
 
-func (panicker) Open(t *session.Track, _ pipeline.Emit) (pipeline.Processor, error) {
+func (panicker) Open(t *room.Track, _ pipeline.Emit) (pipeline.Processor, error) {
 	return panicProc{mallory: t.Claim().UserID == "mallory"}, nil
 }
 func (panicker) Close(context.Context) error { return nil }
@@ -247,8 +247,8 @@ func TestPanicInStageIsContained(t *testing.T) {
 	if err := pace(mallory, 'm', 0, 5, loud); err != nil {
 		t.Fatal(err)
 	}
-	if err := testutil.Until(deadline(t, 5*time.Second), func() bool { return r.a.sessions.Stats().Peers == 2 }); err != nil {
-		t.Fatalf("mallory's peer was not closed: %+v", r.a.sessions.Stats())
+	if err := testutil.Until(deadline(t, 5*time.Second), func() bool { return r.a.rooms.Stats().Peers == 2 }); err != nil {
+		t.Fatalf("mallory's peer was not closed: %+v", r.a.rooms.Stats())
 	}
 	if err := pace(alice, 'a', 0, 20, loud); err != nil {
 		t.Fatal(err)

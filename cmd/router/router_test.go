@@ -352,8 +352,8 @@ func TestConnectErrors(t *testing.T) {
 		t.Fatalf("connect without claim: %v %v, want 400", err, resp)
 	}
 	// Nothing leaked: every refused offer's peer is gone.
-	if err := testutil.Until(deadline(t, 5*time.Second), func() bool { return r.a.sessions.Stats().Peers == 0 }); err != nil {
-		t.Fatalf("peers left after refused offers: %+v", r.a.sessions.Stats())
+	if err := testutil.Until(deadline(t, 5*time.Second), func() bool { return r.a.rooms.Stats().Peers == 0 }); err != nil {
+		t.Fatalf("peers left after refused offers: %+v", r.a.rooms.Stats())
 	}
 }
 

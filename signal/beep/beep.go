@@ -34,7 +34,8 @@ import (
 
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/permissions"
-	"github.com/beepvoice/router/session"
+	"github.com/beepvoice/router/room"
+	"github.com/beepvoice/router/rtc"
 )
 
 // Framing prefixes of the mobile clients.
@@ -46,8 +47,8 @@ const (
 
 // Config configures a Server.
 type Config struct {
-	// Sessions is the shared media state.
-	Sessions *session.Manager
+	// Rooms holds users, devices and conversations.
+	Rooms *room.Manager
 	// Permissions decides joins.
 	Permissions permissions.Checker
 	// Claims extracts the caller's identity.
@@ -165,12 +166,12 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request, c claim.Claim) {
 		http.Error(w, "permission service unavailable", http.StatusServiceUnavailable)
 		return
 	}
-	if err := s.cfg.Sessions.Join(c.UserID, conv); err != nil {
+	if err := s.cfg.Rooms.Join(c.UserID, conv); err != nil {
 		log.Warn("join refused", "err", err)
 		switch {
-		case errors.Is(err, session.ErrConversationFull):
+		case errors.Is(err, room.ErrConversationFull):
 			http.Error(w, err.Error(), http.StatusForbidden)
-		case errors.Is(err, session.ErrLimit):
+		case errors.Is(err, room.ErrLimit):
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		default:
 			http.Error(w, "shutting down", http.StatusServiceUnavailable)
@@ -218,8 +219,8 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c claim.Claim) 
 		}
 	}
 
-	peer, err := s.cfg.Sessions.NewPeer(c)
-	if errors.Is(err, session.ErrLimit) {
+	peer, err := s.cfg.Rooms.NewPeer(c)
+	if errors.Is(err, room.ErrLimit) {
 		sig.log.Info("connection refused", "err", err)
 		sig.close(websocket.ClosePolicyViolation, err.Error())
 		return
@@ -243,7 +244,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c claim.Claim) 
 	}
 	if _, err := peer.Answer(offer); err != nil {
 		peer.Close()
-		if errors.Is(err, session.ErrBadOffer) {
+		if errors.Is(err, rtc.ErrBadOffer) {
 			sig.log.Info("offer refused", "err", err)
 			sig.close(websocket.CloseUnsupportedData, err.Error())
 		} else {

@@ -1,4 +1,4 @@
-package session
+package rtc
 
 import (
 	"strconv"
@@ -33,44 +33,31 @@ func (c boundContext) WriteStream() webrtc.TrackLocalWriter { return discard{} }
 func (c boundContext) ID() string                           { return "bench" }
 func (c boundContext) RTCPReader() interceptor.RTCPReader   { return nil }
 
-// fanout builds a conversation with one speaker and n receiving devices of
-// other users, each with one bound slot, and returns the speaker's track.
-func fanout(b *testing.B, n int) (*Conversation, *Track) {
+// fanout returns an up-track that is the source of n bound down-tracks,
+// each of its own peer.
+func fanout(b *testing.B, n int) (*UpTrack, []*DownTrack) {
 	b.Helper()
-	c := newConversation("bench")
-	speaker := &User{ID: "speaker", peers: map[string]*Peer{}}
-	speaker.conv.Store(c)
-	t := NewTrack(speaker, claim.Claim{UserID: "speaker", ClientID: "s"}, 1, 1)
-	var peers []*Peer
-	for i := 0; i < n; i++ {
-		u := &User{ID: "u" + strconv.Itoa(i), peers: map[string]*Peer{}}
-		u.conv.Store(c)
-		p := &Peer{Claim: claim.Claim{UserID: u.ID, ClientID: "d"}, user: u}
-		s := newSlot(p, 0)
-		if _, err := s.Bind(boundContext{ssrc: webrtc.SSRC(1000 + i)}); err != nil {
+	t := NewUpTrack(claim.Claim{UserID: "speaker", ClientID: "s"}, 1, 1)
+	downs := make([]*DownTrack, n)
+	for i := range downs {
+		p := &Peer{Claim: claim.Claim{UserID: "u" + strconv.Itoa(i), ClientID: "d"}}
+		d := newDownTrack(p, 0)
+		if _, err := d.Bind(boundContext{ssrc: webrtc.SSRC(1000 + i)}); err != nil {
 			b.Fatal(err)
 		}
-		p.slots = []*Slot{s}
-		peers = append(peers, p)
-		c.members[u] = struct{}{}
+		d.SetSource(t)
+		downs[i] = d
 	}
-	c.members[speaker] = struct{}{}
-	c.peers = peers
-	c.tracks = []*Track{t}
-	c.reassignLocked(time.Now().UnixNano())
-	if got := len(t.Targets(c)); got != n {
-		b.Fatalf("speaker has %d targets, want %d", got, n)
-	}
-	return c, t
+	return t, downs
 }
 
-// BenchmarkFanout measures forwarding one packet to n slots: the slot
-// lookup, sequence/timestamp rewriting and header extension remapping,
-// without pion's SRTP and socket write.
+// BenchmarkFanout measures forwarding one packet to n down-tracks:
+// sequence/timestamp rewriting and header extension remapping, without
+// pion's SRTP and socket write.
 func BenchmarkFanout(b *testing.B) {
 	for _, n := range []int{1, 10, 100, 1000} {
 		b.Run(strconv.Itoa(n), func(b *testing.B) {
-			c, t := fanout(b, n)
+			t, downs := fanout(b, n)
 			p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1}, Payload: make([]byte, 80)}
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -78,8 +65,8 @@ func BenchmarkFanout(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				p.SequenceNumber++
 				p.Timestamp += 960
-				for _, s := range t.Targets(c) {
-					if _, err := s.Write(t.SendBuffer(), t, c, p, 0x8a, true, now); err != nil {
+				for _, d := range downs {
+					if _, err := d.Write(t.SendBuffer(), t, p, 0x8a, true, now); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -89,14 +76,12 @@ func BenchmarkFanout(b *testing.B) {
 	}
 }
 
-// BenchmarkSpeakerSwitch measures a slot switching between two speakers on
-// every packet (the worst case of rewriting).
+// BenchmarkSpeakerSwitch measures a down-track switching between two
+// sources on every packet (the worst case of rewriting).
 func BenchmarkSpeakerSwitch(b *testing.B) {
-	c, t1 := fanout(b, 1)
-	s := t1.Targets(c)[0]
-	u2 := &User{ID: "second", peers: map[string]*Peer{}}
-	u2.conv.Store(c)
-	t2 := NewTrack(u2, claim.Claim{UserID: "second", ClientID: "x"}, 2, 1)
+	t1, downs := fanout(b, 1)
+	d := downs[0]
+	t2 := NewUpTrack(claim.Claim{UserID: "second", ClientID: "x"}, 2, 1)
 	p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111}, Payload: make([]byte, 80)}
 	b.ReportAllocs()
 	now := time.Now().UnixNano()
@@ -105,11 +90,11 @@ func BenchmarkSpeakerSwitch(b *testing.B) {
 		if i%2 == 1 {
 			src = t2
 		}
-		s.setSource(src)
+		d.SetSource(src)
 		p.SequenceNumber++
 		p.Timestamp += 960
 		now += int64(20 * time.Millisecond)
-		if ok, err := s.Write(src.SendBuffer(), src, c, p, 0x8a, true, now); !ok || err != nil {
+		if ok, err := d.Write(src.SendBuffer(), src, p, 0x8a, true, now); !ok || err != nil {
 			b.Fatal("not written", err)
 		}
 	}

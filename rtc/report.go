@@ -1,4 +1,4 @@
-package session
+package rtc
 
 import (
 	"time"
@@ -11,15 +11,15 @@ import (
 // pion's sender report interceptor sees only what goes through pion's write
 // path, and reports every bound stream, even one that has sent nothing,
 // with an RTP time made up from nothing. Slots report themselves instead:
-// once a second, for the slots that have sent, from the counters they keep
+// once a second, for the down-tracks that have sent, from the counters they keep
 // anyway.
 
-// reportInterval is how often slots send sender reports: pion's default.
+// reportInterval is how often down-tracks send sender reports: pion's default.
 const reportInterval = time.Second
 
-// report returns the sender report of the slot at now, or false if it has
+// report returns the sender report of the down-track at now, or false if it has
 // sent nothing yet.
-func (s *Slot) report(now time.Time) (rtcp.SenderReport, bool) {
+func (s *DownTrack) report(now time.Time) (rtcp.SenderReport, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.started || s.writer == nil {
@@ -35,11 +35,11 @@ func (s *Slot) report(now time.Time) (rtcp.SenderReport, bool) {
 	}, true
 }
 
-// sendReports sends the sender reports of the peer's slots in one compound
+// sendReports sends the sender reports of the peer's down-tracks in one compound
 // RTCP packet.
 func (p *Peer) sendReports(now time.Time) {
 	var pkts []rtcp.Packet
-	for _, s := range p.slots {
+	for _, s := range p.downs {
 		if sr, ok := s.report(now); ok {
 			pkts = append(pkts, &sr)
 		}

@@ -1,4 +1,4 @@
-package session
+package rtc
 
 import (
 	"errors"
@@ -52,11 +52,11 @@ func FuzzParseOffer(f *testing.F) {
 	f.Add(offerHead + audio("0", "sendonly", "opus/48000/2") + audio("1", "recvonly", "opus/48000/2"))
 	f.Add("v=0\r\n")
 	f.Fuzz(func(t *testing.T, s string) {
-		o, err := parseOffer(s, DefaultMaxSlots)
+		o, err := parseOffer(s, DefaultMaxDownTracks)
 		if err != nil && !errors.Is(err, ErrBadOffer) {
 			t.Fatalf("error not wrapping ErrBadOffer: %v", err)
 		}
-		if len(o.receiving) > DefaultMaxSlots {
+		if len(o.receiving) > DefaultMaxDownTracks {
 			t.Fatalf("%d slots", len(o.receiving))
 		}
 	})

@@ -1,4 +1,4 @@
-package session
+package rtc
 
 import (
 	"testing"
@@ -9,7 +9,7 @@ import (
 	"github.com/beepvoice/router/claim"
 )
 
-// TestMarkSent checks the window of sequence numbers a slot has sent.
+// TestMarkSent checks the window of sequence numbers a down-track has sent.
 func TestMarkSent(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -24,7 +24,7 @@ func TestMarkSent(t *testing.T) {
 		{"jump clears the window", []uint16{10, 200, 10, 199}, []bool{true, true, false, true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var s Slot
+			var s DownTrack
 			for i, seq := range tc.seqs {
 				got := s.markSent(seq)
 				if got != tc.want[i] {
@@ -38,7 +38,7 @@ func TestMarkSent(t *testing.T) {
 	}
 }
 
-// recorder is a bound slot's writer that keeps the headers it is given.
+// recorder is a bound down-track's writer that keeps the headers it is given.
 type recorder struct{ hdrs []rtp.Header }
 
 func (w *recorder) WriteRTP(h *rtp.Header, _ []byte) (int, error) {
@@ -47,7 +47,7 @@ func (w *recorder) WriteRTP(h *rtp.Header, _ []byte) (int, error) {
 }
 func (w *recorder) Write(b []byte) (int, error) { return len(b), nil }
 
-// TestSwitchTimestamps checks the timestamps a slot gives a new speaker:
+// TestSwitchTimestamps checks the timestamps a down-track gives a new speaker:
 // one 20 ms frame after the last packet at least, the wall-clock gap when
 // longer, and never backwards, even when the new speaker's packet arrived
 // before the last one written (readers of different tracks race).
@@ -63,26 +63,23 @@ func TestSwitchTimestamps(t *testing.T) {
 		{"after a pause", 500 * time.Millisecond, 24000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newConversation("ts")
-			u := &User{ID: "listener", peers: map[string]*Peer{}}
-			u.conv.Store(c)
-			s := newSlot(&Peer{user: u}, 0)
+			s := newDownTrack(&Peer{}, 0)
 			if _, err := s.Bind(boundContext{ssrc: 7}); err != nil {
 				t.Fatal(err)
 			}
 			w := &recorder{}
 			s.writer = w
-			a := NewTrack(u, claim.Claim{ClientID: "a"}, 1, 1)
-			b := NewTrack(u, claim.Claim{ClientID: "b"}, 2, 1)
+			a := NewUpTrack(claim.Claim{ClientID: "a"}, 1, 1)
+			b := NewUpTrack(claim.Claim{ClientID: "b"}, 2, 1)
 			now := time.Now().UnixNano()
-			s.setSource(a)
+			s.SetSource(a)
 			pa := &rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: 100, Timestamp: 5000}, Payload: []byte{1}}
-			if ok, err := s.Write(a.SendBuffer(), a, c, pa, 0, false, now); !ok || err != nil {
+			if ok, err := s.Write(a.SendBuffer(), a, pa, 0, false, now); !ok || err != nil {
 				t.Fatal(ok, err)
 			}
-			s.setSource(b)
+			s.SetSource(b)
 			pb := &rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: 9, Timestamp: 77}, Payload: []byte{1}}
-			if ok, err := s.Write(b.SendBuffer(), b, c, pb, 0, false, now+int64(tc.gap)); !ok || err != nil {
+			if ok, err := s.Write(b.SendBuffer(), b, pb, 0, false, now+int64(tc.gap)); !ok || err != nil {
 				t.Fatal(ok, err)
 			}
 			h := w.hdrs[1]

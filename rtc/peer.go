@@ -1,4 +1,4 @@
-package session
+package rtc
 
 import (
 	"context"
@@ -21,22 +21,44 @@ import (
 	"github.com/beepvoice/router/internal/stamp"
 )
 
+// Handler is told of a peer's life by the layer that owns the peer. Its
+// methods are called from the peer's own goroutines, never with a lock of
+// the peer held.
+type Handler interface {
+	// Connected is called once ICE and DTLS are up, before Peer.Connected
+	// is closed: down-tracks can send from now on.
+	Connected(p *Peer)
+	// Closed is called once, when the peer closes, connected or not.
+	Closed(p *Peer)
+	// Published is called when a remote track starts (on its first packet);
+	// the returned sink receives every packet of t from the track's reader.
+	// An error refuses the track: its packets are not read.
+	Published(t *UpTrack) (TrackSink, error)
+	// Unpublished is called when t ends, before its sink is closed.
+	Unpublished(t *UpTrack)
+}
+
+// TrackSink takes the packets of one up-track, from one goroutine.
+type TrackSink interface {
+	// WriteRTP handles one RTP packet; raw is reused after it returns.
+	WriteRTP(raw []byte, arrival time.Time) error
+	// Close ends the track.
+	Close()
+}
+
 // Peer is the peer connection of one device.
 type Peer struct {
 	// Claim identifies the device.
 	Claim claim.Claim
 
-	m    *Manager
-	pc   *webrtc.PeerConnection
-	log  *slog.Logger
-	user *User // set by NewPeer, fixed after
+	e   *Engine
+	pc  *webrtc.PeerConnection
+	log *slog.Logger
+	h   Handler
 
-	slots []*Slot // fixed once Answer returns
+	downs []*DownTrack // fixed once Answer returns
 
-	tracksMu  sync.Mutex
-	published []*Track
-
-	connectedFlag bool // Manager.mu
+	connectedFlag bool // Engine.mu
 
 	connected     chan struct{}
 	connectedOnce sync.Once
@@ -51,37 +73,37 @@ type Peer struct {
 	pending     []webrtc.ICECandidateInit
 	onCandidate atomic.Pointer[func(webrtc.ICECandidateInit)]
 
-	// The direct egress path (egress.go): slots send with egress when it
-	// is set. arrivals are the kernel arrival times of the socket of the
+	// The direct egress path (egress.go): down-tracks send with egress
+	// when it is set. arrivals are the kernel arrival times of the socket of the
 	// selected pair.
 	egress       atomic.Pointer[egress]
 	arrivals     atomic.Pointer[stamp.Table]
 	egressMu     sync.Mutex
-	keys         *srtpKeys // nil: slots write through pion
+	keys         *srtpKeys // nil: down-tracks write through pion
 	pair         *webrtc.ICECandidatePair
 	egressLogged bool
 }
 
-func newPeer(m *Manager, c claim.Claim, pc *webrtc.PeerConnection) *Peer {
+func newPeer(e *Engine, c claim.Claim, pc *webrtc.PeerConnection, h Handler) *Peer {
 	return &Peer{
 		Claim:     c,
-		m:         m,
+		e:         e,
 		pc:        pc,
-		log:       m.log.With("user", c.UserID, "client", c.ClientID),
+		h:         h,
+		log:       e.log.With("user", c.UserID, "client", c.ClientID),
 		connected: make(chan struct{}),
 		done:      make(chan struct{}),
 	}
 }
 
-// start installs the handlers. The Manager counts the peer in its WaitGroup
+// start installs the handlers. The Engine counts the peer in its WaitGroup
 // until every goroutine of the peer has ended.
 func (p *Peer) start() {
-	p.m.wg.Add(1)
-	p.deadline = time.AfterFunc(p.m.cfg.ConnectTimeout, func() {
+	p.deadline = time.AfterFunc(p.e.cfg.ConnectTimeout, func() {
 		select {
 		case <-p.connected:
 		default:
-			p.log.Info("peer did not connect in time", "timeout", p.m.cfg.ConnectTimeout)
+			p.log.Info("peer did not connect in time", "timeout", p.e.cfg.ConnectTimeout)
 			p.Close()
 		}
 	})
@@ -92,9 +114,12 @@ func (p *Peer) start() {
 			p.connectedOnce.Do(func() {
 				p.deadline.Stop()
 				p.startEgress()
-				p.m.peerConnected(p)
+				if !p.e.peerConnected(p) {
+					return
+				}
+				p.h.Connected(p)
 				close(p.connected)
-				p.log.Info("peer connected", "slots", len(p.slots))
+				p.log.Info("peer connected", "down_tracks", len(p.downs))
 			})
 		case webrtc.PeerConnectionStateFailed, webrtc.PeerConnectionStateClosed:
 			p.Close()
@@ -146,7 +171,7 @@ func (p *Peer) OnCandidate(f func(webrtc.ICECandidateInit)) { p.onCandidate.Stor
 // answer that carries all of them. An error wrapping ErrBadOffer means the
 // offer was refused; the caller should then Close the peer.
 func (p *Peer) Answer(offerSDP string) (string, error) {
-	o, err := parseOffer(offerSDP, p.m.cfg.MaxSlots)
+	o, err := parseOffer(offerSDP, p.e.cfg.MaxDownTracks)
 	if err != nil {
 		return "", err
 	}
@@ -164,7 +189,7 @@ func (p *Peer) Answer(offerSDP string) (string, error) {
 		}
 	}
 
-	if err := p.attachSlots(o); err != nil {
+	if err := p.attachDownTracks(o); err != nil {
 		return "", err
 	}
 
@@ -178,16 +203,18 @@ func (p *Peer) Answer(offerSDP string) (string, error) {
 	return p.pc.LocalDescription().SDP, nil
 }
 
-// attachSlots gives every receiving audio m-line of the offer a Slot.
+// attachDownTracks gives every receiving audio m-line of the offer a
+// DownTrack, without a source: the owner's policy binds them.
 //
 // Senders must come from pc.AddTrack: one made with API.NewRTPSender would
 // use the shared API, bypassing this connection's interceptors (NACK cache,
 // sender reports) and its negotiated media engine. AddTrack fills the first
-// audio transceiver without a sender, so every audio m-line gets a slot in
-// order; then the slots of m-lines on which the client does not receive
-// (sendonly, inactive) are removed, which restores their direction. They
-// are removed only at the end: removal frees the transceiver for AddTrack.
-func (p *Peer) attachSlots(o offer) error {
+// audio transceiver without a sender, so every audio m-line gets a
+// down-track in order; then the down-tracks of m-lines on which the client
+// does not receive (sendonly, inactive) are removed, which restores their
+// direction. They are removed only at the end: removal frees the
+// transceiver for AddTrack.
+func (p *Peer) attachDownTracks(o offer) error {
 	free := 0
 	for _, tr := range p.pc.GetTransceivers() {
 		if tr.Kind() == webrtc.RTPCodecTypeAudio && tr.Sender() == nil {
@@ -196,10 +223,10 @@ func (p *Peer) attachSlots(o offer) error {
 	}
 	var detach []*webrtc.RTPSender
 	for i := 0; i < free; i++ {
-		slot := newSlot(p, len(p.slots))
-		sender, err := p.pc.AddTrack(slot)
+		d := newDownTrack(p, len(p.downs))
+		sender, err := p.pc.AddTrack(d)
 		if err != nil {
-			return fmt.Errorf("add slot: %w", err)
+			return fmt.Errorf("add down-track: %w", err)
 		}
 		var mid string
 		for _, tr := range p.pc.GetTransceivers() {
@@ -214,12 +241,12 @@ func (p *Peer) attachSlots(o offer) error {
 			detach = append(detach, sender)
 			continue
 		}
-		p.slots = append(p.slots, slot)
-		p.goroutine(func() { p.readFeedback(slot, sender) })
+		p.downs = append(p.downs, d)
+		p.goroutine(func() { p.readFeedback(d, sender) })
 	}
 	for _, sender := range detach {
 		if err := p.pc.RemoveTrack(sender); err != nil {
-			return fmt.Errorf("detach slot: %w", err)
+			return fmt.Errorf("detach down-track: %w", err)
 		}
 	}
 	return nil
@@ -262,21 +289,19 @@ func (p *Peer) AddCandidate(c webrtc.ICECandidateInit) error {
 
 const maxPendingCandidates = 64
 
-// Connected is closed once the peer connection is established and its slots
-// receive from its user's conversation.
+// Connected is closed once the peer connection is established and its
+// Handler's Connected has returned.
 func (p *Peer) Connected() <-chan struct{} { return p.connected }
 
 // Done is closed when the peer is closed.
 func (p *Peer) Done() <-chan struct{} { return p.done }
 
-// Slots returns the device's outgoing slots.
-func (p *Peer) Slots() []*Slot { return p.slots }
-
-// User returns the device's user.
-func (p *Peer) User() *User { return p.user }
+// DownTracks returns the peer's down-tracks, in m-line order. The slice is
+// fixed once Answer has returned.
+func (p *Peer) DownTracks() []*DownTrack { return p.downs }
 
 // Close closes the peer connection and releases the peer. Its goroutines end
-// soon after; Manager.Wait waits for them.
+// soon after; Engine.Close waits for them.
 func (p *Peer) Close() {
 	p.closeOnce.Do(func() {
 		p.mu.Lock()
@@ -286,7 +311,8 @@ func (p *Peer) Close() {
 			p.deadline.Stop()
 		}
 		close(p.done)
-		p.m.peerClosed(p)
+		p.e.peerClosed(p)
+		p.h.Closed(p)
 		p.sayGoodbye()
 		if err := p.pc.Close(); err != nil {
 			p.log.Debug("close peer connection", "err", err)
@@ -294,12 +320,12 @@ func (p *Peer) Close() {
 		p.log.Info("peer closed")
 		go func() {
 			p.wg.Wait()
-			p.m.wg.Done()
+			p.e.wg.Done()
 		}()
 	})
 }
 
-// sayGoodbye tells a connected device, by RTCP BYE on its slots' SSRCs,
+// sayGoodbye tells a connected device, by RTCP BYE on its down-tracks' SSRCs,
 // that the router ends the streams. The /connect socket is gone by now, so
 // RTCP is the one channel left; browsers end the tracks on it.
 func (p *Peer) sayGoodbye() {
@@ -309,12 +335,12 @@ func (p *Peer) sayGoodbye() {
 		return
 	}
 	var ssrcs []uint32
-	for _, s := range p.slots {
-		s.mu.Lock()
-		if s.writer != nil {
-			ssrcs = append(ssrcs, s.ssrc)
+	for _, d := range p.downs {
+		d.mu.Lock()
+		if d.writer != nil {
+			ssrcs = append(ssrcs, d.ssrc)
 		}
-		s.mu.Unlock()
+		d.mu.Unlock()
 	}
 	if len(ssrcs) == 0 {
 		return
@@ -324,15 +350,8 @@ func (p *Peer) sayGoodbye() {
 	}
 }
 
-// clearSlots unassigns every slot. Callers hold the conversation's lock.
-func (p *Peer) clearSlots() {
-	for _, s := range p.slots {
-		s.setSource(nil)
-	}
-}
-
 // readTrack is pion's OnTrack handler: it feeds one published track into
-// the sink until the track ends.
+// the sink its Handler gives until the track ends.
 func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceiver) {
 	if remote.Kind() != webrtc.RTPCodecTypeAudio || !strings.EqualFold(remote.Codec().MimeType, webrtc.MimeTypeOpus) {
 		p.log.Info("ignoring a non-Opus track", "codec", remote.Codec().MimeType)
@@ -349,23 +368,28 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 			levelID = uint8(e.ID)
 		}
 	}
-	t := NewTrack(p.user, p.Claim, uint32(remote.SSRC()), levelID)
+	t := NewUpTrack(p.Claim, uint32(remote.SSRC()), levelID)
 	t.peer = p
-	sink, err := p.m.cfg.Sink.Open(t)
+	sink, err := p.h.Published(t)
 	if err != nil {
-		p.log.Error("pipeline refused a track", "track", t.ID, "err", err)
+		p.log.Error("track refused", "track", t.ID, "err", err)
 		return
 	}
-	p.goroutine(func() { drainRTCP(receiver) })
-	p.m.trackStarted(t)
+	p.e.tracks.Add(1)
+	p.goroutine(func() { p.guard("RTCP reader", func() { drainRTCP(receiver) }) })
 	ended := false
+	end := func() {
+		ended = true
+		p.e.tracks.Add(-1)
+		p.h.Unpublished(t)
+	}
 	defer func() {
 		// A panic in a stage costs this peer, not the process: the other
 		// calls go on.
 		if r := recover(); r != nil {
 			p.log.Error("panic on the packet path: closing the peer", "track", t.ID, "panic", r, "stack", string(debug.Stack()))
 			if !ended {
-				p.m.trackEnded(t)
+				end()
 			}
 			p.Close()
 		}
@@ -375,8 +399,8 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 	buf := make([]byte, 1500)
 	var bad, pkts, bytes uint64
 	flush := func() {
-		p.m.count.packetsIn.Add(pkts)
-		p.m.count.bytesIn.Add(bytes)
+		p.e.count.packetsIn.Add(pkts)
+		p.e.count.bytesIn.Add(bytes)
 		pkts, bytes = 0, 0
 	}
 	for {
@@ -393,14 +417,32 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 				p.log.Info("dropping malformed RTP", "track", t.ID, "err", err)
 			}
 			bad++
-			p.m.count.malformed.Add(1)
+			p.e.count.malformed.Add(1)
 		}
 	}
 	flush()
-	p.m.trackEnded(t)
-	ended = true
+	end()
 	sink.Close()
 	p.log.Info("track ended", "track", t.ID, "malformed", bad)
+}
+
+// guard runs f; a panic in it closes the peer, logged with its stack, and
+// never reaches the process.
+func (p *Peer) guard(what string, f func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.Fail(what, r)
+		}
+	}()
+	f()
+}
+
+// Fail closes the peer after a panic r in what (a goroutine of the packet
+// path), logging r with the stack of the panicking goroutine: call it from
+// the deferred function that recovered. The other peers go on.
+func (p *Peer) Fail(what string, r any) {
+	p.log.Error("panic: closing the peer", "in", what, "panic", r, "stack", string(debug.Stack()))
+	go p.Close() // Close may wait for locks the panicking code held
 }
 
 // maxQueued bounds how long before its read a packet's kernel arrival time
@@ -424,10 +466,15 @@ func (p *Peer) arrival(b []byte) time.Time {
 	return time.Unix(0, at)
 }
 
-// readFeedback drains a slot sender's RTCP (see drainRTCP), counts the
-// NACKs and PLIs, and answers NACKs for what the slot sent directly (pion's
-// NACK interceptor answers for what went through pion).
-func (p *Peer) readFeedback(s *Slot, sender *webrtc.RTPSender) {
+// readFeedback drains a down-track sender's RTCP (see drainRTCP), counts
+// the NACKs and PLIs, and answers NACKs for what the down-track sent
+// directly (pion's NACK interceptor answers for what went through pion).
+func (p *Peer) readFeedback(d *DownTrack, sender *webrtc.RTPSender) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.Fail("RTCP reader", r)
+		}
+	}()
 	buf := make([]byte, 1500)
 	var seqs []uint16
 	for {
@@ -442,7 +489,7 @@ func (p *Peer) readFeedback(s *Slot, sender *webrtc.RTPSender) {
 		for _, pk := range pkts {
 			switch pk := pk.(type) {
 			case *rtcp.TransportLayerNack:
-				p.m.count.nacks.Add(1)
+				p.e.count.nacks.Add(1)
 				seqs = seqs[:0]
 				for _, n := range pk.Nacks {
 					n.Range(func(seq uint16) bool {
@@ -450,9 +497,9 @@ func (p *Peer) readFeedback(s *Slot, sender *webrtc.RTPSender) {
 						return true
 					})
 				}
-				p.m.count.resent.Add(uint64(s.resend(seqs)))
+				p.e.count.resent.Add(uint64(d.resend(seqs)))
 			case *rtcp.PictureLossIndication:
-				p.m.count.plis.Add(1)
+				p.e.count.plis.Add(1)
 			}
 		}
 	}

@@ -1,4 +1,4 @@
-package session
+package rtc
 
 import (
 	"errors"
@@ -17,22 +17,22 @@ import (
 	"github.com/pion/webrtc/v3"
 )
 
-// Slot is one outgoing audio stream of a receiving device: one receiving
-// audio m-line of its offer. The conversation assigns it a speaker; the Slot
-// turns whatever speakers it carries into one valid, continuous RTP stream:
-// its own SSRC and payload type, sequence numbers and timestamps that run on
-// across speaker switches, and only the header extensions the receiver
-// negotiated (a stray mid extension makes browsers drop packets).
+// DownTrack is one outgoing stream of a subscriber: what it receives on one
+// m-line. A policy outside it chooses its source (SetSource); the DownTrack
+// turns whatever up-tracks it carries into one valid, continuous RTP
+// stream: its own SSRC and payload type, sequence numbers and timestamps
+// that run on across source switches, and only the header extensions the
+// receiver negotiated (a stray mid extension makes browsers drop packets).
 //
-// Slot implements webrtc.TrackLocal. pion's TrackLocalStaticRTP cannot be
-// used: it passes sequence numbers and timestamps through unchanged.
-type Slot struct {
+// DownTrack implements webrtc.TrackLocal. pion's TrackLocalStaticRTP cannot
+// be used: it passes sequence numbers and timestamps through unchanged.
+type DownTrack struct {
 	peer     *Peer
 	id       string
 	streamID string
 
-	// source is the track the slot carries now (Conversation.mu writes).
-	source atomic.Pointer[Track]
+	// source is the up-track the down-track carries now.
+	source atomic.Pointer[UpTrack]
 
 	mu      sync.Mutex
 	writer  webrtc.TrackLocalWriter // nil until bound
@@ -41,7 +41,7 @@ type Slot struct {
 	levelID uint8 // receiver's audio level extension id; 0: not negotiated
 	nack    bool  // the receiver negotiated NACK
 
-	last      *Track // source of the last packet written
+	last      *UpTrack // source of the last packet written
 	started   bool
 	seqOffset uint16
 	tsOffset  uint32
@@ -54,8 +54,8 @@ type Slot struct {
 	ext   [1]rtp.Extension
 	level [1]byte
 
-	// The direct egress path (egress.go): the slot's own SRTP context,
-	// once it has sent with it.
+	// The direct egress path (egress.go): the down-track's own SRTP
+	// context, once it has sent with it.
 	srtp    *srtp.Context
 	scratch rtp.Header
 	cache   []sentPacket // NACK retransmission cache, when nack
@@ -64,31 +64,31 @@ type Slot struct {
 	bytes   atomic.Uint64
 }
 
-func newSlot(p *Peer, index int) *Slot {
-	return &Slot{
+func newDownTrack(p *Peer, index int) *DownTrack {
+	return &DownTrack{
 		peer:     p,
-		id:       "slot" + strconv.Itoa(index),
+		id:       "down-track" + strconv.Itoa(index),
 		streamID: "beep-" + p.Claim.ClientID,
 	}
 }
 
 // ID is the track id (unique within the peer connection).
-func (s *Slot) ID() string { return s.id }
+func (s *DownTrack) ID() string { return s.id }
 
-// RID is empty: slots have no simulcast layers.
-func (s *Slot) RID() string { return "" }
+// RID is empty: down-tracks have no simulcast layers.
+func (s *DownTrack) RID() string { return "" }
 
 // StreamID is the media stream id the receiver sees.
-func (s *Slot) StreamID() string { return s.streamID }
+func (s *DownTrack) StreamID() string { return s.streamID }
 
 // Kind is audio.
-func (s *Slot) Kind() webrtc.RTPCodecType { return webrtc.RTPCodecTypeAudio }
+func (s *DownTrack) Kind() webrtc.RTPCodecType { return webrtc.RTPCodecTypeAudio }
 
 // errNoOpus is returned by Bind when the receiver did not accept Opus.
 var errNoOpus = errors.New("receiver did not negotiate opus")
 
 // Bind is called by pion when the sender starts.
-func (s *Slot) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameters, error) {
+func (s *DownTrack) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameters, error) {
 	for _, c := range ctx.CodecParameters() {
 		if !strings.EqualFold(c.MimeType, webrtc.MimeTypeOpus) {
 			continue
@@ -116,28 +116,32 @@ func (s *Slot) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameters, er
 }
 
 // Unbind is called by pion when the sender stops.
-func (s *Slot) Unbind(webrtc.TrackLocalContext) error {
+func (s *DownTrack) Unbind(webrtc.TrackLocalContext) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.writer = nil
 	return nil
 }
 
-// setSource assigns the slot a speaker (nil: none). Callers hold the
-// conversation's lock.
-func (s *Slot) setSource(t *Track) { s.source.Store(t) }
+// SetSource binds the down-track to up-track t (nil: none). The next
+// packet of t continues the down-track's stream.
+func (s *DownTrack) SetSource(t *UpTrack) { s.source.Store(t) }
 
-// Write forwards one packet of src, received for conversation c, at now
-// (unix ns), building the copy in buf (see SendBuffer; Flush it once the
-// packet is written to every slot). levelByte is the RFC 6464 byte to send
-// when hasLevel. A packet
-// from a track that is no longer the slot's source, or for a conversation
-// the receiving user has left, is dropped: it reports false. So is a packet
-// that would reuse a sequence number the slot has already sent (a duplicate,
-// or a late packet of a new speaker): SRTP would encrypt two packets under
-// one nonce.
-func (s *Slot) Write(buf *SendBuffer, src *Track, c *Conversation, p *rtp.Packet, levelByte byte, hasLevel bool, now int64) (bool, error) {
-	if s.source.Load() != src || s.peer.user.conv.Load() != c {
+// Source returns the up-track the down-track carries, or nil.
+func (s *DownTrack) Source() *UpTrack { return s.source.Load() }
+
+// Peer returns the subscriber's peer.
+func (s *DownTrack) Peer() *Peer { return s.peer }
+
+// Write forwards one packet p of src at now (unix ns), building the copy
+// in buf (see SendBuffer; Flush it once the packet is written to every
+// down-track). levelByte is the RFC 6464 byte to send when hasLevel. A
+// packet from an up-track that is not the down-track's source is dropped:
+// it reports false. So is a packet that would reuse a sequence number the
+// down-track has already sent (a duplicate, or a late packet of a new
+// source): SRTP would encrypt two packets under one nonce.
+func (s *DownTrack) Write(buf *SendBuffer, src *UpTrack, p *rtp.Packet, levelByte byte, hasLevel bool, now int64) (bool, error) {
+	if s.source.Load() != src {
 		return false, nil
 	}
 	s.mu.Lock()
@@ -152,7 +156,7 @@ func (s *Slot) Write(buf *SendBuffer, src *Track, c *Conversation, p *rtp.Packet
 			// timestamp advanced by the wall-clock time since the last
 			// packet (at least one 20 ms frame), so that the receiver's
 			// jitter buffer sees a talkspurt start, not a jump.
-			// Packets of different speakers reach the slot in the order
+			// Packets of different speakers reach the down-track in the order
 			// their readers get to it, not always in arrival order: now
 			// may be before lastAt.
 			elapsed := uint32(960)
@@ -213,7 +217,7 @@ func (s *Slot) Write(buf *SendBuffer, src *Track, c *Conversation, p *rtp.Packet
 // markSent records that seq goes out, in a window of the last 64 sequence
 // numbers, and reports false if it went out before or is older than the
 // window. The first packet starts the window.
-func (s *Slot) markSent(seq uint16) bool {
+func (s *DownTrack) markSent(seq uint16) bool {
 	if !s.started {
 		s.started = true
 		s.lastSeq = seq
@@ -237,10 +241,10 @@ func (s *Slot) markSent(seq uint16) bool {
 	}
 }
 
-// errNoRoute is returned for a slot that encrypts its own packets when its
+// errNoRoute is returned for a down-track that encrypts its own packets when its
 // peer has no direct route (any more): it may not fall back to pion's SRTP
 // context, which would reuse its nonces.
-var errNoRoute = errors.New("slot: no direct route to the receiver")
+var errNoRoute = errors.New("down-track: no direct route to the receiver")
 
 // maxPacket bounds an outgoing RTP packet: header, one extension, payload.
 // srtpOverhead is room for SRTP's authentication tag.
@@ -256,21 +260,21 @@ type sentPacket struct {
 	b   []byte
 }
 
-// nackCache is how many sent packets a slot keeps when its receiver
+// nackCache is how many sent packets a down-track keeps when its receiver
 // negotiated NACK: 1.28 s of 20 ms frames, as for pion's responder.
 const nackCache = 64
 
-// writeDirect encrypts h and payload with the slot's SRTP context, in place
+// writeDirect encrypts h and payload with the down-track's SRTP context, in place
 // in a buffer of b, and sends the packet on e's socket (see egress.go): at
 // once, or queued in b when the socket takes batches. Callers hold s.mu.
-func (s *Slot) writeDirect(e *egress, h *rtp.Header, payload []byte, b *SendBuffer) error {
+func (s *DownTrack) writeDirect(e *egress, h *rtp.Header, payload []byte, b *SendBuffer) error {
 	if e == nil {
 		return errNoRoute
 	}
 	if s.srtp == nil {
 		ctx, err := srtp.CreateContext(e.key, e.salt, e.profile)
 		if err != nil {
-			return fmt.Errorf("slot SRTP context: %w", err)
+			return fmt.Errorf("down-track SRTP context: %w", err)
 		}
 		s.srtp = ctx
 		if s.nack {
@@ -305,10 +309,10 @@ func (s *Slot) writeDirect(e *egress, h *rtp.Header, payload []byte, b *SendBuff
 	return err
 }
 
-// resend sends again the packets of seqs the slot still has (NACK). It
+// resend sends again the packets of seqs the down-track still has (NACK). It
 // reports how many it sent. pion's NACK responder answers for packets
 // written through pion.
-func (s *Slot) resend(seqs []uint16) int {
+func (s *DownTrack) resend(seqs []uint16) int {
 	e := s.peer.egress.Load()
 	if e == nil {
 		return 0

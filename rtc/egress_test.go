@@ -1,4 +1,4 @@
-package session
+package rtc
 
 import (
 	"bytes"
@@ -18,10 +18,10 @@ import (
 	"github.com/beepvoice/router/internal/stamp"
 )
 
-// directSlot returns a slot bound like pion binds it, whose peer sends
-// directly from a loopback socket to the returned receiving socket with
-// profile's keys, and the speaker track assigned to it.
-func directSlot(t testing.TB, profile srtp.ProtectionProfile) (*Slot, *Track, *Conversation, *net.UDPConn, *egress) {
+// directDownTrack returns a down-track bound like pion binds it, whose peer
+// sends directly from a loopback socket to the returned receiving socket
+// with profile's keys, and the up-track that is its source.
+func directDownTrack(t testing.TB, profile srtp.ProtectionProfile) (*DownTrack, *UpTrack, *net.UDPConn, *egress) {
 	t.Helper()
 	keyLen, err := profile.KeyLen()
 	if err != nil {
@@ -46,20 +46,15 @@ func directSlot(t testing.TB, profile srtp.ProtectionProfile) (*Slot, *Track, *C
 		to:       recv.LocalAddr().(*net.UDPAddr).AddrPort(),
 	}
 
-	c := newConversation("direct")
-	speaker := &User{ID: "speaker", peers: map[string]*Peer{}}
-	speaker.conv.Store(c)
-	tr := NewTrack(speaker, claim.Claim{UserID: "speaker", ClientID: "s"}, 1, 1)
-	u := &User{ID: "listener", peers: map[string]*Peer{}}
-	u.conv.Store(c)
-	p := &Peer{Claim: claim.Claim{UserID: u.ID, ClientID: "d"}, user: u}
+	tr := NewUpTrack(claim.Claim{UserID: "speaker", ClientID: "s"}, 1, 1)
+	p := &Peer{Claim: claim.Claim{UserID: "listener", ClientID: "d"}}
 	p.egress.Store(e)
-	s := newSlot(p, 0)
+	s := newDownTrack(p, 0)
 	if _, err := s.Bind(boundContext{ssrc: 4242}); err != nil {
 		t.Fatal(err)
 	}
-	s.setSource(tr)
-	return s, tr, c, recv, e
+	s.SetSource(tr)
+	return s, tr, recv, e
 }
 
 // receive reads one datagram from conn within a second.
@@ -77,7 +72,7 @@ func receive(t *testing.T, conn *net.UDPConn) []byte {
 }
 
 // TestDirectEgress checks, for each SRTP profile the router accepts, that
-// what a slot encrypts in place and sends decrypts with the same keys to
+// what a down-track encrypts in place and sends decrypts with the same keys to
 // the rewritten packet, and that a NACK gets the very same bytes again.
 func TestDirectEgress(t *testing.T) {
 	for _, tc := range []struct {
@@ -89,7 +84,7 @@ func TestDirectEgress(t *testing.T) {
 		{"AES128_CM_HMAC_SHA1_80", srtp.ProtectionProfileAes128CmHmacSha1_80},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s, tr, c, recv, e := directSlot(t, tc.profile)
+			s, tr, recv, e := directDownTrack(t, tc.profile)
 			dec, err := srtp.CreateContext(e.key, e.salt, e.profile)
 			if err != nil {
 				t.Fatal(err)
@@ -98,7 +93,7 @@ func TestDirectEgress(t *testing.T) {
 			for i := 0; i < 5; i++ {
 				payload := bytes.Repeat([]byte{byte(i + 1)}, 60+i*20)
 				p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: uint16(65533 + i), Timestamp: uint32(i * 960)}, Payload: payload}
-				ok, err := s.Write(tr.SendBuffer(), tr, c, p, 0x85, true, time.Now().UnixNano())
+				ok, err := s.Write(tr.SendBuffer(), tr, p, 0x85, true, time.Now().UnixNano())
 				if !ok || err != nil {
 					t.Fatalf("packet %d not written: %v %v", i, ok, err)
 				}
@@ -132,28 +127,28 @@ func TestDirectEgress(t *testing.T) {
 			}
 			// A duplicate of a packet already sent is not encrypted again.
 			p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: 65535, Timestamp: 2 * 960}, Payload: []byte{1}}
-			if ok, err := s.Write(tr.SendBuffer(), tr, c, p, 0x85, true, time.Now().UnixNano()); ok || err != nil {
+			if ok, err := s.Write(tr.SendBuffer(), tr, p, 0x85, true, time.Now().UnixNano()); ok || err != nil {
 				t.Errorf("duplicate: written %v, err %v; want dropped", ok, err)
 			}
 		})
 	}
 }
 
-// TestDirectEgressNeverFallsBack checks that a slot that has encrypted
+// TestDirectEgressNeverFallsBack checks that a down-track that has encrypted
 // with its own context refuses to write once its route is gone, rather than
 // hand its SSRC to pion's context.
 func TestDirectEgressNeverFallsBack(t *testing.T) {
-	s, tr, c, recv, _ := directSlot(t, srtp.ProtectionProfileAeadAes128Gcm)
+	s, tr, recv, _ := directDownTrack(t, srtp.ProtectionProfileAeadAes128Gcm)
 	w := &countingWriter{}
 	s.writer = w
 	p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: 1}, Payload: []byte{1, 2, 3}}
-	if ok, err := s.Write(tr.SendBuffer(), tr, c, p, 0, false, time.Now().UnixNano()); !ok || err != nil {
+	if ok, err := s.Write(tr.SendBuffer(), tr, p, 0, false, time.Now().UnixNano()); !ok || err != nil {
 		t.Fatalf("first packet: %v %v", ok, err)
 	}
 	receive(t, recv)
 	s.peer.egress.Store(nil)
 	p.SequenceNumber++
-	if ok, err := s.Write(tr.SendBuffer(), tr, c, p, 0, false, time.Now().UnixNano()); ok || !errors.Is(err, errNoRoute) {
+	if ok, err := s.Write(tr.SendBuffer(), tr, p, 0, false, time.Now().UnixNano()); ok || !errors.Is(err, errNoRoute) {
 		t.Errorf("without a route: written %v, err %v; want errNoRoute", ok, err)
 	}
 	if w.n != 0 {
@@ -230,12 +225,12 @@ func TestSocketsForgetClosed(t *testing.T) {
 // and leave together on Track.Flush, in order; a datagram the kernel
 // refuses is counted and does not hold back the others.
 func TestSendBatch(t *testing.T) {
-	s, tr, c, recv, e := directSlot(t, srtp.ProtectionProfileAeadAes128Gcm)
+	s, tr, recv, e := directDownTrack(t, srtp.ProtectionProfileAeadAes128Gcm)
 	e.batch = ipv4.NewPacketConn(e.conn)
 	e.addr = net.UDPAddrFromAddrPort(e.to)
 	for i := 0; i < 3; i++ {
 		p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: uint16(i)}, Payload: []byte{byte(i)}}
-		if ok, err := s.Write(tr.SendBuffer(), tr, c, p, 0, false, time.Now().UnixNano()); !ok || err != nil {
+		if ok, err := s.Write(tr.SendBuffer(), tr, p, 0, false, time.Now().UnixNano()); !ok || err != nil {
 			t.Fatalf("packet %d: %v %v", i, ok, err)
 		}
 	}
@@ -246,7 +241,7 @@ func TestSendBatch(t *testing.T) {
 	buf := tr.buf.buffer(e.batch)
 	tr.buf.queue(buf[:20], &net.UDPAddr{IP: net.IPv6loopback, Port: 9})
 	p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: 3}, Payload: []byte{3}}
-	if ok, err := s.Write(tr.SendBuffer(), tr, c, p, 0, false, time.Now().UnixNano()); !ok || err != nil {
+	if ok, err := s.Write(tr.SendBuffer(), tr, p, 0, false, time.Now().UnixNano()); !ok || err != nil {
 		t.Fatalf("packet 3: %v %v", ok, err)
 	}
 	failed, err := tr.SendBuffer().Flush()
@@ -286,7 +281,7 @@ func BenchmarkDirectEgress(b *testing.B) {
 			name = "sendmmsg100"
 		}
 		b.Run(name, func(b *testing.B) {
-			s, tr, c, recv, e := directSlot(b, srtp.ProtectionProfileAeadAes128Gcm)
+			s, tr, recv, e := directDownTrack(b, srtp.ProtectionProfileAeadAes128Gcm)
 			if batched {
 				e.batch = ipv4.NewPacketConn(e.conn)
 				e.addr = net.UDPAddrFromAddrPort(e.to)
@@ -308,7 +303,7 @@ func BenchmarkDirectEgress(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				p.SequenceNumber++
 				p.Timestamp += 960
-				if _, err := s.Write(tr.SendBuffer(), tr, c, p, 0x8a, true, now); err != nil {
+				if _, err := s.Write(tr.SendBuffer(), tr, p, 0x8a, true, now); err != nil {
 					b.Fatal(err)
 				}
 				if !batched || i%100 == 99 {

@@ -1,4 +1,4 @@
-package session
+package rtc
 
 import (
 	"errors"
@@ -31,19 +31,19 @@ import (
 // subscribers, that stack cost about 4.9 µs per egress packet besides the
 // system call, mostly cache misses across a dozen objects per write.
 //
-// A slot instead keeps its own SRTP context, made from the peer's
+// A down-track instead keeps its own SRTP context, made from the peer's
 // DTLS-SRTP keys, encrypts into a buffer it reuses and sends on the UDP
 // socket of the peer's selected ICE candidate pair. pion keeps doing
 // everything else (ICE, DTLS, RTCP, the receive side). Nothing in pion's
 // API hands out the DTLS connection's keys, so egressKeys reads the
 // DTLSTransport's connection by reflection; if that ever fails (another
-// pion version), the slot keeps writing through pion, logged once.
+// pion version), the down-track keeps writing through pion, logged once.
 //
-// A slot's SSRC is encrypted by one context only: the slot's, once it has
+// A down-track's SSRC is encrypted by one context only: the down-track's, once it has
 // one. Packets that went through pion before it carry lower sequence
 // numbers, so no (SSRC, index) pair, that is no AES-GCM nonce, is used
 // twice. Sender reports (see report.go) and NACK retransmissions (see
-// Slot.resend) come from the slot, since pion no longer sees its packets.
+// DownTrack.resend) come from the down-track, since pion no longer sees its packets.
 
 // srtpKeys are the sending side's keys of a peer's DTLS-SRTP session.
 type srtpKeys struct {
@@ -51,19 +51,19 @@ type srtpKeys struct {
 	profile   srtp.ProtectionProfile
 }
 
-// egress is where a peer's slots send: the keys of its DTLS-SRTP session
+// egress is where a peer's down-tracks send: the keys of its DTLS-SRTP session
 // and the route of its selected ICE candidate pair.
 type egress struct {
 	srtpKeys
 	conn *net.UDPConn
 	to   netip.AddrPort
 	// batch and addr, for a socket shared by all peers (the UDP_PORT
-	// mux): slots queue their packets for one sendmmsg (batch.go).
+	// mux): down-tracks queue their packets for one sendmmsg (batch.go).
 	batch batchWriter
 	addr  *net.UDPAddr
 }
 
-// errNoDirectEgress explains why a peer's slots write through pion.
+// errNoDirectEgress explains why a peer's down-tracks write through pion.
 var errNoDirectEgress = errors.New("direct egress unavailable")
 
 // egressKeys returns the profile and the sending master key and salt of
@@ -171,7 +171,7 @@ func candidateAddr(c *webrtc.ICECandidate) (netip.AddrPort, error) {
 
 // sockets is the transport.Net given to pion's ICE. It records the UDP
 // sockets ICE opens (per peer, or the UDP_PORT mux's) by local address, so
-// that slots can send on the socket of their peer's selected pair. It also
+// that down-tracks can send on the socket of their peer's selected pair. It also
 // lists the network interfaces for each gathering, as pion does when it
 // makes its own Net, without keeping the list per peer.
 type sockets struct {
@@ -274,13 +274,13 @@ func (p *Peer) watchRoute() {
 	})
 }
 
-// startEgress gives the peer's slots the direct path once DTLS is up.
+// startEgress gives the peer's down-tracks the direct path once DTLS is up.
 func (p *Peer) startEgress() {
 	var (
 		keys *srtpKeys
 		err  error
 	)
-	if !p.m.cfg.PionEgress {
+	if !p.e.cfg.PionEgress {
 		keys, err = egressKeys(p.pc)
 	}
 	p.egressMu.Lock()
@@ -300,7 +300,7 @@ func (p *Peer) startEgress() {
 // updateRoute publishes the arrival times and the direct path of the
 // current pair. Callers hold p.egressMu.
 func (p *Peer) updateRoute() {
-	tc, to, err := route(p.pair, p.m.socks)
+	tc, to, err := route(p.pair, p.e.socks)
 	if err != nil {
 		p.arrivals.Store(nil)
 		p.egress.Store(nil)
@@ -318,7 +318,7 @@ func (p *Peer) updateRoute() {
 		return
 	}
 	e := egress{srtpKeys: *p.keys, conn: tc.UDPConn, to: to}
-	if p.m.mux != nil {
+	if p.e.mux != nil {
 		if to.Addr().Is4() {
 			e.batch = ipv4.NewPacketConn(tc.UDPConn)
 		} else {
@@ -329,11 +329,11 @@ func (p *Peer) updateRoute() {
 	p.egress.Store(&e)
 }
 
-// egressErr logs, once per peer, why its slots cannot use the direct path.
+// egressErr logs, once per peer, why its down-tracks cannot use the direct path.
 // Callers hold p.egressMu.
 func (p *Peer) egressErr(err error) {
 	if !p.egressLogged {
 		p.egressLogged = true
-		p.log.Info("slots write through pion", "reason", err)
+		p.log.Info("down-tracks write through pion", "reason", err)
 	}
 }

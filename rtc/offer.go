@@ -1,15 +1,11 @@
-package session
+package rtc
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/pion/sdp/v3"
 )
-
-// ErrBadOffer wraps every reason an offer is refused.
-var ErrBadOffer = errors.New("bad offer")
 
 // offer is what the router needs to know of a client's offer.
 type offer struct {

@@ -1,4 +1,4 @@
-package session
+package room
 
 import (
 	"context"
@@ -10,7 +10,13 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/beepvoice/router/internal/testutil"
+	"github.com/beepvoice/router/rtc"
 )
+
+// nopSink refuses every track.
+type nopSink struct{}
+
+func (nopSink) Open(*Track) (rtc.TrackSink, error) { return nil, errors.New("unused") }
 
 func TestMembershipExpires(t *testing.T) {
 	defer goleak.VerifyNone(t)
@@ -41,7 +47,7 @@ func TestExpireKeepsUsersWithDevices(t *testing.T) {
 	_ = m.Join("alice", "conv-1")
 	_ = m.Join("bob", "conv-1")
 	m.mu.Lock()
-	m.users["bob"].peers["phone"] = &Peer{} // a device
+	m.users["bob"].devices["phone"] = &device{} // a device
 	m.mu.Unlock()
 	m.expire(time.Now().Add(2 * time.Hour))
 	if m.User("alice") != nil {
@@ -51,7 +57,7 @@ func TestExpireKeepsUsersWithDevices(t *testing.T) {
 		t.Fatal("bob, who has a device, was forgotten")
 	}
 	m.mu.Lock()
-	delete(m.users["bob"].peers, "phone")
+	delete(m.users["bob"].devices, "phone")
 	m.mu.Unlock()
 }
 
@@ -86,7 +92,7 @@ func TestConversationLimitCountsConnectingDevices(t *testing.T) {
 				defer m.mu.Unlock()
 				u := m.user(user)
 				for i := range n {
-					u.peers[fmt.Sprint("device-", i)] = &Peer{} // connecting
+					u.devices[fmt.Sprint("device-", i)] = &device{} // connecting
 				}
 			}
 			first := ""
@@ -106,7 +112,7 @@ func TestConversationLimitCountsConnectingDevices(t *testing.T) {
 			m.mu.Lock()
 			err = m.admit(m.users[first], nil)
 			for _, u := range m.users {
-				clear(u.peers) // not real peers: Close must not touch them
+				clear(u.devices) // not real devices: Close must not touch them
 			}
 			m.mu.Unlock()
 			if !errors.Is(err, tt.wantAdmit) {

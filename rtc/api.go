@@ -1,4 +1,4 @@
-package session
+package rtc
 
 import (
 	"fmt"
@@ -51,16 +51,16 @@ func newAPI(cfg *Config, c *counters, socks *sockets) (*webrtc.API, ice.UDPMux, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("nack generator: %w", err)
 	}
-	// 64 packets of 20 ms keep 1.28 s of each slot for retransmission: far
+	// 64 packets of 20 ms keep 1.28 s of each down-track for retransmission: far
 	// more than a NACK's round trip, and an eighth of the memory of 512
-	// (measured: 512 cost about 0.7 MiB per receiving slot).
+	// (measured: 512 cost about 0.7 MiB per receiving down-track).
 	resp, err := nack.NewResponderInterceptor(nack.ResponderSize(64))
 	if err != nil {
 		return nil, nil, fmt.Errorf("nack responder: %w", err)
 	}
 	reg.Add(onDemand{gen})
 	reg.Add(resp)
-	// Receiver reports only: slots send their own sender reports
+	// Receiver reports only: down-tracks send their own sender reports
 	// (report.go), since pion does not see what the direct path sends.
 	rr, err := report.NewReceiverInterceptor()
 	if err != nil {

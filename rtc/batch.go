@@ -1,4 +1,4 @@
-package session
+package rtc
 
 import (
 	"errors"
@@ -8,10 +8,10 @@ import (
 	"golang.org/x/net/ipv4"
 )
 
-// SendBuffer is where a goroutine that writes to slots builds and encrypts
+// SendBuffer is where a goroutine that writes to down-tracks builds and encrypts
 // the copies it sends directly, and queues them to send them with as few
-// system calls as it can. Each goroutine that calls Slot.Write has its own:
-// a track's packet path uses the track's (Track.SendBuffer), a forwarder's
+// system calls as it can. Each goroutine that calls DownTrack.Write has its own:
+// a track's packet path uses the track's (UpTrack.SendBuffer), a forwarder's
 // fan-out worker its own. One buffer serves a whole fan-out and stays in
 // cache.
 //
@@ -26,7 +26,7 @@ type SendBuffer struct {
 	bufs  [][1][]byte
 	to    batchWriter // the socket of msgs
 
-	// What sends refused since the last Track.Flush.
+	// What sends refused since the last SendBuffer.Flush.
 	failed int
 	err    error
 }
@@ -94,8 +94,8 @@ func (b *SendBuffer) flush() {
 	b.used = 0
 }
 
-// Flush sends what the slots' writes have queued. Call it once a packet
-// has been written to every slot. It reports how many datagrams the kernel
+// Flush sends what the down-tracks' writes have queued. Call it once a packet
+// has been written to every down-track. It reports how many datagrams the kernel
 // refused since the last Flush, and the first error.
 func (b *SendBuffer) Flush() (failed int, err error) {
 	if len(b.msgs) > 0 {
@@ -105,6 +105,3 @@ func (b *SendBuffer) Flush() (failed int, err error) {
 	b.failed, b.err = 0, nil
 	return failed, err
 }
-
-// SendBuffer returns the buffer of the track's packet path.
-func (t *Track) SendBuffer() *SendBuffer { return &t.buf }

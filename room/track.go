@@ -1,0 +1,67 @@
+package room
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/beepvoice/router/rtc"
+)
+
+// Track is a published up-track as the room sees it: whose it is, whether
+// its publisher is speaking, and where the speaker policy sends it. Its
+// speaking state and targets are read and written without locks.
+type Track struct {
+	*rtc.UpTrack
+
+	user *User
+
+	// activeUntil is when the speaker stops counting as active (unix ns):
+	// the last loud packet plus the forwarder's hangover. Zero: never loud.
+	activeUntil atomic.Int64
+	// waiting is set when the track is active but some device had no slot
+	// to give it; the forwarder then asks for reassignment now and then.
+	waiting atomic.Bool
+	// targets are the down-tracks that receive this track now.
+	targets atomic.Pointer[targets]
+}
+
+// targets is an immutable snapshot of the down-tracks bound to a track
+// within one conversation.
+type targets struct {
+	conv  *Conversation
+	downs []*rtc.DownTrack
+}
+
+// NewTrack returns the room's view of up-track up published by user u, for
+// tests and tools that feed a pipeline directly. It takes part in no
+// conversation's forwarding.
+func NewTrack(u *User, up *rtc.UpTrack) *Track {
+	return &Track{UpTrack: up, user: u}
+}
+
+// User returns the publishing user.
+func (t *Track) User() *User { return t.user }
+
+// Targets returns the down-tracks that receive the track in conversation c.
+// The slice is shared and must not be modified.
+func (t *Track) Targets(c *Conversation) []*rtc.DownTrack {
+	tg := t.targets.Load()
+	if tg == nil || tg.conv != c {
+		return nil
+	}
+	return tg.downs
+}
+
+// MarkActive records speech at now (unix ns): the track counts as an active
+// speaker until now+hangover. It reports whether the track was inactive
+// before, i.e. whether it just started speaking.
+func (t *Track) MarkActive(now int64, hangover time.Duration) (started bool) {
+	prev := t.activeUntil.Swap(now + int64(hangover))
+	return prev <= now
+}
+
+// Active reports whether the track is an active speaker at now (unix ns).
+func (t *Track) Active(now int64) bool { return t.activeUntil.Load() > now }
+
+// Waiting reports whether the track is active but lacks a slot somewhere.
+func (t *Track) Waiting() bool { return t.waiting.Load() }

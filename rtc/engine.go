@@ -1,0 +1,296 @@
+package rtc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/ice/v2"
+	"github.com/pion/webrtc/v3"
+
+	"github.com/beepvoice/router/claim"
+)
+
+// Config configures an Engine.
+type Config struct {
+	// Logger is the structured logger; nil means slog.Default().
+	Logger *slog.Logger
+	// ICEIPs restricts ICE gathering to these local addresses; empty means
+	// every non-loopback address. A loopback address enables loopback
+	// candidates.
+	ICEIPs []net.IP
+	// PublicIPs are announced instead of the local addresses (1:1 NAT).
+	PublicIPs []string
+	// UDPPort, when positive, carries all ICE traffic on one UDP port.
+	UDPPort int
+	// ICEServers are STUN/TURN servers for gathering.
+	ICEServers []webrtc.ICEServer
+	// ConnectTimeout closes a peer that has not connected by then.
+	ConnectTimeout time.Duration
+	// DisconnectedTimeout, FailedTimeout and KeepaliveInterval tune ICE;
+	// zero keeps pion's defaults (5 s, 25 s, 2 s).
+	DisconnectedTimeout, FailedTimeout, KeepaliveInterval time.Duration
+	// MaxDownTracks bounds the receiving audio m-lines of one offer.
+	MaxDownTracks int
+	// TrackBuffer bounds, in bytes, the received media of one track that
+	// waits for its reader; past it packets are dropped and counted (stale
+	// audio is worth less than late audio). Zero means DefaultTrackBuffer.
+	TrackBuffer int
+	// PionEgress sends every down-track's packets through pion's generic
+	// write path (interceptors, SRTP session, ICE connection) instead of
+	// the direct path of egress.go. It costs more CPU per packet; it is
+	// there to compare and as a fallback.
+	PionEgress bool
+}
+
+// Defaults for Config fields left zero.
+const (
+	DefaultConnectTimeout = 30 * time.Second
+	DefaultMaxDownTracks  = 16
+)
+
+// Errors of the Engine and its peers.
+var (
+	// ErrClosed is returned once the Engine is closed.
+	ErrClosed = errors.New("media engine closed")
+	// ErrBadOffer wraps every reason a client's offer is refused.
+	ErrBadOffer = errors.New("bad offer")
+)
+
+// Engine owns the pion API, the UDP sockets ICE uses and every Peer.
+type Engine struct {
+	cfg   Config
+	log   *slog.Logger
+	api   *webrtc.API
+	mux   ice.UDPMux
+	socks *sockets
+
+	mu     sync.Mutex
+	peers  map[*Peer]struct{}
+	closed bool
+
+	// wg counts every goroutine the Engine's peers start.
+	wg sync.WaitGroup
+
+	tracks atomic.Int64
+	count  counters
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// counters are the Engine's cumulative counts. Track readers add to them in
+// batches; down-tracks keep their own and hand them over when their peer
+// closes.
+type counters struct {
+	packetsIn, bytesIn, malformed atomic.Uint64
+	packetsOut, bytesOut          atomic.Uint64 // of closed peers' down-tracks
+	nacks, plis                   atomic.Uint64
+	resent                        atomic.Uint64
+	nacksSent                     atomic.Uint64
+	overload                      atomic.Uint64
+}
+
+// NewEngine returns an Engine. It opens the UDP port, if one is configured.
+func NewEngine(cfg Config) (*Engine, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.MaxDownTracks <= 0 {
+		cfg.MaxDownTracks = DefaultMaxDownTracks
+	}
+	if cfg.TrackBuffer <= 0 {
+		cfg.TrackBuffer = DefaultTrackBuffer
+	}
+	e := &Engine{
+		cfg:   cfg,
+		log:   cfg.Logger,
+		peers: make(map[*Peer]struct{}),
+		stop:  make(chan struct{}),
+		done:  make(chan struct{}),
+	}
+	socks, err := newSockets()
+	if err != nil {
+		return nil, err
+	}
+	api, mux, err := newAPI(&cfg, &e.count, socks)
+	if err != nil {
+		return nil, err
+	}
+	e.api, e.mux, e.socks = api, mux, socks
+	go e.reports()
+	return e, nil
+}
+
+// reports sends the down-tracks' sender reports once a reportInterval.
+func (e *Engine) reports() {
+	defer close(e.done)
+	tick := time.NewTicker(reportInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-e.stop:
+			return
+		case now := <-tick.C:
+			for _, p := range e.connectedPeers() {
+				p.sendReports(now)
+			}
+		}
+	}
+}
+
+// connectedPeers returns the peers that are connected now.
+func (e *Engine) connectedPeers() []*Peer {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	peers := make([]*Peer, 0, len(e.peers))
+	for p := range e.peers {
+		if p.connectedFlag {
+			peers = append(peers, p)
+		}
+	}
+	return peers
+}
+
+// NewPeer creates the peer connection of device c; h is told of its life.
+// The peer closes itself if it has not connected within ConnectTimeout.
+func (e *Engine) NewPeer(c claim.Claim, h Handler) (*Peer, error) {
+	pc, err := e.api.NewPeerConnection(webrtc.Configuration{ICEServers: e.cfg.ICEServers})
+	if err != nil {
+		return nil, fmt.Errorf("new peer connection: %w", err)
+	}
+	p := newPeer(e, c, pc, h)
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		_ = pc.Close()
+		return nil, ErrClosed
+	}
+	e.peers[p] = struct{}{}
+	e.wg.Add(1)
+	e.mu.Unlock()
+	p.start()
+	return p, nil
+}
+
+// peerConnected marks p connected; it reports false if p closed meanwhile.
+func (e *Engine) peerConnected(p *Peer) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.peers[p]; !ok {
+		return false
+	}
+	p.connectedFlag = true
+	return true
+}
+
+// peerClosed forgets p and keeps its down-tracks' counts.
+func (e *Engine) peerClosed(p *Peer) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.peers, p)
+	if p.connectedFlag {
+		for _, d := range p.downs {
+			e.count.packetsOut.Add(d.written.Load())
+			e.count.bytesOut.Add(d.bytes.Load())
+		}
+	}
+}
+
+// Stats is a snapshot of the media state and cumulative counts.
+type Stats struct {
+	// Peers, Tracks and DownTracks are current sizes: peers (connected or
+	// not), published tracks, and the down-tracks of connected peers.
+	Peers, Tracks, DownTracks int
+	// DirectPeers counts the connected peers whose down-tracks send
+	// directly (egress.go) rather than through pion's write path.
+	DirectPeers int
+	// PacketsIn and BytesIn count RTP received from publishers; Malformed
+	// the packets that did not parse.
+	PacketsIn, BytesIn, Malformed uint64
+	// PacketsOut and BytesOut count RTP forwarded to down-tracks.
+	PacketsOut, BytesOut uint64
+	// NACKs and PLIs count feedback received from subscribers.
+	NACKs, PLIs uint64
+	// Resent counts the packets the direct egress path sent again in
+	// answer to NACKs (pion's responder, with PionEgress, does not count).
+	Resent uint64
+	// NACKsSent counts NACKs the router sent to publishers for lost packets.
+	NACKsSent uint64
+	// Overload counts received packets dropped because their track's reader
+	// was TrackBuffer behind.
+	Overload uint64
+}
+
+// Stats returns the current counts.
+func (e *Engine) Stats() Stats {
+	e.mu.Lock()
+	s := Stats{Peers: len(e.peers)}
+	for p := range e.peers {
+		if !p.connectedFlag {
+			continue // Answer may still be adding down-tracks; none has sent
+		}
+		if p.egress.Load() != nil {
+			s.DirectPeers++
+		}
+		for _, d := range p.downs {
+			s.DownTracks++
+			s.PacketsOut += d.written.Load()
+			s.BytesOut += d.bytes.Load()
+		}
+	}
+	e.mu.Unlock()
+	s.Tracks = int(e.tracks.Load())
+	s.PacketsIn = e.count.packetsIn.Load()
+	s.BytesIn = e.count.bytesIn.Load()
+	s.Malformed = e.count.malformed.Load()
+	s.PacketsOut += e.count.packetsOut.Load()
+	s.BytesOut += e.count.bytesOut.Load()
+	s.NACKs = e.count.nacks.Load()
+	s.Resent = e.count.resent.Load()
+	s.PLIs = e.count.plis.Load()
+	s.NACKsSent = e.count.nacksSent.Load()
+	s.Overload = e.count.overload.Load()
+	return s
+}
+
+// Close closes every peer and waits, until ctx ends, for their goroutines
+// (and so for their tracks' final packets) to finish.
+func (e *Engine) Close(ctx context.Context) error {
+	e.mu.Lock()
+	if !e.closed {
+		close(e.stop)
+	}
+	e.closed = true
+	peers := make([]*Peer, 0, len(e.peers))
+	for p := range e.peers {
+		peers = append(peers, p)
+	}
+	e.mu.Unlock()
+	for _, p := range peers {
+		p.Close()
+	}
+	<-e.done
+	done := make(chan struct{})
+	go func() { e.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("rtc: waiting for peers: %w", ctx.Err())
+	}
+	if e.mux != nil {
+		if cerr := e.mux.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("rtc: close UDP mux: %w", cerr)
+		}
+	}
+	return err
+}
