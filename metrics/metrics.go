@@ -40,11 +40,11 @@ func Register(r prometheus.Registerer, src Sources) error {
 type collector struct {
 	src Sources
 
-	users, convs, peers, direct, tracks, slots    *prometheus.Desc
-	pktsIn, bytesIn, malformed, pktsOut, bytesOut *prometheus.Desc
-	nacks, plis, nacksSent, overload, stageEvents *prometheus.Desc
-	resent                                        *prometheus.Desc
-	natsUp                                        *prometheus.Desc
+	users, convs, peers, direct, tracks, slots             *prometheus.Desc
+	pktsIn, bytesIn, malformed, pktsOut, bytesOut          *prometheus.Desc
+	nacks, plis, keyReqs, nacksSent, overload, stageEvents *prometheus.Desc
+	resent                                                 *prometheus.Desc
+	natsUp                                                 *prometheus.Desc
 }
 
 func newCollector(src Sources) *collector {
@@ -66,7 +66,8 @@ func newCollector(src Sources) *collector {
 		bytesOut:    d("rtp_payload_bytes_out_total", "RTP payload bytes forwarded to receivers' slots."),
 		nacks:       d("rtcp_nacks_received_total", "NACKs received from receivers (answered from the packet cache)."),
 		resent:      d("rtp_resent_total", "Packets sent again in answer to receivers' NACKs, from the slots' caches (EGRESS=direct)."),
-		plis:        d("rtcp_plis_received_total", "PLIs received from receivers (meaningless for audio; not forwarded)."),
+		plis:        d("rtcp_plis_received_total", "PLIs and FIRs received from receivers; for video they become keyframe requests to the publisher."),
+		keyReqs:     d("keyframe_requests_total", "PLIs and FIRs sent to publishers of video (at most one per track per keyframe interval)."),
 		nacksSent:   d("rtcp_nacks_sent_total", "NACKs sent to publishers for packets lost on the way in."),
 		overload:    d("rtp_dropped_overload_total", "Received RTP packets dropped because their track's reader was TRACK_BUFFER_BYTES behind (the router is overloaded)."),
 		stageEvents: d("stage_events_total", "What each pipeline stage counted: forwarded packets, bites, published bites, and drops by reason (event=drop_*).", "stage", "event"),
@@ -75,7 +76,7 @@ func newCollector(src Sources) *collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.direct, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.pktsOut, c.bytesOut, c.nacks, c.resent, c.plis, c.nacksSent, c.overload, c.stageEvents, c.natsUp} {
+	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.direct, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.pktsOut, c.bytesOut, c.nacks, c.resent, c.plis, c.keyReqs, c.nacksSent, c.overload, c.stageEvents, c.natsUp} {
 		ch <- d
 	}
 }
@@ -103,6 +104,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.nacks, s.NACKs)
 		counter(c.resent, s.Resent)
 		counter(c.plis, s.PLIs)
+		counter(c.keyReqs, s.KeyframeRequests)
 		counter(c.nacksSent, s.NACKsSent)
 		counter(c.overload, s.Overload)
 	}

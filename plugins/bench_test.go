@@ -120,7 +120,7 @@ func BenchmarkHandlePacket(b *testing.B) {
 	}
 	p.Raw = rtpPacket(b, 1, 960, 1, 30, make([]byte, 100))
 	p.Track = tr
-	p.Conversation = tr.User().Conversation()
+	p.Conversation = tr.Conversation()
 	p.Arrival = time.Now()
 	b.ReportAllocs()
 	b.ResetTimer()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/pion/webrtc/v3"
 
 	"github.com/beepvoice/router/internal/throttle"
 	"github.com/beepvoice/router/pipeline"
@@ -134,8 +135,12 @@ func (st *Stage) Stats() Stats {
 	}
 }
 
-// Open returns the stage's processor for one track.
+// Open returns the stage's processor for one track. Plugins get audio
+// only, for now: a video track passes by (and its bites, having none).
 func (st *Stage) Open(t *room.Track, _ pipeline.Emit) (pipeline.Processor, error) {
+	if t.Kind != webrtc.RTPCodecTypeAudio {
+		return pipeline.Nop{}, nil
+	}
 	return &proc{st: st, track: t}, nil
 }
 

@@ -14,12 +14,14 @@ type Conversation struct {
 	// ID is the conversation id (the bite key).
 	ID string
 
-	// members is guarded by Manager.mu.
-	members map[*User]struct{}
+	// members and participants are guarded by Manager.mu.
+	members      map[*User]struct{}
+	participants map[string]*Participant
 
 	mu      sync.Mutex
 	devices []*device // connected devices of members
-	tracks  []*Track  // tracks published by members' devices
+	tracks  []*Track  // tracks published by members' devices and participants
+	feeds   []*Feed   // feeds of participants
 
 	// lastReassign (unix ns) rate-limits retries for waiting speakers.
 	lastReassign atomic.Int64
@@ -33,12 +35,13 @@ type Conversation struct {
 // newConversation returns a conversation whose goroutine runs until stop.
 func newConversation(id string) *Conversation {
 	c := &Conversation{
-		ID:      id,
-		members: make(map[*User]struct{}),
-		kick:    make(chan struct{}, 1),
-		syncs:   make(chan chan struct{}),
-		quit:    make(chan struct{}),
-		done:    make(chan struct{}),
+		ID:           id,
+		members:      make(map[*User]struct{}),
+		participants: make(map[string]*Participant),
+		kick:         make(chan struct{}, 1),
+		syncs:        make(chan chan struct{}),
+		quit:         make(chan struct{}),
+		done:         make(chan struct{}),
 	}
 	go c.run()
 	return c
@@ -148,7 +151,7 @@ func (c *Conversation) remove(u *User) (empty bool) {
 	})
 	c.mu.Unlock()
 	c.Reassign()
-	return len(c.members) == 0
+	return len(c.members) == 0 && len(c.participants) == 0
 }
 
 // removeDevice takes a closed device out. Callers hold Manager.mu.

@@ -1,6 +1,8 @@
 package room
 
 import (
+	"errors"
+
 	"github.com/beepvoice/router/rtc"
 )
 
@@ -34,7 +36,10 @@ func (d *device) Published(up *rtc.UpTrack) (rtc.TrackSink, error) {
 	d.m.mu.Lock()
 	u := d.user
 	d.m.mu.Unlock()
-	t := &Track{UpTrack: up, user: u}
+	if u == nil {
+		return nil, errors.New("room: track of a device that was never admitted")
+	}
+	t := NewTrack(u, up)
 	sink, err := d.m.cfg.Sink.Open(t)
 	if err != nil {
 		return nil, err

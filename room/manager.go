@@ -270,7 +270,7 @@ func (m *Manager) Stats() Stats {
 // has a peer replaces it: the older one is closed.
 func (m *Manager) NewPeer(c claim.Claim) (*rtc.Peer, error) {
 	d := &device{m: m}
-	p, err := m.engine.NewPeer(c, d)
+	p, err := m.engine.NewPeer(c, d, rtc.PeerOptions{})
 	if errors.Is(err, rtc.ErrClosed) {
 		return nil, ErrClosed
 	}
@@ -319,11 +319,12 @@ func (m *Manager) admit(u *User, old *device) error {
 	return nil
 }
 
-// devices counts the devices of c's members, connecting ones included: a
-// device counts from its /connect on, so that devices still in their ICE and
-// DTLS handshakes cannot together overfill c. Callers hold m.mu.
+// devices counts the devices of c's members, connecting ones included, and
+// its participants: a device counts from its /connect on, so that devices
+// still in their ICE and DTLS handshakes cannot together overfill c.
+// Callers hold m.mu.
 func devices(c *Conversation) int {
-	n := 0
+	n := len(c.participants)
 	for u := range c.members {
 		n += len(u.devices)
 	}

@@ -10,8 +10,8 @@ import (
 // "slots", one down-track per receiving audio m-line of their offer, and
 // the policy decides who is heard on which slot.
 
-// reassignLocked assigns speakers to slots and publishes, on every track,
-// the down-tracks that now carry it. Rules, per receiving device:
+// reassignLocked assigns speakers to slots, binds the feeds (feed.go), and
+// publishes, on every track, the down-tracks that now carry it. Rules, per receiving device:
 //   - a device never receives its own user's tracks;
 //   - an assigned speaker keeps its slot while it is active, or while no
 //     active speaker lacks a slot (no flapping between speakers);
@@ -24,7 +24,7 @@ import (
 // hold c.mu.
 func (c *Conversation) reassignLocked(now int64) {
 	c.lastReassign.Store(now)
-	ranked := slices.Clone(c.tracks)
+	ranked := slices.DeleteFunc(slices.Clone(c.tracks), (*Track).Video) // speakers are audio
 	slices.SortStableFunc(ranked, func(a, b *Track) int {
 		if d := b.activeUntil.Load() - a.activeUntil.Load(); d != 0 {
 			if d > 0 {
@@ -39,7 +39,7 @@ func (c *Conversation) reassignLocked(now int64) {
 		byUp[t.UpTrack] = t
 		t.waiting.Store(false)
 	}
-	assigned := make(map[*Track][]*rtc.DownTrack, len(ranked))
+	assigned := make(map[*Track][]*rtc.DownTrack, len(c.tracks))
 	for _, d := range c.devices {
 		assign(d, ranked, byUp, now)
 		for _, s := range d.slots {
@@ -48,7 +48,8 @@ func (c *Conversation) reassignLocked(now int64) {
 			}
 		}
 	}
-	for _, t := range ranked {
+	c.bindFeeds(assigned)
+	for _, t := range c.tracks {
 		if downs := assigned[t]; len(downs) > 0 {
 			t.targets.Store(&targets{conv: c, downs: downs})
 		} else {

@@ -4,6 +4,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pion/webrtc/v3"
+
 	"github.com/beepvoice/router/rtc"
 )
 
@@ -13,7 +15,11 @@ import (
 type Track struct {
 	*rtc.UpTrack
 
-	user *User
+	// member is the membership the track's packets follow: its Beep user's
+	// conversation, or its participant's.
+	member *atomic.Pointer[Conversation]
+	user   *User        // nil for a participant's track
+	part   *Participant // nil for a Beep device's track
 
 	// activeUntil is when the speaker stops counting as active (unix ns):
 	// the last loud packet plus the forwarder's hangover. Zero: never loud.
@@ -36,10 +42,26 @@ type targets struct {
 // tests and tools that feed a pipeline directly. It takes part in no
 // conversation's forwarding.
 func NewTrack(u *User, up *rtc.UpTrack) *Track {
-	return &Track{UpTrack: up, user: u}
+	t := &Track{UpTrack: up, user: u}
+	if u != nil {
+		t.member = &u.conv
+	}
+	return t
 }
 
-// User returns the publishing user.
+// Conversation returns the conversation the track's packets are for now,
+// or nil. It is safe to call from the packet path.
+func (t *Track) Conversation() *Conversation {
+	if t.member == nil {
+		return nil
+	}
+	return t.member.Load()
+}
+
+// Video reports whether the track is video.
+func (t *Track) Video() bool { return t.Kind == webrtc.RTPCodecTypeVideo }
+
+// User returns the publishing Beep user, or nil for a participant's track.
 func (t *Track) User() *User { return t.user }
 
 // Targets returns the down-tracks that receive the track in conversation c.

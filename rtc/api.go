@@ -10,35 +10,51 @@ import (
 	"github.com/pion/interceptor"
 	"github.com/pion/interceptor/pkg/nack"
 	"github.com/pion/interceptor/pkg/report"
+	"github.com/pion/interceptor/pkg/twcc"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/stun"
 	"github.com/pion/webrtc/v3"
+
+	"github.com/beepvoice/router/rtc/codec"
 )
 
-// Opus is the one codec the router negotiates: Opus, 48 kHz, as WebRTC
-// signals it (2 channels), with NACK feedback so that lost packets can be
-// asked for again in both directions.
-var Opus = webrtc.RTPCodecParameters{
-	RTPCodecCapability: webrtc.RTPCodecCapability{
-		MimeType:     webrtc.MimeTypeOpus,
-		ClockRate:    48000,
-		Channels:     2,
-		SDPFmtpLine:  "minptime=10;useinbandfec=1",
-		RTCPFeedback: []webrtc.RTCPFeedback{{Type: "nack"}},
-	},
-	PayloadType: 111,
+// newAPI builds the two pion APIs the Engine's peers use, one without
+// video (Beep's devices) and one with it, both with the RFC 6464 audio level
+// extension, NACK generator and responder, RTCP receiver reports (the
+// generator and the reports only for peers that publish: see onDemand), and
+// the ICE network settings of cfg; the video API also sends transport-wide
+// congestion control feedback (TWCC) to publishers, so that their encoders
+// adapt to the uplink. ICE opens its sockets through socks. It returns the
+// UDP mux, if any, so that the Engine can close it.
+func newAPI(cfg *Config, c *counters, socks *sockets) (audio, video *webrtc.API, mux ice.UDPMux, err error) {
+	s, mux, err := newSettings(cfg, c, socks)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	for _, withVideo := range []bool{false, true} {
+		m, reg, err := newMedia(c, withVideo)
+		if err != nil {
+			if mux != nil {
+				_ = mux.Close()
+			}
+			return nil, nil, nil, err
+		}
+		api := webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(s))
+		if withVideo {
+			video = api
+		} else {
+			audio = api
+		}
+	}
+	return audio, video, mux, nil
 }
 
-// newAPI builds the pion API shared by all peer connections: Opus only, the
-// RFC 6464 audio level extension, NACK generator and responder, RTCP
-// receiver reports (the generator and the reports only for peers that
-// publish: see onDemand), and the ICE network settings of cfg. ICE opens its
-// sockets through socks.
-// It returns the UDP mux, if any, so that the Manager can close it.
-func newAPI(cfg *Config, c *counters, socks *sockets) (*webrtc.API, ice.UDPMux, error) {
+// newMedia returns the codecs, header extensions and interceptors of a
+// peer connection, with or without video.
+func newMedia(c *counters, video bool) (*webrtc.MediaEngine, *interceptor.Registry, error) {
 	m := &webrtc.MediaEngine{}
-	if err := m.RegisterCodec(Opus, webrtc.RTPCodecTypeAudio); err != nil {
-		return nil, nil, fmt.Errorf("register opus: %w", err)
+	if err := codec.Register(m, video); err != nil {
+		return nil, nil, err
 	}
 	if err := m.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.AudioLevelURI}, webrtc.RTPCodecTypeAudio); err != nil {
 		return nil, nil, fmt.Errorf("register audio level extension: %w", err)
@@ -51,9 +67,11 @@ func newAPI(cfg *Config, c *counters, socks *sockets) (*webrtc.API, ice.UDPMux, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("nack generator: %w", err)
 	}
-	// 64 packets of 20 ms keep 1.28 s of each down-track for retransmission: far
-	// more than a NACK's round trip, and an eighth of the memory of 512
-	// (measured: 512 cost about 0.7 MiB per receiving down-track).
+	// For the pion egress path only (the direct path answers NACKs from
+	// the up-tracks' caches): 64 packets of 20 ms keep 1.28 s of audio for
+	// retransmission, far more than a NACK's round trip, and an eighth of
+	// the memory of 512 (measured: 512 cost about 0.7 MiB per receiving
+	// down-track).
 	resp, err := nack.NewResponderInterceptor(nack.ResponderSize(64))
 	if err != nil {
 		return nil, nil, fmt.Errorf("nack responder: %w", err)
@@ -67,7 +85,24 @@ func newAPI(cfg *Config, c *counters, socks *sockets) (*webrtc.API, ice.UDPMux, 
 		return nil, nil, fmt.Errorf("rtcp receiver reports: %w", err)
 	}
 	reg.Add(onDemand{rr})
+	if video {
+		// TWCC rather than REMB: browsers' send-side estimator (GCC) takes
+		// it, and it needs nothing but feedback from the router.
+		if err := m.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.TransportCCURI}, webrtc.RTPCodecTypeVideo); err != nil {
+			return nil, nil, fmt.Errorf("register transport-cc extension: %w", err)
+		}
+		tw, err := twcc.NewSenderInterceptor()
+		if err != nil {
+			return nil, nil, fmt.Errorf("twcc feedback: %w", err)
+		}
+		reg.Add(onDemand{tw})
+	}
+	return m, reg, nil
+}
 
+// newSettings returns the ICE, DTLS and buffer settings of cfg, shared by
+// every peer connection, and the UDP mux if cfg has a port.
+func newSettings(cfg *Config, c *counters, socks *sockets) (webrtc.SettingEngine, ice.UDPMux, error) {
 	s := webrtc.SettingEngine{}
 	s.SetNet(socks)
 	// A server has no use for mDNS, and its multicast would leave loopback.
@@ -104,14 +139,12 @@ func newAPI(cfg *Config, c *counters, socks *sockets) (*webrtc.API, ice.UDPMux, 
 		}
 		mm, err := ice.NewMultiUDPMuxFromPort(cfg.UDPPort, opts...)
 		if err != nil {
-			return nil, nil, fmt.Errorf("UDP_PORT %d: %w", cfg.UDPPort, err)
+			return s, nil, fmt.Errorf("UDP_PORT %d: %w", cfg.UDPPort, err)
 		}
 		s.SetICEUDPMux(mm)
 		mux = mm
 	}
-
-	api := webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(s))
-	return api, mux, nil
+	return s, mux, nil
 }
 
 // followNomination makes the router, always the controlled ICE agent, use

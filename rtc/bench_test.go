@@ -10,6 +10,7 @@ import (
 	"github.com/pion/webrtc/v3"
 
 	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/rtc/codec"
 )
 
 // discard is a bound slot's writer that drops what it is given, so that the
@@ -23,7 +24,7 @@ func (discard) Write(b []byte) (int, error)               { return len(b), nil }
 type boundContext struct{ ssrc webrtc.SSRC }
 
 func (c boundContext) CodecParameters() []webrtc.RTPCodecParameters {
-	return []webrtc.RTPCodecParameters{Opus}
+	return []webrtc.RTPCodecParameters{codec.Opus}
 }
 func (c boundContext) HeaderExtensions() []webrtc.RTPHeaderExtensionParameter {
 	return []webrtc.RTPHeaderExtensionParameter{{URI: "urn:ietf:params:rtp-hdrext:ssrc-audio-level", ID: 1}}
@@ -41,7 +42,7 @@ func fanout(b *testing.B, n int) (*UpTrack, []*DownTrack) {
 	downs := make([]*DownTrack, n)
 	for i := range downs {
 		p := &Peer{Claim: claim.Claim{UserID: "u" + strconv.Itoa(i), ClientID: "d"}}
-		d := newDownTrack(p, 0)
+		d := newDownTrack(p, webrtc.RTPCodecTypeAudio, 0)
 		if _, err := d.Bind(boundContext{ssrc: webrtc.SSRC(1000 + i)}); err != nil {
 			b.Fatal(err)
 		}

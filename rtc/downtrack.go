@@ -15,14 +15,24 @@ import (
 	"github.com/pion/sdp/v3"
 	"github.com/pion/srtp/v3"
 	"github.com/pion/webrtc/v3"
+
+	"github.com/beepvoice/router/rtc/codec"
 )
 
 // DownTrack is one outgoing stream of a subscriber: what it receives on one
-// m-line. A policy outside it chooses its source (SetSource); the DownTrack
-// turns whatever up-tracks it carries into one valid, continuous RTP
-// stream: its own SSRC and payload type, sequence numbers and timestamps
-// that run on across source switches, and only the header extensions the
-// receiver negotiated (a stray mid extension makes browsers drop packets).
+// m-line, audio or video. A policy outside it chooses its source
+// (SetSource); the DownTrack turns whatever up-tracks it carries into one
+// valid, continuous RTP stream: its own SSRC, the payload type the
+// subscriber negotiated for the source's codec, sequence numbers and
+// timestamps that run on across source switches, and only the header
+// extensions the receiver negotiated (a stray mid extension makes browsers
+// drop packets). A video down-track starts, and switches sources, only at a
+// keyframe, and asks the source for one meanwhile.
+//
+// Sequence numbers are rewritten on 64-bit extended numbers (RFC 3550
+// appendix A.1): each source's numbers are unwrapped as they come, so an
+// offset never has to reason about a 16-bit wrap, and a late packet from
+// before a wrap is told from one after it.
 //
 // DownTrack implements webrtc.TrackLocal. pion's TrackLocalStaticRTP cannot
 // be used: it passes sequence numbers and timestamps through unchanged.
@@ -30,6 +40,7 @@ type DownTrack struct {
 	peer     *Peer
 	id       string
 	streamID string
+	kind     webrtc.RTPCodecType
 
 	// source is the up-track the down-track carries now.
 	source atomic.Pointer[UpTrack]
@@ -37,15 +48,17 @@ type DownTrack struct {
 	mu      sync.Mutex
 	writer  webrtc.TrackLocalWriter // nil until bound
 	ssrc    uint32
-	pt      uint8
-	levelID uint8 // receiver's audio level extension id; 0: not negotiated
-	nack    bool  // the receiver negotiated NACK
+	codecs  []boundCodec // what the receiver negotiated
+	levelID uint8        // receiver's audio level extension id; 0: not negotiated
+	nack    bool         // the receiver negotiated NACK
 
 	last      *UpTrack // source of the last packet written
+	lastPT    uint8    // payload type for last
+	in        unwrapper
 	started   bool
-	seqOffset uint16
+	seqOffset uint64 // extended out = extended in + seqOffset (mod 2^64)
 	tsOffset  uint32
-	lastSeq   uint16
+	lastSeq   uint64 // highest extended sequence number sent
 	sent      uint64 // bit i: sequence number lastSeq-i went out
 	lastTS    uint32
 	lastAt    int64 // unix ns of the last write
@@ -58,16 +71,52 @@ type DownTrack struct {
 	// context, once it has sent with it.
 	srtp    *srtp.Context
 	scratch rtp.Header
-	cache   []sentPacket // NACK retransmission cache, when nack
+	// history says what went out under each recent sequence number, so
+	// that a NACK is answered from the source's packet cache (not from a
+	// copy per subscriber).
+	history []sentPacket
+	// NACK answers are rebuilt here.
+	resent    rtp.Packet
+	resendRaw []byte
+	resendBuf []byte
 
 	written atomic.Uint64
 	bytes   atomic.Uint64
+	drops   atomic.Uint64 // packets held back waiting for a keyframe
 }
 
-func newDownTrack(p *Peer, index int) *DownTrack {
+// boundCodec is one codec the receiver accepted on the down-track's m-line.
+type boundCodec struct {
+	mime      string
+	pt        uint8
+	clockRate uint32
+}
+
+// unwrapper extends 16-bit sequence numbers to 64 bits (RFC 3550 A.1).
+type unwrapper struct {
+	max uint64 // highest extended number seen; 0: none yet
+}
+
+// extend returns the extended number of seq: the one nearest the highest
+// seen so far. The first number starts at 1<<16, so that a packet from
+// just before it still has a number.
+func (u *unwrapper) extend(seq uint16) uint64 {
+	if u.max == 0 {
+		u.max = 1<<16 | uint64(seq)
+		return u.max
+	}
+	ext := u.max + uint64(int64(int16(seq-uint16(u.max))))
+	if int64(ext-u.max) > 0 {
+		u.max = ext
+	}
+	return ext
+}
+
+func newDownTrack(p *Peer, kind webrtc.RTPCodecType, index int) *DownTrack {
 	return &DownTrack{
 		peer:     p,
-		id:       "down-track" + strconv.Itoa(index),
+		kind:     kind,
+		id:       kind.String() + strconv.Itoa(index),
 		streamID: "beep-" + p.Claim.ClientID,
 	}
 }
@@ -81,38 +130,50 @@ func (s *DownTrack) RID() string { return "" }
 // StreamID is the media stream id the receiver sees.
 func (s *DownTrack) StreamID() string { return s.streamID }
 
-// Kind is audio.
-func (s *DownTrack) Kind() webrtc.RTPCodecType { return webrtc.RTPCodecTypeAudio }
+// Kind is audio or video.
+func (s *DownTrack) Kind() webrtc.RTPCodecType { return s.kind }
 
-// errNoOpus is returned by Bind when the receiver did not accept Opus.
-var errNoOpus = errors.New("receiver did not negotiate opus")
+// errNoCodec is returned by Bind when the receiver accepted none of the
+// router's codecs for the down-track's kind.
+var errNoCodec = errors.New("receiver negotiated no codec the router forwards")
 
-// Bind is called by pion when the sender starts.
+// Bind is called by pion when the sender starts. It keeps every codec the
+// receiver accepted: the payload type of each packet follows its source's
+// codec.
 func (s *DownTrack) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameters, error) {
+	var codecs []boundCodec
+	var first webrtc.RTPCodecParameters
+	nack := false
 	for _, c := range ctx.CodecParameters() {
-		if !strings.EqualFold(c.MimeType, webrtc.MimeTypeOpus) {
+		if !codec.Supported(c.MimeType) || codec.IsVideo(c.MimeType) != (s.kind == webrtc.RTPCodecTypeVideo) {
 			continue
 		}
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		s.writer = ctx.WriteStream()
-		s.ssrc = uint32(ctx.SSRC())
-		s.pt = uint8(c.PayloadType)
-		s.levelID = 0
-		s.nack = false
+		if len(codecs) == 0 {
+			first = c
+		}
+		codecs = append(codecs, boundCodec{mime: strings.ToLower(c.MimeType), pt: uint8(c.PayloadType), clockRate: c.ClockRate})
 		for _, fb := range c.RTCPFeedback {
 			if fb.Type == webrtc.TypeRTCPFBNACK && fb.Parameter == "" {
-				s.nack = true
+				nack = true
 			}
 		}
-		for _, e := range ctx.HeaderExtensions() {
-			if e.URI == sdp.AudioLevelURI {
-				s.levelID = uint8(e.ID)
-			}
-		}
-		return c, nil
 	}
-	return webrtc.RTPCodecParameters{}, errNoOpus
+	if len(codecs) == 0 {
+		return webrtc.RTPCodecParameters{}, errNoCodec
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.writer = ctx.WriteStream()
+	s.ssrc = uint32(ctx.SSRC())
+	s.codecs = codecs
+	s.nack = nack
+	s.levelID = 0
+	for _, e := range ctx.HeaderExtensions() {
+		if e.URI == sdp.AudioLevelURI {
+			s.levelID = uint8(e.ID)
+		}
+	}
+	return first, nil
 }
 
 // Unbind is called by pion when the sender stops.
@@ -124,8 +185,13 @@ func (s *DownTrack) Unbind(webrtc.TrackLocalContext) error {
 }
 
 // SetSource binds the down-track to up-track t (nil: none). The next
-// packet of t continues the down-track's stream.
-func (s *DownTrack) SetSource(t *UpTrack) { s.source.Store(t) }
+// packet of t continues the down-track's stream; for video, the next
+// keyframe of t, which the down-track asks t for.
+func (s *DownTrack) SetSource(t *UpTrack) {
+	if old := s.source.Swap(t); old != t && t != nil && s.kind == webrtc.RTPCodecTypeVideo {
+		t.RequestKeyframe()
+	}
+}
 
 // Source returns the up-track the down-track carries, or nil.
 func (s *DownTrack) Source() *UpTrack { return s.source.Load() }
@@ -133,13 +199,31 @@ func (s *DownTrack) Source() *UpTrack { return s.source.Load() }
 // Peer returns the subscriber's peer.
 func (s *DownTrack) Peer() *Peer { return s.peer }
 
+// Stats returns the packets and payload bytes the down-track has sent, and
+// the packets it held back while waiting for a keyframe.
+func (s *DownTrack) Stats() (packets, bytes, waitingForKeyframe uint64) {
+	return s.written.Load(), s.bytes.Load(), s.drops.Load()
+}
+
+// codecFor returns the receiver's payload type and clock rate for mime.
+// Callers hold s.mu.
+func (s *DownTrack) codecFor(mime string) (boundCodec, bool) {
+	for _, c := range s.codecs {
+		if c.mime == mime {
+			return c, true
+		}
+	}
+	return boundCodec{}, false
+}
+
 // Write forwards one packet p of src at now (unix ns), building the copy
 // in buf (see SendBuffer; Flush it once the packet is written to every
 // down-track). levelByte is the RFC 6464 byte to send when hasLevel. A
 // packet from an up-track that is not the down-track's source is dropped:
 // it reports false. So is a packet that would reuse a sequence number the
 // down-track has already sent (a duplicate, or a late packet of a new
-// source): SRTP would encrypt two packets under one nonce.
+// source): SRTP would encrypt two packets under one nonce. A video
+// down-track drops a new source's packets until its first keyframe.
 func (s *DownTrack) Write(buf *SendBuffer, src *UpTrack, p *rtp.Packet, levelByte byte, hasLevel bool, now int64) (bool, error) {
 	if s.source.Load() != src {
 		return false, nil
@@ -150,58 +234,64 @@ func (s *DownTrack) Write(buf *SendBuffer, src *UpTrack, p *rtp.Packet, levelByt
 		return false, nil
 	}
 	marker := p.Marker
+	pt := s.lastPT
 	if src != s.last {
+		c, ok := s.codecFor(src.mime)
+		if !ok {
+			return false, nil // the receiver cannot decode this source
+		}
+		if src.Kind == webrtc.RTPCodecTypeVideo && !codec.Keyframe(src.mime, p.Payload) {
+			s.drops.Add(1)
+			src.RequestKeyframe()
+			return false, nil
+		}
+		s.in = unwrapper{}
+		in := s.in.extend(p.SequenceNumber)
 		if s.started {
 			// Continue the stream: the next sequence number, and a
 			// timestamp advanced by the wall-clock time since the last
-			// packet (at least one 20 ms frame), so that the receiver's
-			// jitter buffer sees a talkspurt start, not a jump.
-			// Packets of different speakers reach the down-track in the order
-			// their readers get to it, not always in arrival order: now
-			// may be before lastAt.
-			elapsed := uint32(960)
+			// packet (at least 20 ms), so that the receiver's jitter
+			// buffer sees a talkspurt or a new picture, not a jump.
+			// Packets of different sources reach the down-track in the
+			// order their readers get to it, not always in arrival
+			// order: now may be before lastAt.
+			frame := c.clockRate / 50
+			elapsed := frame
 			if d := now - s.lastAt; d > 20*int64(time.Millisecond) {
-				elapsed = uint32(d * 48 / 1e6)
+				elapsed = uint32(uint64(d) * uint64(c.clockRate) / 1e9)
 			}
-			s.seqOffset = s.lastSeq + 1 - p.SequenceNumber
+			s.seqOffset = s.lastSeq + 1 - in
 			s.tsOffset = s.lastTS + elapsed - p.Timestamp
+		} else {
+			s.seqOffset = 0
+			s.tsOffset = 0
 		}
-		s.last = src
-		marker = true
+		s.last, s.lastPT, pt = src, c.pt, c.pt
+		marker = marker || src.Kind == webrtc.RTPCodecTypeAudio
 	}
-	seq := p.SequenceNumber + s.seqOffset
+	seq := s.in.extend(p.SequenceNumber) + s.seqOffset
 	ts := p.Timestamp + s.tsOffset
 	if !s.markSent(seq) {
 		return false, nil
 	}
-	if int16(seq-s.lastSeq) >= 0 {
+	if int64(seq-s.lastSeq) >= 0 {
 		s.lastSeq, s.lastTS = seq, ts
 	}
 	s.lastAt = now
 
-	h := &s.hdr
-	h.Version = 2
-	h.Padding = false
-	h.Marker = marker
-	h.PayloadType = s.pt
-	h.SequenceNumber = seq
-	h.Timestamp = ts
-	h.SSRC = s.ssrc
-	h.CSRC = nil
-	h.Extension = false
-	h.Extensions = s.ext[:0] // reused: SetExtension appends within capacity
-	if hasLevel && s.levelID != 0 {
-		s.level[0] = levelByte
-		if err := h.SetExtension(s.levelID, s.level[:]); err != nil {
-			return false, err
-		}
-	}
+	h := s.header(uint16(seq), ts, pt, marker, levelByte, hasLevel)
 	if e := s.peer.egress.Load(); e != nil || s.srtp != nil {
-		if err := s.writeDirect(e, h, p.Payload, buf); err != nil {
+		if _, err := s.writeDirect(e, h, p.Payload, buf); err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return false, nil
 			}
 			return false, err
+		}
+		if s.history != nil {
+			s.history[uint16(seq)%uint16(len(s.history))] = sentPacket{
+				seq: uint16(seq), ok: true, src: src, srcSeq: p.SequenceNumber,
+				tsOffset: s.tsOffset, pt: pt, marker: marker, level: levelByte, hasLevel: hasLevel,
+			}
 		}
 	} else if _, err := s.writer.WriteRTP(h, p.Payload); err != nil {
 		if errors.Is(err, io.ErrClosedPipe) {
@@ -214,17 +304,38 @@ func (s *DownTrack) Write(buf *SendBuffer, src *UpTrack, p *rtp.Packet, levelByt
 	return true, nil
 }
 
-// markSent records that seq goes out, in a window of the last 64 sequence
-// numbers, and reports false if it went out before or is older than the
-// window. The first packet starts the window.
-func (s *DownTrack) markSent(seq uint16) bool {
+// header fills the down-track's reused header. Callers hold s.mu.
+func (s *DownTrack) header(seq uint16, ts uint32, pt uint8, marker bool, levelByte byte, hasLevel bool) *rtp.Header {
+	h := &s.hdr
+	h.Version = 2
+	h.Padding = false
+	h.Marker = marker
+	h.PayloadType = pt
+	h.SequenceNumber = seq
+	h.Timestamp = ts
+	h.SSRC = s.ssrc
+	h.CSRC = nil
+	h.Extension = false
+	h.Extensions = s.ext[:0] // reused: SetExtension appends within capacity
+	if hasLevel && s.levelID != 0 {
+		s.level[0] = levelByte
+		// Cannot fail: the id is 1 to 14 and the value one byte.
+		_ = h.SetExtension(s.levelID, s.level[:])
+	}
+	return h
+}
+
+// markSent records that extended sequence number seq goes out, in a window
+// of the last 64, and reports false if it went out before or is older than
+// the window. The first packet starts the window.
+func (s *DownTrack) markSent(seq uint64) bool {
 	if !s.started {
 		s.started = true
 		s.lastSeq = seq
 		s.sent = 1
 		return true
 	}
-	d := int(int16(seq - s.lastSeq))
+	d := int64(seq - s.lastSeq)
 	switch {
 	case d > 0:
 		if d >= 64 {
@@ -253,65 +364,86 @@ const (
 	srtpOverhead = 16
 )
 
-// sentPacket is one packet kept for retransmission.
+// sentPacket is what went out under one sequence number: enough to build
+// the packet again from its source's cache.
 type sentPacket struct {
-	seq uint16
-	ok  bool
-	b   []byte
+	seq      uint16
+	ok       bool
+	src      *UpTrack
+	srcSeq   uint16
+	tsOffset uint32
+	pt       uint8
+	marker   bool
+	level    byte
+	hasLevel bool
 }
 
-// nackCache is how many sent packets a down-track keeps when its receiver
-// negotiated NACK: 1.28 s of 20 ms frames, as for pion's responder.
-const nackCache = 64
+// History sizes: how many sent packets a down-track can answer NACKs for,
+// when its receiver negotiated NACK. Audio: 1.28 s of 20 ms frames, as for
+// pion's responder. Video: 512 packets, about a second of 2 Mbit/s.
+const (
+	audioHistory = 64
+	videoHistory = 512
+)
 
-// writeDirect encrypts h and payload with the down-track's SRTP context, in place
-// in a buffer of b, and sends the packet on e's socket (see egress.go): at
-// once, or queued in b when the socket takes batches. Callers hold s.mu.
-func (s *DownTrack) writeDirect(e *egress, h *rtp.Header, payload []byte, b *SendBuffer) error {
+// writeDirect encrypts h and payload with the down-track's SRTP context, in
+// place in a buffer of b, and sends the packet on e's socket (see
+// egress.go): at once, or queued in b when the socket takes batches. It
+// returns the encrypted packet. Callers hold s.mu.
+func (s *DownTrack) writeDirect(e *egress, h *rtp.Header, payload []byte, b *SendBuffer) ([]byte, error) {
 	if e == nil {
-		return errNoRoute
+		return nil, errNoRoute
 	}
 	if s.srtp == nil {
 		ctx, err := srtp.CreateContext(e.key, e.salt, e.profile)
 		if err != nil {
-			return fmt.Errorf("down-track SRTP context: %w", err)
+			return nil, fmt.Errorf("down-track SRTP context: %w", err)
 		}
 		s.srtp = ctx
 		if s.nack {
-			s.cache = make([]sentPacket, nackCache)
+			n := audioHistory
+			if s.kind == webrtc.RTPCodecTypeVideo {
+				n = videoHistory
+			}
+			s.history = make([]sentPacket, n)
 		}
 	}
 	buf := b.buffer(e.batch)
-	n, err := h.MarshalTo(buf)
+	out, err := s.seal(h, payload, buf)
 	if err != nil {
-		return fmt.Errorf("marshal RTP header: %w", err)
-	}
-	if n+len(payload)+srtpOverhead > len(buf) {
-		return fmt.Errorf("RTP packet of %d bytes: too large", n+len(payload))
-	}
-	n += copy(buf[n:], payload)
-	// In place: pion marshals the header again over itself and seals the
-	// payload onto itself, which AES-GCM and AES-CM allow.
-	out, err := s.srtp.EncryptRTP(buf[:0], buf[:n], &s.scratch)
-	if err != nil {
-		return fmt.Errorf("SRTP encrypt: %w", err)
-	}
-	if s.cache != nil {
-		c := &s.cache[h.SequenceNumber%nackCache]
-		c.seq, c.ok = h.SequenceNumber, true
-		c.b = append(c.b[:0], out...)
+		return nil, err
 	}
 	if e.batch != nil {
 		b.queue(out, e.addr)
-		return nil
+		return out, nil
 	}
 	_, err = e.conn.WriteToUDPAddrPort(out, e.to)
-	return err
+	return out, err
 }
 
-// resend sends again the packets of seqs the down-track still has (NACK). It
-// reports how many it sent. pion's NACK responder answers for packets
-// written through pion.
+// seal writes h and payload into buf and encrypts them in place: pion
+// marshals the header again over itself and seals the payload onto itself,
+// which AES-GCM and AES-CM allow. Callers hold s.mu.
+func (s *DownTrack) seal(h *rtp.Header, payload, buf []byte) ([]byte, error) {
+	n, err := h.MarshalTo(buf)
+	if err != nil {
+		return nil, fmt.Errorf("marshal RTP header: %w", err)
+	}
+	if n+len(payload)+srtpOverhead > len(buf) {
+		return nil, fmt.Errorf("RTP packet of %d bytes: too large", n+len(payload))
+	}
+	n += copy(buf[n:], payload)
+	out, err := s.srtp.EncryptRTP(buf[:0], buf[:n], &s.scratch)
+	if err != nil {
+		return nil, fmt.Errorf("SRTP encrypt: %w", err)
+	}
+	return out, nil
+}
+
+// resend sends again the packets of seqs that the down-track's history and
+// their sources' caches still hold (NACK): the same header, the same
+// payload, so the same bytes as the first time. It reports how many it
+// sent. pion's NACK responder answers for packets written through pion.
 func (s *DownTrack) resend(seqs []uint16) int {
 	e := s.peer.egress.Load()
 	if e == nil {
@@ -319,16 +451,32 @@ func (s *DownTrack) resend(seqs []uint16) int {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cache == nil {
+	if s.history == nil {
 		return 0
+	}
+	if s.resendBuf == nil {
+		s.resendBuf = make([]byte, maxPacket+srtpOverhead)
 	}
 	sent := 0
 	for _, seq := range seqs {
-		c := &s.cache[seq%nackCache]
-		if !c.ok || c.seq != seq {
+		m := s.history[seq%uint16(len(s.history))]
+		if !m.ok || m.seq != seq {
 			continue
 		}
-		if _, err := e.conn.WriteToUDPAddrPort(c.b, e.to); err != nil {
+		raw, ok := m.src.cache.get(m.srcSeq, s.resendRaw[:0])
+		if !ok {
+			continue
+		}
+		s.resendRaw = raw
+		if err := s.resent.Unmarshal(raw); err != nil {
+			continue
+		}
+		h := s.header(seq, s.resent.Timestamp+m.tsOffset, m.pt, m.marker, m.level, m.hasLevel)
+		out, err := s.seal(h, s.resent.Payload, s.resendBuf)
+		if err != nil {
+			continue
+		}
+		if _, err := e.conn.WriteToUDPAddrPort(out, e.to); err != nil {
 			return sent
 		}
 		sent++

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/pion/rtp"
+	"github.com/pion/webrtc/v3"
 
 	"github.com/beepvoice/router/claim"
 )
@@ -25,13 +26,40 @@ func TestMarkSent(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var s DownTrack
+			var u unwrapper
 			for i, seq := range tc.seqs {
-				got := s.markSent(seq)
+				ext := u.extend(seq)
+				got := s.markSent(ext)
 				if got != tc.want[i] {
 					t.Fatalf("seq %d (#%d): %v, want %v", seq, i, got, tc.want[i])
 				}
-				if got && int16(seq-s.lastSeq) > 0 {
-					s.lastSeq = seq
+				if got && int64(ext-s.lastSeq) > 0 {
+					s.lastSeq = ext
+				}
+			}
+		})
+	}
+}
+
+// TestUnwrapper checks extended sequence numbers: forward across wraps,
+// late packets from before a wrap, and the first number's room below it.
+func TestUnwrapper(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		seqs []uint16
+		want []uint64
+	}{
+		{"in order", []uint16{1, 2, 3}, []uint64{65537, 65538, 65539}},
+		{"forward across the wrap", []uint16{65534, 65535, 0, 1}, []uint64{131070, 131071, 131072, 131073}},
+		{"late from before the wrap", []uint16{65535, 1, 65534, 2}, []uint64{131071, 131073, 131070, 131074}},
+		{"late before the first", []uint16{5, 3}, []uint64{65541, 65539}},
+		{"twice round", []uint16{0, 30000, 60000, 24464, 54464, 18928}, []uint64{65536, 95536, 125536, 155536, 185536, 215536}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var u unwrapper
+			for i, seq := range tc.seqs {
+				if got := u.extend(seq); got != tc.want[i] {
+					t.Fatalf("seq %d (#%d): %d, want %d", seq, i, got, tc.want[i])
 				}
 			}
 		})
@@ -63,7 +91,7 @@ func TestSwitchTimestamps(t *testing.T) {
 		{"after a pause", 500 * time.Millisecond, 24000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newDownTrack(&Peer{}, 0)
+			s := newDownTrack(&Peer{}, webrtc.RTPCodecTypeAudio, 0)
 			if _, err := s.Bind(boundContext{ssrc: 7}); err != nil {
 				t.Fatal(err)
 			}

@@ -122,18 +122,30 @@ func dtlsConn(t *webrtc.DTLSTransport) (*dtls.Conn, error) {
 }
 
 // dtlsClient reports whether the router is the DTLS client of pc, from
-// the setup attribute of its answer (RFC 5763: active is the client).
+// the setup attributes (RFC 5763: active is the client): its own answer's,
+// or, when it made the offer (actpass), the remote answer's.
 func dtlsClient(pc *webrtc.PeerConnection) (bool, error) {
 	d := pc.CurrentLocalDescription()
 	if d == nil {
 		return false, fmt.Errorf("%w: no local description", errNoDirectEgress)
 	}
-	active := strings.Contains(d.SDP, "a=setup:active")
-	passive := strings.Contains(d.SDP, "a=setup:passive")
-	if active == passive {
-		return false, fmt.Errorf("%w: no single DTLS role in the answer", errNoDirectEgress)
+	if active, ok := setupRole(d.SDP); ok {
+		return active, nil
 	}
-	return active, nil
+	if r := pc.CurrentRemoteDescription(); r != nil && d.Type == webrtc.SDPTypeOffer {
+		if remoteActive, ok := setupRole(r.SDP); ok {
+			return !remoteActive, nil
+		}
+	}
+	return false, fmt.Errorf("%w: no single DTLS role in the descriptions", errNoDirectEgress)
+}
+
+// setupRole reports whether an SDP's setup attributes say active (true) or
+// passive (false); ok is false for actpass, none, or both.
+func setupRole(sdp string) (active, ok bool) {
+	a := strings.Contains(sdp, "a=setup:active")
+	p := strings.Contains(sdp, "a=setup:passive")
+	return a, a != p
 }
 
 // route returns the socket and remote address of a selected candidate

@@ -49,7 +49,7 @@ func directDownTrack(t testing.TB, profile srtp.ProtectionProfile) (*DownTrack, 
 	tr := NewUpTrack(claim.Claim{UserID: "speaker", ClientID: "s"}, 1, 1)
 	p := &Peer{Claim: claim.Claim{UserID: "listener", ClientID: "d"}}
 	p.egress.Store(e)
-	s := newDownTrack(p, 0)
+	s := newDownTrack(p, webrtc.RTPCodecTypeAudio, 0)
 	if _, err := s.Bind(boundContext{ssrc: 4242}); err != nil {
 		t.Fatal(err)
 	}
@@ -72,8 +72,9 @@ func receive(t *testing.T, conn *net.UDPConn) []byte {
 }
 
 // TestDirectEgress checks, for each SRTP profile the router accepts, that
-// what a down-track encrypts in place and sends decrypts with the same keys to
-// the rewritten packet, and that a NACK gets the very same bytes again.
+// what a down-track encrypts in place and sends decrypts with the same keys
+// to the rewritten packet, and that a NACK gets the very same bytes again,
+// rebuilt from the up-track's cache and the down-track's history.
 func TestDirectEgress(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -93,6 +94,11 @@ func TestDirectEgress(t *testing.T) {
 			for i := 0; i < 5; i++ {
 				payload := bytes.Repeat([]byte{byte(i + 1)}, 60+i*20)
 				p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: uint16(65533 + i), Timestamp: uint32(i * 960)}, Payload: payload}
+				raw, err := p.Marshal()
+				if err != nil {
+					t.Fatal(err)
+				}
+				tr.Cache(raw) // as the track's reader does: NACKs are answered from it
 				ok, err := s.Write(tr.SendBuffer(), tr, p, 0x85, true, time.Now().UnixNano())
 				if !ok || err != nil {
 					t.Fatalf("packet %d not written: %v %v", i, ok, err)

@@ -35,8 +35,11 @@ type Config struct {
 	// DisconnectedTimeout, FailedTimeout and KeepaliveInterval tune ICE;
 	// zero keeps pion's defaults (5 s, 25 s, 2 s).
 	DisconnectedTimeout, FailedTimeout, KeepaliveInterval time.Duration
-	// MaxDownTracks bounds the receiving audio m-lines of one offer.
+	// MaxDownTracks bounds the receiving m-lines of one offer.
 	MaxDownTracks int
+	// KeyframeInterval is the shortest time between two keyframe requests
+	// to one publisher's video track; zero means DefaultKeyframeInterval.
+	KeyframeInterval time.Duration
 	// TrackBuffer bounds, in bytes, the received media of one track that
 	// waits for its reader; past it packets are dropped and counted (stale
 	// audio is worth less than late audio). Zero means DefaultTrackBuffer.
@@ -64,11 +67,12 @@ var (
 
 // Engine owns the pion API, the UDP sockets ICE uses and every Peer.
 type Engine struct {
-	cfg   Config
-	log   *slog.Logger
-	api   *webrtc.API
-	mux   ice.UDPMux
-	socks *sockets
+	cfg      Config
+	log      *slog.Logger
+	api      *webrtc.API // audio only
+	videoAPI *webrtc.API // audio and video
+	mux      ice.UDPMux
+	socks    *sockets
 
 	mu     sync.Mutex
 	peers  map[*Peer]struct{}
@@ -94,6 +98,7 @@ type counters struct {
 	resent                        atomic.Uint64
 	nacksSent                     atomic.Uint64
 	overload                      atomic.Uint64
+	keyframeRequests              atomic.Uint64
 }
 
 // NewEngine returns an Engine. It opens the UDP port, if one is configured.
@@ -110,6 +115,9 @@ func NewEngine(cfg Config) (*Engine, error) {
 	if cfg.TrackBuffer <= 0 {
 		cfg.TrackBuffer = DefaultTrackBuffer
 	}
+	if cfg.KeyframeInterval <= 0 {
+		cfg.KeyframeInterval = DefaultKeyframeInterval
+	}
 	e := &Engine{
 		cfg:   cfg,
 		log:   cfg.Logger,
@@ -121,11 +129,11 @@ func NewEngine(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	api, mux, err := newAPI(&cfg, &e.count, socks)
+	api, videoAPI, mux, err := newAPI(&cfg, &e.count, socks)
 	if err != nil {
 		return nil, err
 	}
-	e.api, e.mux, e.socks = api, mux, socks
+	e.api, e.videoAPI, e.mux, e.socks = api, videoAPI, mux, socks
 	go e.reports()
 	return e, nil
 }
@@ -160,14 +168,24 @@ func (e *Engine) connectedPeers() []*Peer {
 	return peers
 }
 
+// PeerOptions choose what a peer connection negotiates.
+type PeerOptions struct {
+	// Video negotiates video (VP8, H264, VP9, AV1) besides Opus audio.
+	Video bool
+}
+
 // NewPeer creates the peer connection of device c; h is told of its life.
 // The peer closes itself if it has not connected within ConnectTimeout.
-func (e *Engine) NewPeer(c claim.Claim, h Handler) (*Peer, error) {
-	pc, err := e.api.NewPeerConnection(webrtc.Configuration{ICEServers: e.cfg.ICEServers})
+func (e *Engine) NewPeer(c claim.Claim, h Handler, opts PeerOptions) (*Peer, error) {
+	api := e.api
+	if opts.Video {
+		api = e.videoAPI
+	}
+	pc, err := api.NewPeerConnection(webrtc.Configuration{ICEServers: e.cfg.ICEServers})
 	if err != nil {
 		return nil, fmt.Errorf("new peer connection: %w", err)
 	}
-	p := newPeer(e, c, pc, h)
+	p := newPeer(e, c, pc, h, opts)
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
@@ -218,8 +236,12 @@ type Stats struct {
 	PacketsIn, BytesIn, Malformed uint64
 	// PacketsOut and BytesOut count RTP forwarded to down-tracks.
 	PacketsOut, BytesOut uint64
-	// NACKs and PLIs count feedback received from subscribers.
+	// NACKs and PLIs count feedback received from subscribers (PLI and
+	// FIR both count as PLIs).
 	NACKs, PLIs uint64
+	// KeyframeRequests counts the PLIs and FIRs the router sent to
+	// publishers (at most one per track per keyframe interval).
+	KeyframeRequests uint64
 	// Resent counts the packets the direct egress path sent again in
 	// answer to NACKs (pion's responder, with PionEgress, does not count).
 	Resent uint64
@@ -259,6 +281,7 @@ func (e *Engine) Stats() Stats {
 	s.PLIs = e.count.plis.Load()
 	s.NACKsSent = e.count.nacksSent.Load()
 	s.Overload = e.count.overload.Load()
+	s.KeyframeRequests = e.count.keyframeRequests.Load()
 	return s
 }
 

@@ -36,7 +36,7 @@ func FuzzAnswer(f *testing.F) {
 		_ = m.Close(ctx)
 	}()
 	f.Fuzz(func(t *testing.T, offer string) {
-		p, err := m.NewPeer(claim.Claim{UserID: "u", ClientID: "c"}, nopHandler{})
+		p, err := m.NewPeer(claim.Claim{UserID: "u", ClientID: "c"}, nopHandler{}, PeerOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,36 +5,47 @@ import (
 	"strings"
 
 	"github.com/pion/sdp/v3"
+
+	"github.com/beepvoice/router/rtc/codec"
 )
 
 // offer is what the router needs to know of a client's offer.
 type offer struct {
-	// receiving holds the mids of the audio m-lines on which the client
+	// receiving holds the mids of the m-lines the router will send on: the
+	// audio ones, and for a video peer the video ones, on which the client
 	// receives (sendrecv or recvonly), in order.
 	receiving []string
 }
 
-// parseOffer validates an SDP offer: it must parse, carry at least one
-// audio m-line that offers Opus, and at most maxSlots receiving ones.
-func parseOffer(text string, maxSlots int) (offer, error) {
+// parseOffer validates an SDP offer: it must parse and have at most
+// maxDown receiving m-lines. Without video it must carry at least one audio
+// m-line that offers Opus; with video, at least one m-line of either kind
+// that offers a codec the router forwards.
+func parseOffer(text string, maxDown int, video bool) (offer, error) {
 	var sd sdp.SessionDescription
 	if err := sd.UnmarshalString(text); err != nil {
 		return offer{}, fmt.Errorf("%w: not valid SDP: %v", ErrBadOffer, err)
 	}
 	var o offer
-	audio, opus := 0, 0
+	audio, opus, usable := 0, 0, 0
 	for _, md := range sd.MediaDescriptions {
-		if md.MediaName.Media != "audio" {
+		kind := md.MediaName.Media
+		if kind != "audio" && (kind != "video" || !video) {
 			continue
 		}
-		audio++
-		if md.MediaName.Port.Value == 0 || !offersOpus(md) {
+		if kind == "audio" {
+			audio++
+		}
+		if md.MediaName.Port.Value == 0 || !offersCodec(md, kind) {
 			continue
 		}
-		opus++
+		if kind == "audio" {
+			opus++
+		}
+		usable++
 		mid, _ := md.Attribute("mid")
 		if mid == "" {
-			return offer{}, fmt.Errorf("%w: audio m-line %d has no mid", ErrBadOffer, audio)
+			return offer{}, fmt.Errorf("%w: %s m-line %d has no mid", ErrBadOffer, kind, usable)
 		}
 		switch direction(md) {
 		case "sendrecv", "recvonly":
@@ -42,14 +53,38 @@ func parseOffer(text string, maxSlots int) (offer, error) {
 		}
 	}
 	switch {
-	case audio == 0:
+	case !video && audio == 0:
 		return offer{}, fmt.Errorf("%w: no audio m-line", ErrBadOffer)
-	case opus == 0:
+	case !video && opus == 0:
 		return offer{}, fmt.Errorf("%w: audio does not offer Opus at 48 kHz", ErrBadOffer)
-	case len(o.receiving) > maxSlots:
-		return offer{}, fmt.Errorf("%w: %d receiving audio m-lines, at most %d", ErrBadOffer, len(o.receiving), maxSlots)
+	case video && usable == 0:
+		return offer{}, fmt.Errorf("%w: no m-line offers Opus, VP8, H264, VP9 or AV1", ErrBadOffer)
+	case len(o.receiving) > maxDown && !video:
+		return offer{}, fmt.Errorf("%w: %d receiving audio m-lines, at most %d", ErrBadOffer, len(o.receiving), maxDown)
+	case len(o.receiving) > maxDown:
+		return offer{}, fmt.Errorf("%w: %d receiving m-lines, at most %d", ErrBadOffer, len(o.receiving), maxDown)
 	}
 	return o, nil
+}
+
+// offersCodec reports whether md offers a codec the router forwards: Opus
+// for audio; for video VP8, H264, VP9 or AV1.
+func offersCodec(md *sdp.MediaDescription, kind string) bool {
+	if kind == "audio" {
+		return offersOpus(md)
+	}
+	for _, a := range md.Attributes {
+		if a.Key != "rtpmap" {
+			continue
+		}
+		if _, c, ok := strings.Cut(a.Value, " "); ok {
+			name, _, _ := strings.Cut(c, "/")
+			if codec.Supported("video/" + name) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func offersOpus(md *sdp.MediaDescription) bool {

@@ -30,7 +30,7 @@ func TestParseOffer(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			o, err := parseOffer(tt.sdp, 2)
+			o, err := parseOffer(tt.sdp, 2, false)
 			if tt.err != "" {
 				if !errors.Is(err, ErrBadOffer) || !strings.Contains(err.Error(), tt.err) {
 					t.Fatalf("error %v, want ErrBadOffer with %q", err, tt.err)
@@ -52,7 +52,7 @@ func FuzzParseOffer(f *testing.F) {
 	f.Add(offerHead + audio("0", "sendonly", "opus/48000/2") + audio("1", "recvonly", "opus/48000/2"))
 	f.Add("v=0\r\n")
 	f.Fuzz(func(t *testing.T, s string) {
-		o, err := parseOffer(s, DefaultMaxDownTracks)
+		o, err := parseOffer(s, DefaultMaxDownTracks, false)
 		if err != nil && !errors.Is(err, ErrBadOffer) {
 			t.Fatalf("error not wrapping ErrBadOffer: %v", err)
 		}

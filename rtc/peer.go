@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/internal/stamp"
+	"github.com/beepvoice/router/rtc/codec"
 )
 
 // Handler is told of a peer's life by the layer that owns the peer. Its
@@ -51,12 +51,13 @@ type Peer struct {
 	// Claim identifies the device.
 	Claim claim.Claim
 
-	e   *Engine
-	pc  *webrtc.PeerConnection
-	log *slog.Logger
-	h   Handler
+	e    *Engine
+	pc   *webrtc.PeerConnection
+	log  *slog.Logger
+	h    Handler
+	opts PeerOptions
 
-	downs []*DownTrack // fixed once Answer returns
+	downs []*DownTrack // fixed once Answer or Offer returns
 
 	connectedFlag bool // Engine.mu
 
@@ -84,12 +85,13 @@ type Peer struct {
 	egressLogged bool
 }
 
-func newPeer(e *Engine, c claim.Claim, pc *webrtc.PeerConnection, h Handler) *Peer {
+func newPeer(e *Engine, c claim.Claim, pc *webrtc.PeerConnection, h Handler, opts PeerOptions) *Peer {
 	return &Peer{
 		Claim:     c,
 		e:         e,
 		pc:        pc,
 		h:         h,
+		opts:      opts,
 		log:       e.log.With("user", c.UserID, "client", c.ClientID),
 		connected: make(chan struct{}),
 		done:      make(chan struct{}),
@@ -171,23 +173,14 @@ func (p *Peer) OnCandidate(f func(webrtc.ICECandidateInit)) { p.onCandidate.Stor
 // answer that carries all of them. An error wrapping ErrBadOffer means the
 // offer was refused; the caller should then Close the peer.
 func (p *Peer) Answer(offerSDP string) (string, error) {
-	o, err := parseOffer(offerSDP, p.e.cfg.MaxDownTracks)
+	o, err := parseOffer(offerSDP, p.e.cfg.MaxDownTracks, p.opts.Video)
 	if err != nil {
 		return "", err
 	}
 	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offerSDP}); err != nil {
 		return "", fmt.Errorf("%w: %v", ErrBadOffer, err)
 	}
-	p.mu.Lock()
-	p.remoteSet = true
-	pending := p.pending
-	p.pending = nil
-	p.mu.Unlock()
-	for _, c := range pending {
-		if err := p.pc.AddICECandidate(c); err != nil {
-			p.log.Info("bad ICE candidate from client", "err", err)
-		}
-	}
+	p.remoteApplied()
 
 	if err := p.attachDownTracks(o); err != nil {
 		return "", err
@@ -203,46 +196,49 @@ func (p *Peer) Answer(offerSDP string) (string, error) {
 	return p.pc.LocalDescription().SDP, nil
 }
 
-// attachDownTracks gives every receiving audio m-line of the offer a
-// DownTrack, without a source: the owner's policy binds them.
+// attachDownTracks gives every receiving m-line of the offer (audio, and
+// video for a video peer) a DownTrack, without a source: the owner's
+// policy binds them.
 //
 // Senders must come from pc.AddTrack: one made with API.NewRTPSender would
 // use the shared API, bypassing this connection's interceptors (NACK cache,
 // sender reports) and its negotiated media engine. AddTrack fills the first
-// audio transceiver without a sender, so every audio m-line gets a
+// transceiver of the track's kind without a sender, so every m-line gets a
 // down-track in order; then the down-tracks of m-lines on which the client
 // does not receive (sendonly, inactive) are removed, which restores their
 // direction. They are removed only at the end: removal frees the
 // transceiver for AddTrack.
 func (p *Peer) attachDownTracks(o offer) error {
-	free := 0
+	free := map[webrtc.RTPCodecType]int{}
 	for _, tr := range p.pc.GetTransceivers() {
-		if tr.Kind() == webrtc.RTPCodecTypeAudio && tr.Sender() == nil {
-			free++
+		if k := tr.Kind(); tr.Sender() == nil && (k == webrtc.RTPCodecTypeAudio || k == webrtc.RTPCodecTypeVideo && p.opts.Video) {
+			free[k]++
 		}
 	}
 	var detach []*webrtc.RTPSender
-	for i := 0; i < free; i++ {
-		d := newDownTrack(p, len(p.downs))
-		sender, err := p.pc.AddTrack(d)
-		if err != nil {
-			return fmt.Errorf("add down-track: %w", err)
-		}
-		var mid string
-		for _, tr := range p.pc.GetTransceivers() {
-			if tr.Sender() == sender {
-				mid = tr.Mid()
+	for _, kind := range []webrtc.RTPCodecType{webrtc.RTPCodecTypeAudio, webrtc.RTPCodecTypeVideo} {
+		for i := 0; i < free[kind]; i++ {
+			d := newDownTrack(p, kind, len(p.downs))
+			sender, err := p.pc.AddTrack(d)
+			if err != nil {
+				return fmt.Errorf("add down-track: %w", err)
 			}
+			var mid string
+			for _, tr := range p.pc.GetTransceivers() {
+				if tr.Sender() == sender {
+					mid = tr.Mid()
+				}
+			}
+			switch {
+			case mid == "":
+				return fmt.Errorf("%w: an %s m-line cannot be answered", ErrBadOffer, kind)
+			case !slices.Contains(o.receiving, mid):
+				detach = append(detach, sender)
+				continue
+			}
+			p.downs = append(p.downs, d)
+			p.goroutine(func() { p.readFeedback(d, sender) })
 		}
-		switch {
-		case mid == "":
-			return fmt.Errorf("%w: an audio m-line cannot be answered", ErrBadOffer)
-		case !slices.Contains(o.receiving, mid):
-			detach = append(detach, sender)
-			continue
-		}
-		p.downs = append(p.downs, d)
-		p.goroutine(func() { p.readFeedback(d, sender) })
 	}
 	for _, sender := range detach {
 		if err := p.pc.RemoveTrack(sender); err != nil {
@@ -250,6 +246,73 @@ func (p *Peer) attachDownTracks(o offer) error {
 		}
 	}
 	return nil
+}
+
+// ErrBadAnswer wraps every reason a client's answer to the router's offer
+// is refused.
+var ErrBadAnswer = errors.New("bad answer")
+
+// AddDownTrack adds a down-track of kind, on an m-line of its own on which
+// the router only sends, to a connection the router offers (a feed). Call
+// it before Offer; video needs a video peer.
+func (p *Peer) AddDownTrack(kind webrtc.RTPCodecType) (*DownTrack, error) {
+	if kind == webrtc.RTPCodecTypeVideo && !p.opts.Video {
+		return nil, errors.New("rtc: video down-track on a peer without video")
+	}
+	if p.pc.LocalDescription() != nil {
+		return nil, errors.New("rtc: down-tracks are added before the offer")
+	}
+	d := newDownTrack(p, kind, len(p.downs))
+	tr, err := p.pc.AddTransceiverFromTrack(d, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly})
+	if err != nil {
+		return nil, fmt.Errorf("add %s down-track: %w", kind, err)
+	}
+	p.downs = append(p.downs, d)
+	sender := tr.Sender()
+	p.goroutine(func() { p.readFeedback(d, sender) })
+	return d, nil
+}
+
+// Offer makes the router's offer for a connection it initiates, sets it as
+// the local description and returns it with the candidates gathered by the
+// time gathering completes or ctx ends: the router never trickles its own.
+func (p *Peer) Offer(ctx context.Context) (string, error) {
+	offer, err := p.pc.CreateOffer(nil)
+	if err != nil {
+		return "", fmt.Errorf("create offer: %w", err)
+	}
+	if err := p.pc.SetLocalDescription(offer); err != nil {
+		return "", fmt.Errorf("set local description: %w", err)
+	}
+	return p.WaitGathered(ctx), nil
+}
+
+// SetAnswer applies the client's answer to Offer. Candidates that arrived
+// before it are added now. An error wraps ErrBadAnswer.
+func (p *Peer) SetAnswer(answerSDP string) error {
+	var sd sdp.SessionDescription
+	if err := sd.UnmarshalString(answerSDP); err != nil {
+		return fmt.Errorf("%w: not valid SDP: %v", ErrBadAnswer, err)
+	}
+	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: answerSDP}); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadAnswer, err)
+	}
+	p.remoteApplied()
+	return nil
+}
+
+// remoteApplied adds the candidates queued before the remote description.
+func (p *Peer) remoteApplied() {
+	p.mu.Lock()
+	p.remoteSet = true
+	pending := p.pending
+	p.pending = nil
+	p.mu.Unlock()
+	for _, c := range pending {
+		if err := p.pc.AddICECandidate(c); err != nil {
+			p.log.Info("bad ICE candidate from client", "err", err)
+		}
+	}
 }
 
 // WaitGathered waits until ICE gathering completes, or ctx ends, and returns
@@ -268,8 +331,13 @@ func (p *Peer) WaitGathered(ctx context.Context) string {
 }
 
 // AddCandidate adds a remote ICE candidate; candidates that arrive before the
-// offer are queued until it is applied.
+// remote description (the client's offer, or its answer to the router's)
+// are queued until it is applied, up to a bound. An empty candidate (the
+// end of the client's candidates) is accepted and ignored.
 func (p *Peer) AddCandidate(c webrtc.ICECandidateInit) error {
+	if c.Candidate == "" {
+		return nil
+	}
 	p.mu.Lock()
 	if !p.remoteSet {
 		if len(p.pending) >= maxPendingCandidates {
@@ -297,7 +365,7 @@ func (p *Peer) Connected() <-chan struct{} { return p.connected }
 func (p *Peer) Done() <-chan struct{} { return p.done }
 
 // DownTracks returns the peer's down-tracks, in m-line order. The slice is
-// fixed once Answer has returned.
+// fixed once Answer or Offer has returned.
 func (p *Peer) DownTracks() []*DownTrack { return p.downs }
 
 // Close closes the peer connection and releases the peer. Its goroutines end
@@ -350,11 +418,22 @@ func (p *Peer) sayGoodbye() {
 	}
 }
 
+// feedback reports whether fbs has the RTCP feedback typ with parameter.
+func feedback(fbs []webrtc.RTCPFeedback, typ, parameter string) bool {
+	for _, fb := range fbs {
+		if fb.Type == typ && fb.Parameter == parameter {
+			return true
+		}
+	}
+	return false
+}
+
 // readTrack is pion's OnTrack handler: it feeds one published track into
 // the sink its Handler gives until the track ends.
 func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceiver) {
-	if remote.Kind() != webrtc.RTPCodecTypeAudio || !strings.EqualFold(remote.Codec().MimeType, webrtc.MimeTypeOpus) {
-		p.log.Info("ignoring a non-Opus track", "codec", remote.Codec().MimeType)
+	cp := remote.Codec()
+	if !codec.Supported(cp.MimeType) {
+		p.log.Info("ignoring a track of a codec the router does not forward", "codec", cp.MimeType)
 		return
 	}
 	if !p.enter() {
@@ -368,8 +447,10 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 			levelID = uint8(e.ID)
 		}
 	}
-	t := NewUpTrack(p.Claim, uint32(remote.SSRC()), levelID)
+	t := newUpTrack(p.Claim, uint32(remote.SSRC()), remote.Kind(), cp.RTPCodecCapability, levelID)
 	t.peer = p
+	t.keyInterval = p.e.cfg.KeyframeInterval
+	t.fir = feedback(cp.RTCPFeedback, webrtc.TypeRTCPFBCCM, "fir") && !feedback(cp.RTCPFeedback, webrtc.TypeRTCPFBNACK, "pli")
 	sink, err := p.h.Published(t)
 	if err != nil {
 		p.log.Error("track refused", "track", t.ID, "err", err)
@@ -394,7 +475,7 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 			p.Close()
 		}
 	}()
-	p.log.Info("track started", "track", t.ID, "audio_level_ext", t.LevelExtID)
+	p.log.Info("track started", "track", t.ID, "codec", cp.MimeType, "audio_level_ext", t.LevelExtID)
 
 	buf := make([]byte, 1500)
 	var bad, pkts, bytes uint64
@@ -412,6 +493,7 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 			flush()
 		}
 		bytes += uint64(n)
+		t.cache.put(buf[:n])
 		if err := sink.WriteRTP(buf[:n], p.arrival(buf[:n])); err != nil {
 			if bad == 0 {
 				p.log.Info("dropping malformed RTP", "track", t.ID, "err", err)
@@ -498,8 +580,11 @@ func (p *Peer) readFeedback(d *DownTrack, sender *webrtc.RTPSender) {
 					})
 				}
 				p.e.count.resent.Add(uint64(d.resend(seqs)))
-			case *rtcp.PictureLossIndication:
+			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
 				p.e.count.plis.Add(1)
+				if src := d.Source(); src != nil {
+					src.RequestKeyframe() // throttled per publisher track
+				}
 			}
 		}
 	}

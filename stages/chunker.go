@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pion/webrtc/v3"
+
 	"github.com/beepvoice/router/oggopus"
 	"github.com/beepvoice/router/pipeline"
 	"github.com/beepvoice/router/room"
@@ -89,8 +91,12 @@ func NewChunker(s ChunkerSettings, log *slog.Logger) (*Chunker, error) {
 	return &Chunker{s: s, log: log, silence: samples(s.Silence), preroll: samples(s.Preroll), max: samples(s.MaxDuration)}, nil
 }
 
-// Open returns the chunker's processor for one track.
+// Open returns the chunker's processor for one track. Bites are Opus: a
+// video track passes by untouched.
 func (c *Chunker) Open(t *room.Track, emit pipeline.Emit) (pipeline.Processor, error) {
+	if t.Kind != webrtc.RTPCodecTypeAudio {
+		return pipeline.Nop{}, nil
+	}
 	return &chunkerProc{c: c, track: t, emit: emit}, nil
 }
 

@@ -140,10 +140,13 @@ func (fp *forwarderProc) HandlePacket(p *pipeline.Packet) bool {
 	}
 	t := p.Track
 	now := p.Arrival.UnixNano()
-	if p.Loud(f.settings.ThresholdDBov) && t.MarkActive(now, f.settings.Hangover.D()) {
-		c.Reassign()
-	} else if t.Waiting() && c.RetryDue(now, f.settings.Retry.D()) {
-		c.Reassign()
+	if !t.Video() {
+		// Speakers are audio: a loud packet may win its publisher a slot.
+		if p.Loud(f.settings.ThresholdDBov) && t.MarkActive(now, f.settings.Hangover.D()) {
+			c.Reassign()
+		} else if t.Waiting() && c.RetryDue(now, f.settings.Retry.D()) {
+			c.Reassign()
+		}
 	}
 	job := fanout{track: t, pkt: p, level: p.LevelByte(), now: now}
 	slots := t.Targets(c)

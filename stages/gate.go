@@ -50,7 +50,7 @@ func (g *Gate) Close(context.Context) error { return nil }
 type gateProc struct{ g *Gate }
 
 func (gp gateProc) HandlePacket(p *pipeline.Packet) bool {
-	c := p.Track.User().Conversation()
+	c := p.Track.Conversation()
 	if c == nil {
 		gp.g.dropped.Add(1)
 		return false

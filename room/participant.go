@@ -1,0 +1,277 @@
+package room
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync/atomic"
+
+	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/rtc"
+)
+
+// The feed policy, for front-ends whose clients subscribe to each publisher
+// on a connection of its own (SylkServer's video rooms, Arbiter): a
+// Participant publishes on one connection it offers, and receives each
+// other participant on a Feed, a connection the router offers, bound to
+// that publisher's tracks for its whole life.
+
+// Errors of participants and feeds.
+var (
+	// ErrParticipantExists is returned by Enter for an id already taken in
+	// the conversation.
+	ErrParticipantExists = errors.New("participant id already taken in this conversation")
+	// ErrLeft is returned for a participant that has left.
+	ErrLeft = errors.New("participant has left")
+)
+
+// Event tells a participant's front-end of a change in its conversation.
+type Event struct {
+	// Kind is what happened.
+	Kind EventKind
+	// Participant is whom it happened to.
+	Participant *Participant
+}
+
+// EventKind is what an Event says.
+type EventKind int
+
+// Event kinds.
+const (
+	// Published: the participant's media exists (its first track started);
+	// feeds of it can be offered.
+	Published EventKind = iota + 1
+	// Left: the participant left; the feeds of it have ended.
+	Left
+)
+
+// Participant is a member of one conversation for the life of a front-end
+// session: unlike a Beep user, whose devices follow the user's last join, a
+// participant never moves, and one user may be several participants at once
+// (a 1:1 call and a room).
+type Participant struct {
+	// ID names the participant in its conversation.
+	ID string
+	// Claim is the identity of the participant's client.
+	Claim claim.Claim
+
+	m     *Manager
+	c     *Conversation
+	watch func(Event)
+
+	// conv is c while the participant is in it, nil after it left: its
+	// tracks' packets follow it (Track.Conversation).
+	conv atomic.Pointer[Conversation]
+
+	// Guarded by Manager.mu.
+	pub    *rtc.Peer // publishing connection, or nil
+	tracks []*Track  // published, in start order
+	left   bool
+}
+
+// Enter makes a participant id, of client c, in conversation convID,
+// creating the conversation. watch, if not nil, is told of the other
+// participants' events; it is called without locks held, from the
+// goroutine that made the change, and must not block.
+func (m *Manager) Enter(convID, id string, c claim.Claim, watch func(Event)) (*Participant, error) {
+	if convID == "" || id == "" {
+		return nil, errors.New("room: enter needs a conversation and a participant id")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	conv, ok := m.convs[convID]
+	if !ok && m.cfg.MaxConversations > 0 && len(m.convs) >= m.cfg.MaxConversations {
+		return nil, fmt.Errorf("%w (%d)", ErrTooManyConversations, m.cfg.MaxConversations)
+	}
+	if ok {
+		if _, taken := conv.participants[id]; taken {
+			return nil, fmt.Errorf("%w: %q", ErrParticipantExists, id)
+		}
+		if max := m.cfg.MaxPeersPerConversation; max > 0 && devices(conv) >= max {
+			return nil, fmt.Errorf("%w (%d devices)", ErrConversationFull, max)
+		}
+	}
+	if !ok {
+		conv = newConversation(convID)
+		m.convs[convID] = conv
+	}
+	p := &Participant{ID: id, Claim: c, m: m, c: conv, watch: watch}
+	p.conv.Store(conv)
+	conv.participants[id] = p
+	m.log.Info("participant entered", "conversation", convID, "participant", id, "user", c.UserID)
+	return p, nil
+}
+
+// Conversation returns the participant's conversation.
+func (p *Participant) Conversation() *Conversation { return p.c }
+
+// Publisher returns the participant's publishing connection, making it on
+// the first call: a peer with video that the client offers to (Answer) and
+// on which the router only receives. Its tracks are forwarded to the feeds
+// of the participant.
+func (p *Participant) Publisher() (*rtc.Peer, error) {
+	m := p.m
+	m.mu.Lock()
+	if p.left {
+		m.mu.Unlock()
+		return nil, ErrLeft
+	}
+	if p.pub != nil {
+		defer m.mu.Unlock()
+		return p.pub, nil
+	}
+	m.mu.Unlock()
+	peer, err := m.engine.NewPeer(p.Claim, (*publisher)(p), rtc.PeerOptions{Video: true})
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	if p.left || p.pub != nil {
+		m.mu.Unlock()
+		peer.Close()
+		if p.left {
+			return nil, ErrLeft
+		}
+		return p.Publisher()
+	}
+	p.pub = peer
+	m.mu.Unlock()
+	return peer, nil
+}
+
+// Tracks returns the participant's published tracks.
+func (p *Participant) Tracks() []*Track {
+	p.m.mu.Lock()
+	defer p.m.mu.Unlock()
+	return slices.Clone(p.tracks)
+}
+
+// Leave takes the participant out of its conversation: its connections and
+// the feeds of it close, and the others are told.
+func (p *Participant) Leave() {
+	m := p.m
+	m.mu.Lock()
+	if p.left {
+		m.mu.Unlock()
+		return
+	}
+	p.left = true
+	p.conv.Store(nil) // the gate stops its packets from here on
+	c := p.c
+	delete(c.participants, p.ID)
+	pub := p.pub
+	var feeds []*Feed
+	c.mu.Lock()
+	for _, f := range c.feeds {
+		if f.sub == p || f.pub == p {
+			feeds = append(feeds, f)
+		}
+	}
+	c.tracks = slices.DeleteFunc(c.tracks, func(t *Track) bool {
+		if t.part == p {
+			t.targets.Store(nil)
+			return true
+		}
+		return false
+	})
+	c.mu.Unlock()
+	others := c.others(p)
+	if len(c.members) == 0 && len(c.participants) == 0 {
+		delete(m.convs, c.ID)
+		c.stop()
+	}
+	m.mu.Unlock()
+
+	for _, f := range feeds {
+		f.end(errPublisherLeft)
+	}
+	if pub != nil {
+		pub.Close()
+	}
+	notify(others, Event{Kind: Left, Participant: p})
+	m.log.Info("participant left", "conversation", c.ID, "participant", p.ID)
+}
+
+// errPublisherLeft ends the feeds of a participant who left.
+var errPublisherLeft = errors.New("publisher left")
+
+// others returns the participants of c other than p. Callers hold
+// Manager.mu.
+func (c *Conversation) others(p *Participant) []*Participant {
+	var ps []*Participant
+	for _, q := range c.participants {
+		if q != p {
+			ps = append(ps, q)
+		}
+	}
+	return ps
+}
+
+// notify tells the watchers of ps of e. Callers hold no lock.
+func notify(ps []*Participant, e Event) {
+	for _, q := range ps {
+		if q.watch != nil {
+			q.watch(e)
+		}
+	}
+}
+
+// publisher is a participant's publishing connection's rtc.Handler.
+type publisher Participant
+
+// Connected implements rtc.Handler.
+func (*publisher) Connected(*rtc.Peer) {}
+
+// Closed implements rtc.Handler: a publisher whose connection is gone has
+// left (its client reconnects as a new participant).
+func (pb *publisher) Closed(*rtc.Peer) { go (*Participant)(pb).Leave() }
+
+// Published implements rtc.Handler: the track gets its pipeline chain and
+// is forwarded to the feeds of the participant.
+func (pb *publisher) Published(up *rtc.UpTrack) (rtc.TrackSink, error) {
+	p := (*Participant)(pb)
+	t := &Track{UpTrack: up, member: &p.conv, part: p}
+	sink, err := p.m.cfg.Sink.Open(t)
+	if err != nil {
+		return nil, err
+	}
+	m := p.m
+	m.mu.Lock()
+	if p.left {
+		m.mu.Unlock()
+		sink.Close()
+		return nil, ErrLeft
+	}
+	first := len(p.tracks) == 0
+	p.tracks = append(p.tracks, t)
+	c := p.c
+	c.mu.Lock()
+	c.tracks = append(c.tracks, t)
+	c.mu.Unlock()
+	others := c.others(p)
+	m.mu.Unlock()
+	c.sync()
+	if first {
+		notify(others, Event{Kind: Published, Participant: p})
+	}
+	return sink, nil
+}
+
+// Unpublished implements rtc.Handler.
+func (pb *publisher) Unpublished(up *rtc.UpTrack) {
+	p := (*Participant)(pb)
+	m := p.m
+	m.mu.Lock()
+	i := slices.IndexFunc(p.tracks, func(t *Track) bool { return t.UpTrack == up })
+	if i < 0 {
+		m.mu.Unlock()
+		return
+	}
+	t := p.tracks[i]
+	p.tracks = slices.Delete(p.tracks, i, i+1)
+	m.mu.Unlock()
+	p.c.removeTrack(t)
+}
