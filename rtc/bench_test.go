@@ -100,3 +100,70 @@ func BenchmarkSpeakerSwitch(b *testing.B) {
 		}
 	}
 }
+
+// videoContext is what pion passes to Bind for a VP8 down-track.
+type videoContext struct{ boundContext }
+
+func (videoContext) CodecParameters() []webrtc.RTPCodecParameters {
+	return []webrtc.RTPCodecParameters{codec.VP8}
+}
+func (videoContext) HeaderExtensions() []webrtc.RTPHeaderExtensionParameter { return nil }
+
+// BenchmarkVideoFanout measures forwarding one 1,200-byte VP8 packet to n
+// video down-tracks: "rewrite" without SRTP and the send (as
+// BenchmarkFanout), "direct" with each down-track's own SRTP context and a
+// sendmmsg of all copies to a loopback socket, as on the UDP_PORT path.
+func BenchmarkVideoFanout(b *testing.B) {
+	for _, direct := range []bool{false, true} {
+		for _, n := range []int{1, 10, 100} {
+			name := "rewrite/"
+			if direct {
+				name = "direct/"
+			}
+			b.Run(name+strconv.Itoa(n), func(b *testing.B) {
+				src := newUpTrack(claim.Claim{UserID: "pub", ClientID: "cam"}, 1, webrtc.RTPCodecTypeVideo, codec.VP8.RTPCodecCapability, 0)
+				downs := make([]*DownTrack, n)
+				var e *egress
+				if direct {
+					e = loopbackEgress(b)
+				}
+				for i := range downs {
+					p := &Peer{Claim: claim.Claim{UserID: "u" + strconv.Itoa(i), ClientID: "d"}}
+					if e != nil {
+						p.egress.Store(e)
+					}
+					d := newDownTrack(p, webrtc.RTPCodecTypeVideo, 0)
+					if _, err := d.Bind(videoContext{boundContext{ssrc: webrtc.SSRC(1000 + i)}}); err != nil {
+						b.Fatal(err)
+					}
+					d.SetSource(src)
+					downs[i] = d
+				}
+				// A VP8 keyframe's first packet: descriptor with S set,
+				// then a key frame header (P clear, start code).
+				payload := make([]byte, 1200-12)
+				copy(payload, []byte{0x10, 0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a})
+				p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SSRC: 1}, Payload: payload}
+				buf := src.SendBuffer()
+				b.ReportAllocs()
+				b.SetBytes(int64(n * 1200))
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					p.SequenceNumber++
+					if i%4 == 0 {
+						p.Timestamp += 3000
+					}
+					for _, d := range downs {
+						if ok, err := d.Write(buf, src, p, 0, false, 0); !ok || err != nil {
+							b.Fatal("not written: ", err)
+						}
+					}
+					if _, err := buf.Flush(); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/down-track")
+			})
+		}
+	}
+}

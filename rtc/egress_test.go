@@ -23,6 +23,22 @@ import (
 // with profile's keys, and the up-track that is its source.
 func directDownTrack(t testing.TB, profile srtp.ProtectionProfile) (*DownTrack, *UpTrack, *net.UDPConn, *egress) {
 	t.Helper()
+	e, recv := directRoute(t, profile)
+	tr := NewUpTrack(claim.Claim{UserID: "speaker", ClientID: "s"}, 1, 1)
+	p := &Peer{Claim: claim.Claim{UserID: "listener", ClientID: "d"}}
+	p.egress.Store(e)
+	s := newDownTrack(p, webrtc.RTPCodecTypeAudio, 0)
+	if _, err := s.Bind(boundContext{ssrc: 4242}); err != nil {
+		t.Fatal(err)
+	}
+	s.SetSource(tr)
+	return s, tr, recv, e
+}
+
+// directRoute returns a direct egress path with profile's keys from a
+// loopback socket to the returned receiving one.
+func directRoute(t testing.TB, profile srtp.ProtectionProfile) (*egress, *net.UDPConn) {
+	t.Helper()
 	keyLen, err := profile.KeyLen()
 	if err != nil {
 		t.Fatal(err)
@@ -40,21 +56,31 @@ func directDownTrack(t testing.TB, profile srtp.ProtectionProfile) (*DownTrack, 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { send.Close(); recv.Close() })
-	e := &egress{
+	return &egress{
 		srtpKeys: srtpKeys{key: bytes.Repeat([]byte{7}, keyLen), salt: bytes.Repeat([]byte{9}, saltLen), profile: profile},
 		conn:     send,
 		to:       recv.LocalAddr().(*net.UDPAddr).AddrPort(),
-	}
+	}, recv
+}
 
-	tr := NewUpTrack(claim.Claim{UserID: "speaker", ClientID: "s"}, 1, 1)
-	p := &Peer{Claim: claim.Claim{UserID: "listener", ClientID: "d"}}
-	p.egress.Store(e)
-	s := newDownTrack(p, webrtc.RTPCodecTypeAudio, 0)
-	if _, err := s.Bind(boundContext{ssrc: 4242}); err != nil {
-		t.Fatal(err)
-	}
-	s.SetSource(tr)
-	return s, tr, recv, e
+// loopbackEgress returns a batched (sendmmsg) AES-GCM egress path to a
+// loopback socket that a goroutine drains until the benchmark ends.
+func loopbackEgress(b *testing.B) *egress {
+	e, recv := directRoute(b, srtp.ProtectionProfileAeadAes128Gcm)
+	e.batch = ipv4.NewPacketConn(e.conn)
+	e.addr = net.UDPAddrFromAddrPort(e.to)
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		buf := make([]byte, 1500)
+		for {
+			if _, err := recv.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	b.Cleanup(func() { recv.Close(); <-drained })
+	return e
 }
 
 // receive reads one datagram from conn within a second.
