@@ -163,7 +163,7 @@ func (c *Conversation) removeDevice(d *device) {
 	c.Reassign()
 }
 
-// removeTrack takes an ended track out. Callers hold Manager.mu.
+// removeTrack takes an ended track out.
 func (c *Conversation) removeTrack(t *Track) {
 	c.mu.Lock()
 	c.tracks = slices.DeleteFunc(c.tracks, func(q *Track) bool { return q == t })

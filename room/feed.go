@@ -92,12 +92,16 @@ func (f *Feed) Err() error {
 }
 
 // Close ends the feed.
-func (f *Feed) Close() { f.end(ErrFeedClosed) }
+func (f *Feed) Close() { f.end(ErrFeedClosed, true) }
 
 // end ends the feed for reason err, once: it leaves its conversation, its
-// down-tracks are unbound and its connection closed. Callers hold no lock.
-func (f *Feed) end(err error) {
+// down-tracks are unbound and, if closePeer, its connection closed
+// (closePeer is false when the connection is closing already: end is then
+// called from within its Close). Callers hold no lock.
+func (f *Feed) end(err error, closePeer bool) {
+	first := false
 	f.once.Do(func() {
+		first = true
 		f.err = err
 		c := f.sub.c
 		c.mu.Lock()
@@ -107,9 +111,14 @@ func (f *Feed) end(err error) {
 		}
 		c.mu.Unlock()
 		close(f.done)
-		f.peer.Close()
-		c.Reassign()
 	})
+	if !first {
+		return
+	}
+	if closePeer {
+		f.peer.Close()
+	}
+	f.sub.c.Reassign()
 }
 
 // Connected implements rtc.Handler: the feed's down-tracks get bound.
@@ -122,7 +131,11 @@ func (f *Feed) Connected(*rtc.Peer) {
 }
 
 // Closed implements rtc.Handler: a feed whose connection is gone ends.
-func (f *Feed) Closed(*rtc.Peer) { go f.end(errors.New("feed connection closed")) }
+func (f *Feed) Closed(*rtc.Peer) { f.end(errFeedConnClosed, false) }
+
+// errFeedConnClosed is the Err of a feed whose connection closed (ICE or
+// DTLS failed, the client went away, or the router is closing).
+var errFeedConnClosed = errors.New("feed connection closed")
 
 // Published implements rtc.Handler: a feed only sends; a track the client
 // sends on it is refused.

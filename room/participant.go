@@ -129,16 +129,19 @@ func (p *Participant) Publisher() (*rtc.Peer, error) {
 		return nil, err
 	}
 	m.mu.Lock()
-	if p.left || p.pub != nil {
-		m.mu.Unlock()
-		peer.Close()
-		if p.left {
-			return nil, ErrLeft
-		}
-		return p.Publisher()
+	left, existing := p.left, p.pub
+	if !left && existing == nil {
+		p.pub = peer
 	}
-	p.pub = peer
 	m.mu.Unlock()
+	switch {
+	case left:
+		peer.Close()
+		return nil, ErrLeft
+	case existing != nil: // made by a concurrent call
+		peer.Close()
+		return existing, nil
+	}
 	return peer, nil
 }
 
@@ -151,7 +154,11 @@ func (p *Participant) Tracks() []*Track {
 
 // Leave takes the participant out of its conversation: its connections and
 // the feeds of it close, and the others are told.
-func (p *Participant) Leave() {
+func (p *Participant) Leave() { p.leave(true) }
+
+// leave is Leave; closePub is false when the publishing connection is
+// closing already (Leave is then called from within its Close).
+func (p *Participant) leave(closePub bool) {
 	m := p.m
 	m.mu.Lock()
 	if p.left {
@@ -186,9 +193,9 @@ func (p *Participant) Leave() {
 	m.mu.Unlock()
 
 	for _, f := range feeds {
-		f.end(errPublisherLeft)
+		f.end(errPublisherLeft, true)
 	}
-	if pub != nil {
+	if pub != nil && closePub {
 		pub.Close()
 	}
 	notify(others, Event{Kind: Left, Participant: p})
@@ -227,7 +234,7 @@ func (*publisher) Connected(*rtc.Peer) {}
 
 // Closed implements rtc.Handler: a publisher whose connection is gone has
 // left (its client reconnects as a new participant).
-func (pb *publisher) Closed(*rtc.Peer) { go (*Participant)(pb).Leave() }
+func (pb *publisher) Closed(*rtc.Peer) { (*Participant)(pb).leave(false) }
 
 // Published implements rtc.Handler: the track gets its pipeline chain and
 // is forwarded to the feeds of the participant.

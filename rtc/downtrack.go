@@ -54,6 +54,7 @@ type DownTrack struct {
 
 	last      *UpTrack // source of the last packet written
 	lastPT    uint8    // payload type for last
+	clockRate uint32   // of last's codec
 	in        unwrapper
 	started   bool
 	seqOffset uint64 // extended out = extended in + seqOffset (mod 2^64)
@@ -266,7 +267,7 @@ func (s *DownTrack) Write(buf *SendBuffer, src *UpTrack, p *rtp.Packet, levelByt
 			s.seqOffset = 0
 			s.tsOffset = 0
 		}
-		s.last, s.lastPT, pt = src, c.pt, c.pt
+		s.last, s.lastPT, s.clockRate, pt = src, c.pt, c.clockRate, c.pt
 		marker = marker || src.Kind == webrtc.RTPCodecTypeAudio
 	}
 	seq := s.in.extend(p.SequenceNumber) + s.seqOffset

@@ -29,7 +29,7 @@ func (s *DownTrack) report(now time.Time) (rtcp.SenderReport, bool) {
 	return rtcp.SenderReport{
 		SSRC:        s.ssrc,
 		NTPTime:     ntpTime(now),
-		RTPTime:     s.lastTS + uint32(since*48/1e6), // Opus: 48 kHz
+		RTPTime:     s.lastTS + uint32(uint64(max(since, 0))*uint64(s.clockRate)/1e9),
 		PacketCount: uint32(s.written.Load()),
 		OctetCount:  uint32(s.bytes.Load()),
 	}, true

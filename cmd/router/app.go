@@ -110,6 +110,7 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (a *app, err er
 			FailedTimeout:       cfg.ICEFailed,
 			KeepaliveInterval:   cfg.ICEKeepalive,
 			MaxDownTracks:       cfg.MaxSlots,
+			KeyframeInterval:    cfg.KeyframeEvery,
 			TrackBuffer:         cfg.TrackBuffer,
 			PionEgress:          cfg.PionEgress,
 		},

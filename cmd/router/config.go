@@ -36,6 +36,7 @@ type config struct {
 	OfferTimeout    time.Duration
 	MaxMessage      int64
 	MaxSlots        int
+	KeyframeEvery   time.Duration
 	TrackBuffer     int
 	PionEgress      bool
 	LogFormat       string
@@ -85,6 +86,7 @@ var settings = []setting{
 	{"OFFER_TIMEOUT", "10s", "a /connect socket must send its offer within this time"},
 	{"MAX_MESSAGE", "65536", "largest signalling WebSocket message in bytes"},
 	{"MAX_SLOTS", "16", "most receiving audio m-lines one offer may have"},
+	{"KEYFRAME_INTERVAL", "500ms", "shortest time between two keyframe requests (PLI/FIR) to one publisher's video track, however many subscribers ask"},
 	{"MAX_PEERS_PER_USER", "10", "most devices of one user, connecting ones included; 0: no limit"},
 	{"MAX_PEERS_PER_CONVERSATION", "200", "most devices in one conversation, connecting ones included; 0: no limit"},
 	{"MAX_CONVERSATIONS", "10000", "most conversations in the process; 0: no limit"},
@@ -206,6 +208,7 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 	c.OfferTimeout = duration("OFFER_TIMEOUT")
 	c.MaxMessage = int64(integer("MAX_MESSAGE", 1024, 16<<20))
 	c.MaxSlots = integer("MAX_SLOTS", 1, 64)
+	c.KeyframeEvery = duration("KEYFRAME_INTERVAL")
 	c.TrackBuffer = integer("TRACK_BUFFER_BYTES", 1500, 1<<20)
 	switch get("EGRESS") {
 	case "direct":
