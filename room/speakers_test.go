@@ -1,6 +1,7 @@
 package room
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -200,5 +201,37 @@ func TestReassignRunsOffThePacketPath(t *testing.T) {
 	r.c.removeDevice(r.devices["a"])
 	if got := r.heard("a"); got != "-" {
 		t.Errorf("a removed device still hears %q", got)
+	}
+}
+
+// BenchmarkReassign measures one recomputation of the speaker policy for a
+// large conversation: 200 devices with 16 slots each and 20 speakers, one
+// of them just started. It runs on the conversation's own goroutine, never
+// under Manager.mu or on the packet path.
+func BenchmarkReassign(b *testing.B) {
+	c := newConversation("bench")
+	b.Cleanup(c.stop)
+	now := time.Now().UnixNano()
+	for i := range 200 {
+		u := &User{ID: "u" + strconv.Itoa(i), devices: map[string]*device{}}
+		u.conv.Store(c)
+		d := &device{user: u, connected: true}
+		for range 16 {
+			d.slots = append(d.slots, new(rtc.DownTrack))
+		}
+		c.members[u] = struct{}{}
+		c.devices = append(c.devices, d)
+		if i < 20 {
+			tr := NewTrack(u, rtc.NewUpTrack(claim.Claim{UserID: u.ID, ClientID: "d"}, uint32(i+1), 1))
+			c.tracks = append(c.tracks, tr)
+		}
+	}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		now += int64(time.Millisecond)
+		c.tracks[i%20].MarkActive(now, time.Second)
+		c.mu.Lock()
+		c.reassignLocked(now)
+		c.mu.Unlock()
 	}
 }

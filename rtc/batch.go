@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/pion/rtp"
 	"golang.org/x/net/ipv4"
 )
 
@@ -104,4 +105,52 @@ func (b *SendBuffer) Flush() (failed int, err error) {
 	failed, err = b.failed, b.err
 	b.failed, b.err = 0, nil
 	return failed, err
+}
+
+// Fanout writes packet p of src to downs through buf (see DownTrack.Write)
+// and sends what buf queued: the inner loop of a forwarder. It reports how
+// many copies were written and how many failed, with the first error. A
+// down-track whose write panics costs its own peer, which is closed
+// (Peer.Fail), not the others: they still get the packet.
+func Fanout(downs []*DownTrack, buf *SendBuffer, src *UpTrack, p *rtp.Packet, levelByte byte, hasLevel bool, now int64) (written, failed uint64, err error) {
+	for i := 0; i < len(downs); {
+		i = fanoutFrom(downs, i, buf, src, p, levelByte, hasLevel, now, &written, &failed, &err)
+	}
+	n, ferr := buf.Flush()
+	if ferr != nil {
+		failed += uint64(n)
+		if err == nil {
+			err = ferr
+		}
+	}
+	return written, failed, err
+}
+
+// fanoutFrom writes to downs from index i on, and returns where it
+// stopped: at the end, or just past a down-track whose write panicked. One
+// deferred recover serves the whole loop, so the packet path pays for it
+// once per fan-out, not once per copy.
+func fanoutFrom(downs []*DownTrack, i int, buf *SendBuffer, src *UpTrack, p *rtp.Packet, levelByte byte, hasLevel bool, now int64, written, failed *uint64, err *error) (next int) {
+	defer func() {
+		if r := recover(); r != nil {
+			if peer := downs[next].peer; peer != nil {
+				peer.Fail("fan-out", r)
+			}
+			*failed++
+			next++
+		}
+	}()
+	for next = i; next < len(downs); next++ {
+		ok, werr := downs[next].Write(buf, src, p, levelByte, hasLevel, now)
+		switch {
+		case werr != nil:
+			*failed++
+			if *err == nil {
+				*err = werr
+			}
+		case ok:
+			*written++
+		}
+	}
+	return next
 }

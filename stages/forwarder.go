@@ -193,45 +193,7 @@ type fanout struct {
 
 // run writes the packet to downs through buf and sends what buf queued.
 func (j *fanout) run(downs []*rtc.DownTrack, buf *rtc.SendBuffer) (written, failed uint64, err error) {
-	for i := 0; i < len(downs); {
-		i = j.write(downs, i, buf, &written, &failed, &err)
-	}
-	n, ferr := buf.Flush()
-	if ferr != nil {
-		failed += uint64(n)
-		if err == nil {
-			err = ferr
-		}
-	}
-	return written, failed, err
-}
-
-// write writes the packet to downs from index i on, and returns where it
-// stopped: at the end, or just past a down-track whose write panicked. That
-// down-track's peer is closed, and the caller goes on with the others.
-func (j *fanout) write(downs []*rtc.DownTrack, i int, buf *rtc.SendBuffer, written, failed *uint64, err *error) (next int) {
-	defer func() {
-		if r := recover(); r != nil {
-			if p := downs[next].Peer(); p != nil {
-				p.Fail("fan-out", r)
-			}
-			*failed++
-			next++
-		}
-	}()
-	for next = i; next < len(downs); next++ {
-		ok, werr := downs[next].Write(buf, j.track.UpTrack, &j.pkt.RTP, j.level, j.pkt.HasLevel, j.now)
-		switch {
-		case werr != nil:
-			*failed++
-			if *err == nil {
-				*err = werr
-			}
-		case ok:
-			*written++
-		}
-	}
-	return next
+	return rtc.Fanout(downs, buf, j.track.UpTrack, &j.pkt.RTP, j.level, j.pkt.HasLevel, j.now)
 }
 
 func (*forwarderProc) HandleBite(*pipeline.Bite) {}
