@@ -193,7 +193,11 @@ func (p *Participant) leave(closePub bool) {
 	m.mu.Unlock()
 
 	for _, f := range feeds {
-		f.end(errPublisherLeft, true)
+		if f.pub == p {
+			f.end(errPublisherLeft, true)
+		} else {
+			f.end(errSubscriberLeft, true)
+		}
 	}
 	if pub != nil && closePub {
 		pub.Close()
@@ -202,8 +206,12 @@ func (p *Participant) leave(closePub bool) {
 	m.log.Info("participant left", "conversation", c.ID, "participant", p.ID)
 }
 
-// errPublisherLeft ends the feeds of a participant who left.
-var errPublisherLeft = errors.New("publisher left")
+// The reasons feeds end when a participant leaves: the feeds of it, and
+// the feeds it received.
+var (
+	errPublisherLeft  = errors.New("publisher left")
+	errSubscriberLeft = errors.New("subscriber left")
+)
 
 // others returns the participants of c other than p. Callers hold
 // Manager.mu.
