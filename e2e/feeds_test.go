@@ -789,6 +789,11 @@ func TestFeedsInChromium(t *testing.T) {
 	if n := len(s.allFeeds()); n != 2 {
 		t.Errorf("server made %d feeds for two participants, want 2", n)
 	}
+	if st := s.m.Stats(); st.TWCCSent == 0 {
+		t.Error("the router sent the publishers no transport-wide congestion control feedback: their encoders cannot adapt")
+	} else {
+		t.Logf("router: %d TWCC feedback packets sent to the publishers", st.TWCCSent)
+	}
 
 	// 2. The server makes A leave: the feeds of A and to A end, and both
 	// pages are told.
@@ -797,8 +802,8 @@ func TestFeedsInChromium(t *testing.T) {
 		t.Fatal("A is not in the conversation")
 	}
 	pa.Leave()
-	feedEnded(t, tabB, ba, "left")
-	feedEnded(t, tabA, ab, "left")
+	feedEnded(t, tabB, ba, "publisher left")
+	feedEnded(t, tabA, ab, "subscriber left")
 	if p := s.publisher("A"); p == nil {
 		t.Error("A had no publishing connection")
 	} else {
@@ -833,9 +838,9 @@ func TestFeedsInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	closedAt := time.Now()
-	feedEnded(t, tabA, a2b, "left")
+	feedEnded(t, tabA, a2b, "publisher left")
 	t.Logf("A2's feed of B ended %v after B's page closed its publishing connection", time.Since(closedAt).Round(time.Millisecond))
-	feedEnded(t, tabB, ba2, "left")
+	feedEnded(t, tabB, ba2, "subscriber left")
 	if p := s.publisher("B"); p == nil {
 		t.Error("B had no publishing connection")
 	} else {

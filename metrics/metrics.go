@@ -40,11 +40,11 @@ func Register(r prometheus.Registerer, src Sources) error {
 type collector struct {
 	src Sources
 
-	users, convs, peers, direct, tracks, slots             *prometheus.Desc
-	pktsIn, bytesIn, malformed, pktsOut, bytesOut          *prometheus.Desc
-	nacks, plis, keyReqs, nacksSent, overload, stageEvents *prometheus.Desc
-	resent                                                 *prometheus.Desc
-	natsUp                                                 *prometheus.Desc
+	users, convs, peers, direct, tracks, slots                   *prometheus.Desc
+	pktsIn, bytesIn, malformed, pktsOut, bytesOut                *prometheus.Desc
+	nacks, plis, keyReqs, twcc, nacksSent, overload, stageEvents *prometheus.Desc
+	resent                                                       *prometheus.Desc
+	natsUp                                                       *prometheus.Desc
 }
 
 func newCollector(src Sources) *collector {
@@ -68,6 +68,7 @@ func newCollector(src Sources) *collector {
 		resent:      d("rtp_resent_total", "Packets sent again in answer to receivers' NACKs, from the slots' caches (EGRESS=direct)."),
 		plis:        d("rtcp_plis_received_total", "PLIs and FIRs received from receivers; for video they become keyframe requests to the publisher."),
 		keyReqs:     d("keyframe_requests_total", "PLIs and FIRs sent to publishers of video (at most one per track per keyframe interval)."),
+		twcc:        d("rtcp_twcc_sent_total", "Transport-wide congestion control feedback packets sent to publishers of video."),
 		nacksSent:   d("rtcp_nacks_sent_total", "NACKs sent to publishers for packets lost on the way in."),
 		overload:    d("rtp_dropped_overload_total", "Received RTP packets dropped because their track's reader was TRACK_BUFFER_BYTES behind (the router is overloaded)."),
 		stageEvents: d("stage_events_total", "What each pipeline stage counted: forwarded packets, bites, published bites, and drops by reason (event=drop_*).", "stage", "event"),
@@ -76,7 +77,7 @@ func newCollector(src Sources) *collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.direct, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.pktsOut, c.bytesOut, c.nacks, c.resent, c.plis, c.keyReqs, c.nacksSent, c.overload, c.stageEvents, c.natsUp} {
+	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.direct, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.pktsOut, c.bytesOut, c.nacks, c.resent, c.plis, c.keyReqs, c.twcc, c.nacksSent, c.overload, c.stageEvents, c.natsUp} {
 		ch <- d
 	}
 }
@@ -105,6 +106,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.resent, s.Resent)
 		counter(c.plis, s.PLIs)
 		counter(c.keyReqs, s.KeyframeRequests)
+		counter(c.twcc, s.TWCCSent)
 		counter(c.nacksSent, s.NACKsSent)
 		counter(c.overload, s.Overload)
 	}

@@ -61,8 +61,9 @@ func newMedia(c *counters, video bool) (*webrtc.MediaEngine, *interceptor.Regist
 	}
 
 	reg := &interceptor.Registry{}
-	// First in the chain, so that the NACK generator writes through it.
-	reg.Add(nackCounterFactory{sent: &c.nacksSent})
+	// First in the chain, so that the NACK generator and the TWCC
+	// interceptor write through it.
+	reg.Add(rtcpCounterFactory{nacks: &c.nacksSent, twcc: &c.twccSent})
 	gen, err := nack.NewGeneratorInterceptor()
 	if err != nil {
 		return nil, nil, fmt.Errorf("nack generator: %w", err)

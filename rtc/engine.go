@@ -99,6 +99,7 @@ type counters struct {
 	nacksSent                     atomic.Uint64
 	overload                      atomic.Uint64
 	keyframeRequests              atomic.Uint64
+	twccSent                      atomic.Uint64
 }
 
 // NewEngine returns an Engine. It opens the UDP port, if one is configured.
@@ -242,6 +243,9 @@ type Stats struct {
 	// KeyframeRequests counts the PLIs and FIRs the router sent to
 	// publishers (at most one per track per keyframe interval).
 	KeyframeRequests uint64
+	// TWCCSent counts the transport-wide congestion control feedback
+	// packets sent to publishers of video, for their encoders to adapt.
+	TWCCSent uint64
 	// Resent counts the packets the direct egress path sent again in
 	// answer to NACKs (pion's responder, with PionEgress, does not count).
 	Resent uint64
@@ -282,6 +286,7 @@ func (e *Engine) Stats() Stats {
 	s.NACKsSent = e.count.nacksSent.Load()
 	s.Overload = e.count.overload.Load()
 	s.KeyframeRequests = e.count.keyframeRequests.Load()
+	s.TWCCSent = e.count.twccSent.Load()
 	return s
 }
 

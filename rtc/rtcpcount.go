@@ -7,29 +7,33 @@ import (
 	"github.com/pion/rtcp"
 )
 
-// nackCounter is an interceptor that counts the NACKs the router sends to
-// publishers (written by pion's NACK generator, which sits after it in the
-// chain and so writes through it).
-type nackCounter struct {
+// rtcpCounter is an interceptor that counts the feedback the router sends
+// to publishers: NACKs (written by pion's NACK generator) and transport-wide
+// congestion control feedback (written by pion's TWCC interceptor). Both sit
+// after it in the chain, and so write through it.
+type rtcpCounter struct {
 	interceptor.NoOp
-	sent *atomic.Uint64
+	nacks, twcc *atomic.Uint64
 }
 
-// BindRTCPWriter counts outgoing NACKs.
-func (c *nackCounter) BindRTCPWriter(w interceptor.RTCPWriter) interceptor.RTCPWriter {
+// BindRTCPWriter counts outgoing NACKs and TWCC feedback.
+func (c *rtcpCounter) BindRTCPWriter(w interceptor.RTCPWriter) interceptor.RTCPWriter {
 	return interceptor.RTCPWriterFunc(func(pkts []rtcp.Packet, a interceptor.Attributes) (int, error) {
 		for _, p := range pkts {
-			if _, ok := p.(*rtcp.TransportLayerNack); ok {
-				c.sent.Add(1)
+			switch p.(type) {
+			case *rtcp.TransportLayerNack:
+				c.nacks.Add(1)
+			case *rtcp.TransportLayerCC:
+				c.twcc.Add(1)
 			}
 		}
 		return w.Write(pkts, a)
 	})
 }
 
-// nackCounterFactory builds a nackCounter per peer connection.
-type nackCounterFactory struct{ sent *atomic.Uint64 }
+// rtcpCounterFactory builds an rtcpCounter per peer connection.
+type rtcpCounterFactory struct{ nacks, twcc *atomic.Uint64 }
 
-func (f nackCounterFactory) NewInterceptor(string) (interceptor.Interceptor, error) {
-	return &nackCounter{sent: f.sent}, nil
+func (f rtcpCounterFactory) NewInterceptor(string) (interceptor.Interceptor, error) {
+	return &rtcpCounter{nacks: f.nacks, twcc: f.twcc}, nil
 }
