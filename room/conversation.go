@@ -26,10 +26,11 @@ type Conversation struct {
 	// lastReassign (unix ns) rate-limits retries for waiting speakers.
 	lastReassign atomic.Int64
 
-	kick  chan struct{}      // capacity 1: a reassignment is due
-	syncs chan chan struct{} // a reassignment whose end is waited for
-	quit  chan struct{}      // closed when the conversation ends
-	done  chan struct{}      // closed when its goroutine has returned
+	kick     chan struct{}      // capacity 1: a reassignment is due
+	syncs    chan chan struct{} // a reassignment whose end is waited for
+	quit     chan struct{}      // closed when the conversation ends
+	stopOnce sync.Once
+	done     chan struct{} // closed when its goroutine has returned
 }
 
 // newConversation returns a conversation whose goroutine runs until stop.
@@ -86,9 +87,10 @@ func (c *Conversation) sync() {
 	}
 }
 
-// stop ends the conversation's goroutine and waits for it.
+// stop ends the conversation's goroutine and waits for it. It may be
+// called more than once (a leave after the Manager closed).
 func (c *Conversation) stop() {
-	close(c.quit)
+	c.stopOnce.Do(func() { close(c.quit) })
 	<-c.done
 }
 

@@ -219,9 +219,16 @@ func (m *Manager) Leave(userID string) {
 // empty. Callers hold m.mu.
 func (m *Manager) leave(u *User, c *Conversation) {
 	if c.remove(u) {
-		delete(m.convs, c.ID)
-		c.stop()
+		m.end(c)
 	}
+}
+
+// end forgets c, left empty, and stops its goroutine. Callers hold m.mu.
+func (m *Manager) end(c *Conversation) {
+	if m.convs[c.ID] == c {
+		delete(m.convs, c.ID)
+	}
+	c.stop()
 }
 
 // Conversation returns the conversation with id, or nil.

@@ -187,8 +187,7 @@ func (p *Participant) leave(closePub bool) {
 	c.mu.Unlock()
 	others := c.others(p)
 	if len(c.members) == 0 && len(c.participants) == 0 {
-		delete(m.convs, c.ID)
-		c.stop()
+		m.end(c)
 	}
 	m.mu.Unlock()
 

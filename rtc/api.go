@@ -39,7 +39,11 @@ func newAPI(cfg *Config, c *counters, socks *sockets) (audio, video *webrtc.API,
 			}
 			return nil, nil, nil, err
 		}
-		api := webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(s))
+		settings := s // a copy: the video peers' buffers are larger
+		if withVideo {
+			settings.BufferFactory = bufferFactory(cfg.VideoTrackBuffer, &c.overload)
+		}
+		api := webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(settings))
 		if withVideo {
 			video = api
 		} else {

@@ -14,6 +14,10 @@ import (
 // and deliver it seconds late rather than drop it.
 const DefaultTrackBuffer = 4 << 10
 
+// DefaultVideoTrackBuffer bounds the received media waiting for a track's
+// reader on a peer with video: pion's own default, seconds of video.
+const DefaultVideoTrackBuffer = 1 << 20
+
 // srtcpBuffer is pion's own bound for RTCP, kept as is.
 const srtcpBuffer = 100 * 1000
 

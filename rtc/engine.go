@@ -40,10 +40,17 @@ type Config struct {
 	// KeyframeInterval is the shortest time between two keyframe requests
 	// to one publisher's video track; zero means DefaultKeyframeInterval.
 	KeyframeInterval time.Duration
-	// TrackBuffer bounds, in bytes, the received media of one track that
-	// waits for its reader; past it packets are dropped and counted (stale
-	// audio is worth less than late audio). Zero means DefaultTrackBuffer.
+	// TrackBuffer bounds, in bytes, the received audio of one track of a
+	// peer without video that waits for its reader; past it packets are
+	// dropped and counted (stale audio is worth less than late audio).
+	// Zero means DefaultTrackBuffer.
 	TrackBuffer int
+	// VideoTrackBuffer is the same bound for every track of a peer with
+	// video: a keyframe arrives as a burst of packets, and a packet dropped
+	// here can never be had again (pion's SRTP has counted it received,
+	// and refuses its retransmission as a replay). Zero means
+	// DefaultVideoTrackBuffer.
+	VideoTrackBuffer int
 	// PionEgress sends every down-track's packets through pion's generic
 	// write path (interceptors, SRTP session, ICE connection) instead of
 	// the direct path of egress.go. It costs more CPU per packet; it is
@@ -115,6 +122,9 @@ func NewEngine(cfg Config) (*Engine, error) {
 	}
 	if cfg.TrackBuffer <= 0 {
 		cfg.TrackBuffer = DefaultTrackBuffer
+	}
+	if cfg.VideoTrackBuffer <= 0 {
+		cfg.VideoTrackBuffer = DefaultVideoTrackBuffer
 	}
 	if cfg.KeyframeInterval <= 0 {
 		cfg.KeyframeInterval = DefaultKeyframeInterval
