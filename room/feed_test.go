@@ -238,9 +238,9 @@ func TestPLIFloodThrottled(t *testing.T) {
 func TestVideoLossRecoveredByNACK(t *testing.T) {
 	frames := testmedia.Frames(t, testmedia.VP8(t))
 	ctx := deadline(t, 2*waitLong)
-	port := freeUDPPort(t)
+	port := testutil.FreeUDPPort(t)
 	m := newManager(t, rtc.Config{UDPPort: port})
-	relay := newLossyRelay(t, port, uint8(codec.VP8.PayloadType), 0.05)
+	relay := testutil.NewRelay(t, port, testutil.RelayOptions{Loss: 0.05, Downlink: true, PayloadTypes: []uint8{uint8(codec.VP8.PayloadType)}})
 	a := enter(t, m, "conv-1", "alice")
 	b := enter(t, m, "conv-1", "bob")
 	publish(t, ctx, a.Participant, webrtc.MimeTypeVP8, frames)
@@ -251,11 +251,11 @@ func TestVideoLossRecoveredByNACK(t *testing.T) {
 	sb := subscribe(t, ctx, f, viaRelay(port, relay))
 	if err := testutil.Until(ctx, func() bool {
 		n, _ := sb.counts()
-		dropped, _ := relay.counts()
+		dropped, _ := relay.Counts()
 		return n >= 90 && dropped >= 5
 	}); err != nil {
 		n, _ := sb.counts()
-		dropped, passed := relay.counts()
+		dropped, passed := relay.Counts()
 		t.Fatalf("bob got %d frames; the relay dropped %d video packets and passed %d", n, dropped, passed)
 	}
 	// Packets up to the highest sequence number received by now have had
@@ -272,7 +272,7 @@ func TestVideoLossRecoveredByNACK(t *testing.T) {
 		t.Fatal("no video packet up to the cut")
 	}
 	pkts := throughMarker(sorted.packets())
-	dropped, passed := relay.counts()
+	dropped, passed := relay.Counts()
 	s := m.Stats()
 	t.Logf("relay dropped %d video packets, passed %d; router got %d NACKs, resent %d; bob got %d packets, %d distinct up to the cut",
 		dropped, passed, s.NACKs, s.Resent, len(all), len(pkts))
@@ -289,7 +289,7 @@ func TestVideoLossRecoveredByNACK(t *testing.T) {
 		got[p.ext] = true
 	}
 	relayLost := map[uint16]bool{}
-	for _, seq := range relay.droppedSeqs() {
+	for _, seq := range relay.Dropped() {
 		relayLost[seq] = true
 	}
 	var unrecovered, neverSent []uint16

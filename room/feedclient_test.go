@@ -3,7 +3,6 @@ package room_test
 import (
 	"context"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"os"
 	"slices"
@@ -518,130 +517,15 @@ func throughMarker(pkts []*rtp.Packet) []*rtp.Packet {
 	return nil
 }
 
-// freeUDPPort returns a loopback UDP port that was free a moment ago.
-func freeUDPPort(t *testing.T) int {
-	t.Helper()
-	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
-}
-
-// lossyRelay forwards UDP between one client and the router on loopback,
-// dropping a share of the router's RTP to the client of one payload type
-// (never STUN, DTLS or RTCP), as cmd/router's relay does the other way.
-type lossyRelay struct {
-	front  net.PacketConn // the client talks to this
-	back   *net.UDPConn   // this talks to the router
-	router *net.UDPAddr
-	pt     uint8
-	loss   float64
-	rng    *rand.Rand
-
-	mu              sync.Mutex
-	client          net.Addr
-	dropped, passed int
-	lost            []uint16 // sequence numbers of the dropped packets
-	wg              sync.WaitGroup
-}
-
-func newLossyRelay(t *testing.T, routerPort int, pt uint8, loss float64) *lossyRelay {
-	t.Helper()
-	front, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	back, err := net.ListenUDP("udp4", &net.UDPAddr{IP: loopback})
-	if err != nil {
-		front.Close()
-		t.Fatal(err)
-	}
-	r := &lossyRelay{front: front, back: back, router: &net.UDPAddr{IP: loopback, Port: routerPort}, pt: pt, loss: loss, rng: rand.New(rand.NewPCG(1, 2))}
-	r.wg.Add(2)
-	go r.forward()
-	go r.backward()
-	t.Cleanup(func() { front.Close(); back.Close(); r.wg.Wait() })
-	return r
-}
-
-func (r *lossyRelay) port() int { return r.front.LocalAddr().(*net.UDPAddr).Port }
-
-// counts returns the packets of the payload type dropped and passed.
-func (r *lossyRelay) counts() (dropped, passed int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.dropped, r.passed
-}
-
-// dropped returns the sequence numbers of the packets dropped so far.
-func (r *lossyRelay) droppedSeqs() []uint16 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.lost)
-}
-
-// isRTP tells RTP from RTCP, STUN and DTLS (RFC 7983, RFC 5761).
-func isRTP(b []byte) bool {
-	return len(b) > 1 && b[0] >= 128 && b[0] <= 191 && (b[1]&0x7f < 64 || b[1]&0x7f > 95)
-}
-
-// forward carries the client's packets to the router, all of them.
-func (r *lossyRelay) forward() {
-	defer r.wg.Done()
-	buf := make([]byte, 1500)
-	for {
-		n, from, err := r.front.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		r.mu.Lock()
-		r.client = from
-		r.mu.Unlock()
-		_, _ = r.back.WriteToUDP(buf[:n], r.router)
-	}
-}
-
-// backward carries the router's packets to the client, dropping a share of
-// the RTP of payload type pt.
-func (r *lossyRelay) backward() {
-	defer r.wg.Done()
-	buf := make([]byte, 1500)
-	for {
-		n, _, err := r.back.ReadFromUDP(buf)
-		if err != nil {
-			return
-		}
-		b := buf[:n]
-		r.mu.Lock()
-		to := r.client
-		drop := false
-		if isRTP(b) && b[1]&0x7f == r.pt {
-			if drop = r.rng.Float64() < r.loss; drop {
-				r.dropped++
-				// SRTP leaves the RTP header in the clear.
-				r.lost = append(r.lost, uint16(b[2])<<8|uint16(b[3]))
-			} else {
-				r.passed++
-			}
-		}
-		r.mu.Unlock()
-		if to != nil && !drop {
-			_, _ = r.front.WriteTo(b, to)
-		}
-	}
-}
-
 // viaRelay returns the signalling rewrites that make a subscriber reach the
 // router (on its one UDP port) through relay only: the router's candidate
 // names the relay's port, and the client's answer carries no candidate, so
 // that the router learns the client only as the relay's address (a
 // peer-reflexive candidate) and sends it nothing directly.
-func viaRelay(routerPort int, relay *lossyRelay) subOptions {
+func viaRelay(routerPort int, relay *testutil.Relay) subOptions {
 	return subOptions{
 		offerFilter: func(sdp string) string {
-			return strings.ReplaceAll(sdp, " "+strconv.Itoa(routerPort)+" typ host", " "+strconv.Itoa(relay.port())+" typ host")
+			return strings.ReplaceAll(sdp, " "+strconv.Itoa(routerPort)+" typ host", " "+strconv.Itoa(relay.Port())+" typ host")
 		},
 		answerFilter: func(sdp string) string {
 			var out []string

@@ -86,18 +86,8 @@ func TestSendonlyThenRecvonly(t *testing.T) {
 	}
 }
 
-func freeUDPPort(t *testing.T) int {
-	t.Helper()
-	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
-}
-
 func TestSingleUDPPort(t *testing.T) {
-	port := freeUDPPort(t)
+	port := testutil.FreeUDPPort(t)
 	r := startRouter(t, map[string]string{"UDP_PORT": strconv.Itoa(port)})
 	r.mustJoin("alice", "conv-1")
 	r.mustJoin("bob", "conv-1")

@@ -52,6 +52,17 @@ func FreeAddr(t testing.TB) string {
 	return l.Addr().String()
 }
 
+// FreeUDPPort returns a loopback UDP port that was free a moment ago.
+func FreeUDPPort(t testing.TB) int {
+	t.Helper()
+	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
 // Buffer is a bytes.Buffer that a writer goroutine (a logger, a
 // subprocess) and a test may use at once.
 type Buffer struct {
