@@ -69,18 +69,23 @@ func loopbackEgress(b *testing.B) *egress {
 	e, recv := directRoute(b, srtp.ProtectionProfileAeadAes128Gcm)
 	e.batch = ipv4.NewPacketConn(e.conn)
 	e.addr = net.UDPAddrFromAddrPort(e.to)
+	drain(b, recv)
+	return e
+}
+
+// drain reads and drops what reaches conn until the benchmark ends.
+func drain(b *testing.B, conn *net.UDPConn) {
 	drained := make(chan struct{})
 	go func() {
 		defer close(drained)
 		buf := make([]byte, 1500)
 		for {
-			if _, err := recv.Read(buf); err != nil {
+			if _, err := conn.Read(buf); err != nil {
 				return
 			}
 		}
 	}()
-	b.Cleanup(func() { recv.Close(); <-drained })
-	return e
+	b.Cleanup(func() { conn.Close(); <-drained })
 }
 
 // receive reads one datagram from conn within a second.
@@ -318,16 +323,7 @@ func BenchmarkDirectEgress(b *testing.B) {
 				e.batch = ipv4.NewPacketConn(e.conn)
 				e.addr = net.UDPAddrFromAddrPort(e.to)
 			}
-			drained := make(chan struct{})
-			go func() {
-				defer close(drained)
-				buf := make([]byte, 1500)
-				for {
-					if _, err := recv.Read(buf); err != nil {
-						return
-					}
-				}
-			}()
+			drain(b, recv)
 			p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1}, Payload: make([]byte, 100)}
 			now := time.Now().UnixNano()
 			b.ReportAllocs()
@@ -347,9 +343,6 @@ func BenchmarkDirectEgress(b *testing.B) {
 			if _, err := tr.SendBuffer().Flush(); err != nil {
 				b.Fatal(err)
 			}
-			b.StopTimer()
-			recv.Close()
-			<-drained
 		})
 	}
 }
