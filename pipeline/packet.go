@@ -20,7 +20,9 @@ type Packet struct {
 	// time of its datagram where the system gives it, else when the
 	// router read it.
 	Arrival time.Time
-	// Track is the published track the packet belongs to.
+	// Track is the published track the packet belongs to; its Kind and
+	// Codec say what the packet carries (audio or video, and the codec).
+	// Stages that only understand Opus skip the others.
 	Track *room.Track
 	// Conversation is the conversation the packet is for. The permission gate
 	// sets it from the publisher's membership when the packet arrives; it is
