@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"unicode/utf8"
 )
 
 // Header is the name of the header backend-auth adds to verified requests.
@@ -23,7 +24,8 @@ const Header = "X-User-Claim"
 // maxLen bounds the header value we are willing to parse.
 const maxLen = 4096
 
-// Errors returned by Parse. All of them mean the request is answered 400.
+// Errors returned by Parse (and ErrInvalidID). All of them mean the request
+// is answered 400.
 var (
 	ErrMissing    = errors.New("missing " + Header + " header")
 	ErrMalformed  = errors.New(Header + " is not a JSON object")
@@ -49,12 +51,20 @@ func Parse(value string) (Claim, error) {
 	if len(value) > maxLen {
 		return Claim{}, ErrTooLong
 	}
+	if !utf8.ValidString(value) {
+		// encoding/json would replace the bad bytes by U+FFFD, so that
+		// different ids would read as the same.
+		return Claim{}, fmt.Errorf("%w: not valid UTF-8", ErrMalformed)
+	}
 	var c Claim
 	if err := json.Unmarshal([]byte(value), &c); err != nil {
 		return Claim{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	if c.UserID == "" || c.ClientID == "" {
 		return Claim{}, ErrIncomplete
+	}
+	if err := c.Valid(); err != nil {
+		return Claim{}, fmt.Errorf("%s %w", Header, err)
 	}
 	return c, nil
 }
@@ -83,6 +93,9 @@ func FromHeaderOrQuery(r *http.Request) (Claim, error) {
 	if c.UserID == "" || c.ClientID == "" {
 		return Claim{}, ErrIncomplete
 	}
+	if err := c.Valid(); err != nil {
+		return Claim{}, fmt.Errorf("query parameter %w", err)
+	}
 	return c, nil
 }
 
@@ -91,9 +104,14 @@ type Handler func(w http.ResponseWriter, r *http.Request, c Claim)
 
 // Require wraps h so that it only runs with a valid claim; a request without
 // one is answered 400 with the reason in the body (401 for a refused token).
+// The ids of any Extractor's claim are checked (Claim.Valid), so a custom
+// Extractor cannot let a bad id through either.
 func Require(extract Extractor, h Handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		c, err := extract(r)
+		if err == nil {
+			err = c.Valid()
+		}
 		if err != nil {
 			http.Error(w, err.Error(), Status(err))
 			return

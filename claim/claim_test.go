@@ -25,6 +25,16 @@ func TestParse(t *testing.T) {
 		{"no client", `{"userid":"u"}`, Claim{}, ErrIncomplete},
 		{"wrong type", `{"userid":1,"clientid":"c"}`, Claim{}, ErrMalformed},
 		{"too long", `{"userid":"` + strings.Repeat("a", maxLen) + `","clientid":"c"}`, Claim{}, ErrTooLong},
+		{"non-ASCII ids", `{"userid":"zoë","clientid":"téléphone ✓"}`, Claim{"zoë", "téléphone ✓"}, nil},
+		{"userid with NUL", `{"userid":"u\u0000","clientid":"c"}`, Claim{}, ErrInvalidID},
+		{"userid with newline", `{"userid":"u\nX-Evil: 1","clientid":"c"}`, Claim{}, ErrInvalidID},
+		{"clientid with escape", `{"userid":"u","clientid":"\u001b[31mc"}`, Claim{}, ErrInvalidID},
+		{"clientid with C1 control", `{"userid":"u","clientid":"c\u0085"}`, Claim{}, ErrInvalidID},
+		{"clientid with bidi override", `{"userid":"u","clientid":"c\u202e"}`, Claim{}, ErrInvalidID},
+		// encoding/json would turn \xff into U+FFFD, making different ids equal.
+		{"invalid UTF-8", "{\"userid\":\"u\xff\",\"clientid\":\"c\"}", Claim{}, ErrMalformed},
+		{"userid too long", `{"userid":"` + strings.Repeat("u", MaxIDLen+1) + `","clientid":"c"}`, Claim{}, ErrInvalidID},
+		{"userid longest", `{"userid":"` + strings.Repeat("u", MaxIDLen) + `","clientid":"c"}`, Claim{strings.Repeat("u", MaxIDLen), "c"}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -32,8 +42,11 @@ func TestParse(t *testing.T) {
 			if !errors.Is(err, tt.err) {
 				t.Fatalf("Parse(%q) error = %v, want %v", tt.value, err, tt.err)
 			}
+			if tt.err == nil && err != nil {
+				t.Fatalf("Parse(%q) error = %v, want none", tt.value, err)
+			}
 			if got != tt.want {
-				t.Fatalf("Parse(%q) = %+v, want %+v", tt.value, got, tt.want)
+				t.Fatalf("Parse(%q) = %q, want %q", tt.value, got, tt.want)
 			}
 		})
 	}
@@ -52,6 +65,13 @@ func TestFromHeaderOrQuery(t *testing.T) {
 		{"bad header is not overridden", "/connect?userid=u&clientid=c", `nope`, Claim{}, ErrMalformed},
 		{"half query", "/connect?userid=u", "", Claim{}, ErrIncomplete},
 		{"nothing", "/connect", "", Claim{}, ErrMissing},
+		{"query non-ASCII", "/connect?userid=zo%C3%AB&clientid=c", "", Claim{"zoë", "c"}, nil},
+		{"query userid with NUL", "/connect?userid=u%00&clientid=c", "", Claim{}, ErrInvalidID},
+		{"query clientid with newline", "/connect?userid=u&clientid=c%0Ad", "", Claim{}, ErrInvalidID},
+		{"query clientid with escape", "/connect?userid=u&clientid=%1B%5B31m", "", Claim{}, ErrInvalidID},
+		{"query userid invalid UTF-8", "/connect?userid=%FF&clientid=c", "", Claim{}, ErrInvalidID},
+		{"query userid too long", "/connect?userid=" + strings.Repeat("u", MaxIDLen+1) + "&clientid=c", "", Claim{}, ErrInvalidID},
+		{"header with a bad id wins", "/connect?userid=u&clientid=c", `{"userid":"u","clientid":"\u0000"}`, Claim{}, ErrInvalidID},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -60,8 +80,8 @@ func TestFromHeaderOrQuery(t *testing.T) {
 				r.Header.Set(Header, tt.header)
 			}
 			got, err := FromHeaderOrQuery(r)
-			if !errors.Is(err, tt.err) || got != tt.want {
-				t.Fatalf("got %+v, %v; want %+v, %v", got, err, tt.want, tt.err)
+			if !errors.Is(err, tt.err) || (tt.err == nil && err != nil) || got != tt.want {
+				t.Fatalf("got %q, %v; want %q, %v", got, err, tt.want, tt.err)
 			}
 		})
 	}
@@ -88,11 +108,16 @@ func TestRequire(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add(`{"userid":"u","clientid":"c"}`)
 	f.Add(`{"userid":"","clientid":"c"}`)
+	f.Add(`{"userid":"u\u0000","clientid":"c\n"}`)
+	f.Add("{\"userid\":\"\xff\",\"clientid\":\"zoë\"}")
 	f.Add(`[]`)
 	f.Fuzz(func(t *testing.T, s string) {
 		c, err := Parse(s)
 		if err == nil && (c.UserID == "" || c.ClientID == "") {
 			t.Fatalf("accepted an incomplete claim from %q", s)
+		}
+		if err == nil && (!ValidID(c.UserID) || !ValidID(c.ClientID)) {
+			t.Fatalf("accepted an invalid id from %q: %q", s, c)
 		}
 	})
 }

@@ -23,9 +23,10 @@ type jwtClaims struct {
 }
 
 // JWT returns an Extractor that verifies Beep's RS256 token itself, from
-// the query parameter token or an "Authorization: Bearer" header, so that
-// the router can face clients without backend-auth in front. It ignores
-// X-User-Claim: a client could forge that header.
+// the query parameter token or an "Authorization: Bearer" header (scheme in
+// any case), so that the router can face clients without backend-auth in
+// front. It ignores X-User-Claim: a client could forge that header. A token
+// whose userid or clientid is not a valid id (ValidID) is refused.
 func JWT(key *rsa.PublicKey) Extractor {
 	parser := jwt.NewParser(jwt.WithValidMethods([]string{"RS256"}), jwt.WithExpirationRequired())
 	keyFunc := func(*jwt.Token) (any, error) { return key, nil }
@@ -33,7 +34,7 @@ func JWT(key *rsa.PublicKey) Extractor {
 		tok := r.URL.Query().Get("token")
 		if h := r.Header.Get("Authorization"); tok == "" && h != "" {
 			var ok bool
-			if tok, ok = strings.CutPrefix(h, "Bearer "); !ok {
+			if tok, ok = bearer(h); !ok {
 				return Claim{}, fmt.Errorf("%w: Authorization is not a Bearer token", ErrUnauthorized)
 			}
 		}
@@ -47,8 +48,23 @@ func JWT(key *rsa.PublicKey) Extractor {
 		if c.UserID == "" || c.ClientID == "" {
 			return Claim{}, fmt.Errorf("%w: token needs userid and clientid", ErrUnauthorized)
 		}
-		return Claim{UserID: c.UserID, ClientID: c.ClientID}, nil
+		cl := Claim{UserID: c.UserID, ClientID: c.ClientID}
+		if err := cl.Valid(); err != nil {
+			return Claim{}, fmt.Errorf("%w: token %w", ErrUnauthorized, err)
+		}
+		return cl, nil
 	}
+}
+
+// bearer returns the token of an Authorization value "Bearer <token>". The
+// scheme is case-insensitive and followed by one or more spaces (RFC 9110
+// §11.1, §11.4); ok is false for any other scheme.
+func bearer(h string) (tok string, ok bool) {
+	const scheme = "Bearer"
+	if len(h) <= len(scheme) || !strings.EqualFold(h[:len(scheme)], scheme) || h[len(scheme)] != ' ' {
+		return "", false
+	}
+	return strings.TrimLeft(h[len(scheme):], " "), true
 }
 
 // LoadRSAPublicKey reads a PEM RSA public key (PKIX or PKCS#1).

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,6 +54,16 @@ func TestJWT(t *testing.T) {
 	}{
 		{"query token", "?token=" + good, "", false, Claim{"u-1", "c-1"}, nil},
 		{"bearer", "", "Bearer " + good, false, Claim{"u-1", "c-1"}, nil},
+		{"bearer lower case", "", "bearer " + good, false, Claim{"u-1", "c-1"}, nil},
+		{"bearer upper case", "", "BEARER " + good, false, Claim{"u-1", "c-1"}, nil},
+		{"bearer mixed case", "", "bEaReR " + good, false, Claim{"u-1", "c-1"}, nil},
+		{"bearer several spaces", "", "Bearer   " + good, false, Claim{"u-1", "c-1"}, nil},
+		{"bearer without space", "", "Bearer" + good, false, Claim{}, ErrUnauthorized},
+		{"bearer tab", "", "Bearer\t" + good, false, Claim{}, ErrUnauthorized},
+		{"bearer alone", "", "Bearer", false, Claim{}, ErrUnauthorized},
+		{"bearer no token", "", "bearer ", false, Claim{}, ErrUnauthorized},
+		{"bearers scheme", "", "Bearers " + good, false, Claim{}, ErrUnauthorized},
+		{"token scheme", "", "Token " + good, false, Claim{}, ErrUnauthorized},
 		{"forged claim header is ignored", "", "", true, Claim{}, ErrUnauthorized},
 		{"no token", "", "", false, Claim{}, ErrUnauthorized},
 		{"basic auth", "", "Basic dTpw", false, Claim{}, ErrUnauthorized},
@@ -61,6 +72,11 @@ func TestJWT(t *testing.T) {
 		{"expired", "?token=" + sign(t, key, jwt.SigningMethodRS256, jwt.MapClaims{"userid": "u", "clientid": "c", "exp": time.Now().Add(-time.Minute).Unix()}), "", false, Claim{}, ErrUnauthorized},
 		{"no expiry", "?token=" + sign(t, key, jwt.SigningMethodRS256, jwt.MapClaims{"userid": "u", "clientid": "c"}), "", false, Claim{}, ErrUnauthorized},
 		{"no client", "?token=" + sign(t, key, jwt.SigningMethodRS256, jwt.MapClaims{"userid": "u", "exp": exp}), "", false, Claim{}, ErrUnauthorized},
+		{"userid with NUL", "?token=" + sign(t, key, jwt.SigningMethodRS256, jwt.MapClaims{"userid": "u\x00", "clientid": "c", "exp": exp}), "", false, Claim{}, ErrUnauthorized},
+		{"clientid with newline", "?token=" + sign(t, key, jwt.SigningMethodRS256, jwt.MapClaims{"userid": "u", "clientid": "c\nX-Evil: 1", "exp": exp}), "", false, Claim{}, ErrUnauthorized},
+		{"clientid with escape", "?token=" + sign(t, key, jwt.SigningMethodRS256, jwt.MapClaims{"userid": "u", "clientid": "\x1b[31mc", "exp": exp}), "", false, Claim{}, ErrUnauthorized},
+		{"userid too long", "?token=" + sign(t, key, jwt.SigningMethodRS256, jwt.MapClaims{"userid": strings.Repeat("u", MaxIDLen+1), "clientid": "c", "exp": exp}), "", false, Claim{}, ErrUnauthorized},
+		{"non-ASCII ids", "?token=" + sign(t, key, jwt.SigningMethodRS256, jwt.MapClaims{"userid": "zoë", "clientid": "téléphone", "exp": exp}), "", false, Claim{"zoë", "téléphone"}, nil},
 		{"RS512 refused", "?token=" + sign(t, key, jwt.SigningMethodRS512, jwt.MapClaims{"userid": "u", "clientid": "c", "exp": exp}), "", false, Claim{}, ErrUnauthorized},
 	}
 	for _, tt := range tests {
@@ -74,11 +90,19 @@ func TestJWT(t *testing.T) {
 			}
 			got, err := extract(r)
 			if !errors.Is(err, tt.err) || (tt.err == nil && err != nil) || got != tt.want {
-				t.Fatalf("got %+v, %v; want %+v, %v", got, err, tt.want, tt.err)
+				t.Fatalf("got %q, %v; want %q, %v", got, err, tt.want, tt.err)
 			}
 			if err != nil && Status(err) != http.StatusUnauthorized {
 				t.Fatalf("status %d", Status(err))
 			}
 		})
+	}
+	// Other schemes keep their own error.
+	for _, h := range []string{"Basic dTpw", "Token " + good, "Bearers " + good, "Bearer\t" + good, "Bearer" + good} {
+		r := httptest.NewRequest(http.MethodGet, "/connect", nil)
+		r.Header.Set("Authorization", h)
+		if _, err := extract(r); err == nil || !strings.Contains(err.Error(), "Authorization is not a Bearer token") {
+			t.Errorf("Authorization %.12q…: error %v, want \"Authorization is not a Bearer token\"", h, err)
+		}
 	}
 }

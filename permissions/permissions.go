@@ -38,7 +38,9 @@ func (AllowAll) Check(context.Context, string, string) error { return nil }
 //	GET {Host}/user/{userid}/conversation/{conversationid}
 //
 // 200 allows; 401 and 403 deny; anything else, a timeout or a network error
-// is ErrUnavailable.
+// is ErrUnavailable. Redirects are never followed: a 3xx is an answer that is
+// not a yes, so it is ErrUnavailable too (a redirect to any page that answers
+// 200 would otherwise let anyone in).
 type Client struct {
 	host string
 	http *http.Client
@@ -57,7 +59,16 @@ func NewClient(host string, timeout time.Duration) (*Client, error) {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	return &Client{host: strings.TrimRight(host, "/"), http: &http.Client{Timeout: timeout}}, nil
+	return &Client{host: strings.TrimRight(host, "/"), http: &http.Client{
+		Timeout:       timeout,
+		CheckRedirect: noRedirects,
+	}}, nil
+}
+
+// noRedirects makes the http.Client return a 3xx answer as it is, which
+// Check then treats as unavailable.
+func noRedirects(*http.Request, []*http.Request) error {
+	return http.ErrUseLastResponse
 }
 
 // Check asks the service.
@@ -79,6 +90,10 @@ func (c *Client) Check(ctx context.Context, userID, convID string) error {
 	case http.StatusUnauthorized, http.StatusForbidden:
 		return ErrDenied
 	default:
+		if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+			// The target is not named: it is not ours to log.
+			return fmt.Errorf("%w: status %d (redirect not followed)", ErrUnavailable, resp.StatusCode)
+		}
 		return fmt.Errorf("%w: status %d", ErrUnavailable, resp.StatusCode)
 	}
 }

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -67,5 +70,55 @@ func TestNewClientRejectsBadHost(t *testing.T) {
 		if _, err := NewClient(h, 0); err == nil {
 			t.Errorf("NewClient(%q) accepted", h)
 		}
+	}
+}
+
+// TestClientDoesNotFollowRedirects: a redirect from the permission service
+// to any page that answers 200 must not let the user in. The check cannot
+// be made, so it fails closed as unavailable, naming the status.
+func TestClientDoesNotFollowRedirects(t *testing.T) {
+	var followed atomic.Int32
+	mux := http.NewServeMux()
+	mux.HandleFunc("/welcome", func(w http.ResponseWriter, r *http.Request) {
+		followed.Add(1)
+		w.WriteHeader(http.StatusOK)
+	})
+	mux.HandleFunc("/user/{user}/conversation/{conv}", func(w http.ResponseWriter, r *http.Request) {
+		code, err := strconv.Atoi(r.PathValue("user"))
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		http.Redirect(w, r, "/welcome", code)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	c, err := NewClient(srv.URL, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		code int
+	}{
+		{"301 moved permanently", http.StatusMovedPermanently},
+		{"302 found", http.StatusFound},
+		{"303 see other", http.StatusSeeOther},
+		{"307 temporary redirect", http.StatusTemporaryRedirect},
+		{"308 permanent redirect", http.StatusPermanentRedirect},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := c.Check(context.Background(), strconv.Itoa(tt.code), "c")
+			if !errors.Is(err, ErrUnavailable) {
+				t.Fatalf("redirect %d: Check = %v, want ErrUnavailable (the check cannot be made)", tt.code, err)
+			}
+			if want := "status " + strconv.Itoa(tt.code); !strings.Contains(err.Error(), want) {
+				t.Fatalf("redirect %d: error %q does not name %q", tt.code, err, want)
+			}
+		})
+	}
+	if n := followed.Load(); n != 0 {
+		t.Fatalf("the client followed %d redirects", n)
 	}
 }

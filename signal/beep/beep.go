@@ -25,7 +25,6 @@ import (
 	"net/http"
 	"strings"
 	"time"
-	"unicode"
 
 	"github.com/gorilla/mux"
 	"github.com/gorilla/websocket"
@@ -128,21 +127,9 @@ func (s *Server) Register(r *mux.Router) {
 	r.Handle("/join/{conversationid}", claim.Require(s.cfg.Claims, s.join)).Methods(http.MethodPost)
 }
 
-// maxConversationID bounds conversation ids.
-const maxConversationID = 256
-
-// validConversationID accepts printable ids of reasonable length.
-func validConversationID(id string) bool {
-	if id == "" || len(id) > maxConversationID {
-		return false
-	}
-	for _, r := range id {
-		if !unicode.IsPrint(r) {
-			return false
-		}
-	}
-	return true
-}
+// validConversationID accepts conversation ids by the rules of user and
+// client ids (claim.ValidID): 1 to 256 bytes of printable UTF-8.
+func validConversationID(id string) bool { return claim.ValidID(id) }
 
 func (s *Server) join(w http.ResponseWriter, r *http.Request, c claim.Claim) {
 	conv := mux.Vars(r)["conversationid"]

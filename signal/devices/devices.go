@@ -76,7 +76,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gorilla/mux"
 	"github.com/nats-io/nats.go"
@@ -98,9 +97,9 @@ const (
 // not been heard from is dropped from the presence table.
 const expiryBeats = 3
 
-// maxIDLen bounds user and device ids (they end up in NATS subjects, whose
-// control line the server limits).
-const maxIDLen = 256
+// maxIDLen bounds SSE event names, as claim.MaxIDLen bounds user and device
+// ids (they end up in NATS subjects, whose control line the server limits).
+const maxIDLen = claim.MaxIDLen
 
 // writeTimeout bounds each write to an SSE stream.
 const writeTimeout = 30 * time.Second
@@ -189,7 +188,6 @@ var (
 	errReplacedRemote = errors.New("replaced by a newer subscription on another instance")
 	errOverflow       = errors.New("queue overflow: client too slow")
 	errServiceClosed  = errors.New("service closed")
-	errBadClaim       = errors.New("claim has an invalid user or client id")
 )
 
 // New returns a running Service.
@@ -339,8 +337,9 @@ func unsubscribe(sub *nats.Subscription) error {
 func (s *Service) requireClaim(h claim.Handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		c, err := s.claims(r)
-		if err == nil && (!validID(c.UserID) || !validID(c.ClientID)) {
-			err = errBadClaim
+		if err == nil {
+			// claim's own Extractors check the ids; Config.Claims may be another.
+			err = c.Valid()
 		}
 		if err != nil {
 			s.log.Debug("request without a valid claim", "path", r.URL.Path, "err", err)
@@ -351,20 +350,9 @@ func (s *Service) requireClaim(h claim.Handler) http.HandlerFunc {
 	}
 }
 
-// validID reports whether id can be used as a user or device id: non-empty,
-// at most maxIDLen bytes of UTF-8 without control characters (which keeps
-// SSE fields single-line).
-func validID(id string) bool {
-	if id == "" || len(id) > maxIDLen || !utf8.ValidString(id) {
-		return false
-	}
-	for _, r := range id {
-		if r < 0x20 || r == 0x7f {
-			return false
-		}
-	}
-	return true
-}
+// validID is claim.ValidID, the one id check of every front-end; the name
+// stays for the handlers in sse.go.
+func validID(id string) bool { return claim.ValidID(id) }
 
 // validEvent reports whether ev can be an SSE event name (empty means none).
 func validEvent(ev string) bool {

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/beepvoice/router/claim"
 )
 
 // Presence operations.
@@ -234,12 +236,12 @@ func (s *Service) onPresence(m *nats.Msg) {
 			ri.devs = make(map[string]map[string]int64)
 		}
 		for _, d := range pm.Devices {
-			if validID(d.User) && validID(d.Device) {
+			if claim.ValidID(d.User) && claim.ValidID(d.Device) {
 				ri.add(d.User, d.Device, d.Since)
 			}
 		}
 	case opJoin:
-		if !validID(pm.User) || !validID(pm.Device) {
+		if !claim.ValidID(pm.User) || !claim.ValidID(pm.Device) {
 			break
 		}
 		ri.add(pm.User, pm.Device, pm.Since)
