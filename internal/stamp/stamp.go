@@ -19,7 +19,10 @@ import (
 // goroutine (a socket's reader) records and any number look up, without
 // locks; an entry overwritten in between is not found.
 type Table struct {
-	e [tableSize]entry
+	// e is made on the first RTP datagram: a socket that never receives
+	// RTP (a subscriber's, which gets only RTCP, STUN and DTLS) costs
+	// nothing, not 64 KiB.
+	e atomic.Pointer[[tableSize]entry]
 }
 
 // tableSize is a power of two: 2.6 s of 50 packet/s audio for 32 streams
@@ -42,7 +45,14 @@ func (t *Table) Record(b []byte, at int64) {
 		return
 	}
 	k, i := slot(ssrc, seq)
-	e := &t.e[i]
+	es := t.e.Load()
+	if es == nil {
+		es = new([tableSize]entry)
+		if !t.e.CompareAndSwap(nil, es) {
+			es = t.e.Load()
+		}
+	}
+	e := &es[i]
 	e.key.Store(0)
 	e.at.Store(at)
 	e.key.Store(k)
@@ -52,7 +62,11 @@ func (t *Table) Record(b []byte, at int64) {
 // it is known.
 func (t *Table) Lookup(ssrc uint32, seq uint16) (int64, bool) {
 	k, i := slot(ssrc, seq)
-	e := &t.e[i]
+	es := t.e.Load()
+	if es == nil {
+		return 0, false
+	}
+	e := &es[i]
 	if e.key.Load() != k {
 		return 0, false
 	}

@@ -55,6 +55,12 @@ func TestRTP(t *testing.T) {
 
 func TestTable(t *testing.T) {
 	var tb Table
+	// RTCP (all a subscriber's socket receives, with STUN and DTLS) costs
+	// the table nothing: its entries are made on the first RTP datagram.
+	tb.Record(header(201, 1, 1), 500)
+	if tb.e.Load() != nil {
+		t.Error("the table's entries were made for RTCP")
+	}
 	tb.Record(header(111, 5, 9), 1000)
 	if at, ok := tb.Lookup(9, 5); !ok || at != 1000 {
 		t.Errorf("Lookup(9, 5) = %d %v, want 1000", at, ok)
