@@ -157,9 +157,12 @@ func TestCalls(t *testing.T) {
 	phase := func(what string) { t.Logf("%6.1fs %s", time.Since(t0).Seconds(), what) }
 
 	dir := t.TempDir()
-	speechA := &speech{Voice: "en-gb", Lead: 3, Gap: 1.5, Trail: 2,
+	// Each recording plays once, from the page's getUserMedia: the lead
+	// leaves a busy machine time to connect before the first utterance
+	// (and checkBites judges only the utterances that began after it).
+	speechA := &speech{Voice: "en-gb", Lead: 8, Gap: 1.5, Trail: 2,
 		Phrases: []string{"alpha bravo charlie", "delta echo foxtrot", "golf hotel india"}}
-	speechB := &speech{Voice: "en-us", Lead: 3.3, Gap: 1.5, Trail: 2,
+	speechB := &speech{Voice: "en-us", Lead: 8.3, Gap: 1.5, Trail: 2,
 		Phrases: []string{"one two three four", "five six seven", "eight nine ten"}}
 	speechZ := &speech{Voice: "en-gb-scotland", Lead: 0.3, Gap: 0.7, Trail: 0.7,
 		Phrases: []string{"the quick brown fox", "jumps over the lazy dog"}}
@@ -253,22 +256,18 @@ func TestCalls(t *testing.T) {
 	t.Run("4_bites_one_per_utterance", func(t *testing.T) {
 		// Each recording plays once from its getUserMedia; wait until both
 		// have ended and their last silence has closed the last bite.
-		var gumA, gumB int64
+		var gumA, gumB, connA, connB int64
 		for _, x := range []struct {
-			tb  *tab
-			sp  *speech
-			gum *int64
-		}{{tabA, speechA, &gumA}, {tabB, speechB, &gumB}} {
+			tb        *tab
+			sp        *speech
+			gum, conn *int64
+		}{{tabA, speechA, &gumA, &connA}, {tabB, speechB, &gumB, &connB}} {
 			var at struct{ Gum, Connected int64 }
 			if err := x.tb.eval(2*time.Second, `({gum: window.__gumAt, connected: window.__connectedAt})`, &at); err != nil {
 				t.Fatal(err)
 			}
-			*x.gum = at.Gum
-			late := float64(at.Connected-at.Gum) / 1000
-			t.Logf("%s connected %.2f s after getUserMedia; its first utterance starts at %.2f s", x.tb.name, late, x.sp.Lead)
-			if late > x.sp.Lead-0.5 {
-				t.Fatalf("%s connected too late to send its first utterance: the machine is too slow for this test", x.tb.name)
-			}
+			*x.gum, *x.conn = at.Gum, at.Connected
+			t.Logf("%s connected %.2f s after getUserMedia; its first utterance starts at %.2f s", x.tb.name, float64(at.Connected-at.Gum)/1000, x.sp.Lead)
 		}
 		endA := time.UnixMilli(gumA).Add(secs(speechA.total()))
 		endB := time.UnixMilli(gumB).Add(secs(speechB.total()))
@@ -276,7 +275,7 @@ func TestCalls(t *testing.T) {
 			if time.Now().Before(endA) || time.Now().Before(endB) {
 				return errors.New("recordings still playing")
 			}
-			if a, b := len(bites.of(idA.user)), len(bites.of(idB.user)); a < 3 || b < 3 {
+			if a, b := len(bites.of(idA.user)), len(bites.of(idB.user)); a < heard(speechA, gumA, connA) || b < heard(speechB, gumB, connB) {
 				return fmt.Errorf("bites so far: A %d, B %d", a, b)
 			}
 			return nil
@@ -285,8 +284,8 @@ func TestCalls(t *testing.T) {
 			t.Fatal(err)
 		}
 		phase("bites of A and B arrived")
-		checkBites(t, dir, "A", bites.of(idA.user), idA, convX, speechA, gumA)
-		checkBites(t, dir, "B", bites.of(idB.user), idB, convX, speechB, gumB)
+		checkBites(t, dir, "A", bites.of(idA.user), idA, convX, speechA, gumA, connA)
+		checkBites(t, dir, "B", bites.of(idB.user), idB, convX, speechB, gumB, connB)
 	})
 
 	t.Run("2_other_conversation_hears_nothing", func(t *testing.T) {
@@ -374,27 +373,75 @@ func growth(tb *tab, timeout time.Duration, n int, minEnergy float64) (first, la
 	return first, last, err
 }
 
+// utteranceStart returns when utterance i of sp began (unix ms), the
+// recording having started at getUserMedia, gumMS.
+func utteranceStart(sp *speech, gumMS int64, i int) float64 {
+	at := float64(gumMS) + sp.Lead*1000
+	for _, u := range sp.Utterances[:i] {
+		at += (u + sp.Gap) * 1000
+	}
+	return at
+}
+
+// spokenAfter returns the index of the first utterance of sp that began at
+// least half a second after the page connected (connMS): the router can
+// have heard those whole. The earlier ones were spoken, in part or whole,
+// before there was a connection to send them on.
+func spokenAfter(sp *speech, gumMS, connMS int64) int {
+	i := 0
+	for i < len(sp.Utterances) && utteranceStart(sp, gumMS, i) < float64(connMS)+500 {
+		i++
+	}
+	return i
+}
+
+// heard is how many bites a speaker's recording must give: one per
+// utterance spoken after its page connected.
+func heard(sp *speech, gumMS, connMS int64) int {
+	return len(sp.Utterances) - spokenAfter(sp, gumMS, connMS)
+}
+
 // checkBites checks one speaker's bites against its recording: one bite per
-// utterance, in order, of plausible length and spacing, each a valid Ogg
-// Opus file.
-func checkBites(t *testing.T, dir, name string, got []*beeppb.Bite, id identity, conv string, sp *speech, gumMS int64) {
+// utterance spoken after the page connected (the timing comes from what
+// happened: when getUserMedia started the recording and when the page
+// connected), in order, of plausible length and spacing, each a valid Ogg
+// Opus file. An utterance begun before the connection may or may not give a
+// (partial) bite; it is left out.
+func checkBites(t *testing.T, dir, name string, got []*beeppb.Bite, id identity, conv string, sp *speech, gumMS, connMS int64) {
 	t.Helper()
-	if len(got) != len(sp.Utterances) {
+	skip := spokenAfter(sp, gumMS, connMS)
+	if skip == len(sp.Utterances) {
+		t.Fatalf("%s connected %.2f s after getUserMedia, after its last utterance began: its connection took longer than the %.1f s recording", name, float64(connMS-gumMS)/1000, sp.total())
+	}
+	if skip > 0 {
+		t.Logf("%s: its first %d utterance(s) began before it connected; judging the other %d", name, skip, len(sp.Utterances)-skip)
+		// A bite of an utterance cut by the connection may come first.
+		for len(got) > len(sp.Utterances)-skip && float64(got[0].GetStartMs()) < utteranceStart(sp, gumMS, skip)-300 {
+			got = got[1:]
+		}
+	}
+	if len(got) != len(sp.Utterances)-skip {
 		for _, b := range got {
 			t.Logf("%s bite seq %d start %d duration %d ms", name, b.GetSeq(), b.GetStartMs(), b.GetDurationMs())
 		}
-		t.Fatalf("%s: %d bites, want one per utterance: %d", name, len(got), len(sp.Utterances))
+		t.Fatalf("%s: %d bites, want one per utterance spoken after connecting: %d", name, len(got), len(sp.Utterances)-skip)
 	}
-	// The recording starts when getUserMedia opens the fake device.
-	expectStart := float64(gumMS) + sp.Lead*1000
+	expectStart := utteranceStart(sp, gumMS, skip)
+	seq0 := uint64(0)
+	if len(got) > 0 {
+		seq0 = got[0].GetSeq()
+	}
 	for i, b := range got {
 		dur := float64(b.GetDurationMs()) / 1000
-		utt := sp.Utterances[i]
+		utt := sp.Utterances[skip+i]
 		t.Logf("%s bite %d: seq %d, starts %+.0f ms from its utterance, %.2f s for a %.2f s utterance, %d bytes",
 			name, i, b.GetSeq(), float64(b.GetStartMs())-expectStart, dur, utt, len(b.GetData()))
-		if b.GetKey() != conv || b.GetClient() != id.client || b.GetFormat() != "ogg-opus" || b.GetSeq() != uint64(i) {
+		if b.GetKey() != conv || b.GetClient() != id.client || b.GetFormat() != "ogg-opus" || b.GetSeq() != seq0+uint64(i) {
 			t.Errorf("%s bite %d: key %q client %q format %q seq %d; want %q %q ogg-opus %d",
-				name, i, b.GetKey(), b.GetClient(), b.GetFormat(), b.GetSeq(), conv, id.client, i)
+				name, i, b.GetKey(), b.GetClient(), b.GetFormat(), b.GetSeq(), conv, id.client, seq0+uint64(i))
+		}
+		if skip == 0 && b.GetSeq() != uint64(i) {
+			t.Errorf("%s bite %d has seq %d: with every utterance heard, bites count from 0", name, i, b.GetSeq())
 		}
 		// The bite holds the utterance plus up to 100 ms of pre-roll on
 		// each side, in whole 20 ms packets.
@@ -407,7 +454,7 @@ func checkBites(t *testing.T, dir, name string, got []*beeppb.Bite, id identity,
 		if i > 0 {
 			// Starts are one utterance and one gap apart.
 			step := float64(b.GetStartMs()-got[i-1].GetStartMs()) / 1000
-			want := sp.Utterances[i-1] + sp.Gap
+			want := sp.Utterances[skip+i-1] + sp.Gap
 			if math.Abs(step-want) > 0.3 {
 				t.Errorf("%s bite %d starts %.2f s after the previous one, want %.2f s", name, i, step, want)
 			}
