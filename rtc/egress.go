@@ -1,6 +1,7 @@
 package rtc
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/pion/dtls/v2"
@@ -189,8 +191,146 @@ func candidateAddr(c *webrtc.ICECandidate) (netip.AddrPort, error) {
 type sockets struct {
 	transport.Net
 
+	// forbidden are the networks no socket sends to (see trackedConn);
+	// set once, before the first socket opens.
+	forbidden forbiddenNets
+	// refused counts what the Engine refused its clients. It lives here,
+	// the one object of the Engine every peer and socket reaches.
+	refused refusals
+
 	mu     sync.Mutex
 	byAddr map[netip.AddrPort]*trackedConn
+}
+
+// refusals are the Engine's cumulative counts of refusals (see Refusals).
+type refusals struct {
+	candidates, sends, tracks atomic.Uint64
+}
+
+// DefaultForbiddenNetworks returns the networks remote ICE candidates may
+// not name, for a router that gathers on iceIPs: unspecified, link-local
+// (with the cloud metadata service, 169.254.169.254 and AWS's
+// fd00:ec2::254), multicast and broadcast, the documentation ranges, and
+// loopback unless iceIPs has a loopback address. Private ranges (10/8,
+// 172.16/12, 192.168/16, fc00::/7) are not in it: a deployment that does
+// not serve clients there adds them (ICE_FORBIDDEN_NETWORKS).
+func DefaultForbiddenNetworks(iceIPs []net.IP) []netip.Prefix {
+	nets := []string{
+		"0.0.0.0/8", "::/128", // unspecified ("this network")
+		"169.254.0.0/16", "fe80::/10", // link-local, with 169.254.169.254
+		"fd00:ec2::254/128",       // AWS's IPv6 metadata service
+		"224.0.0.0/4", "ff00::/8", // multicast
+		"255.255.255.255/32",                                                 // broadcast
+		"192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32", // documentation
+	}
+	if !hasLoopback(iceIPs) {
+		nets = append(nets, "127.0.0.0/8", "::1/128")
+	}
+	out := make([]netip.Prefix, len(nets))
+	for i, n := range nets {
+		out[i] = netip.MustParsePrefix(n)
+	}
+	return out
+}
+
+// forbiddenNets are networks as masks and values, IPv4 and IPv6 apart: a
+// scan of a few of them costs a nanosecond or two each, on pion's write
+// path (every datagram it sends).
+type forbiddenNets struct {
+	v4 []net4
+	v6 []net6
+}
+
+type net4 struct{ mask, value uint32 }
+
+type net6 struct{ mask, value [2]uint64 }
+
+// newForbiddenNets compiles prefixes; an IPv4-mapped IPv6 prefix is taken
+// for its IPv4 network (addresses are unmapped before the check).
+func newForbiddenNets(prefixes []netip.Prefix) forbiddenNets {
+	var f forbiddenNets
+	for _, p := range prefixes {
+		if !p.IsValid() {
+			continue
+		}
+		a, bits := p.Addr(), p.Bits()
+		if a.Is4In6() {
+			a, bits = a.Unmap(), max(bits-96, 0)
+		}
+		if a.Is4() {
+			mask := ^uint32(0) << (32 - bits)
+			if bits == 0 {
+				mask = 0
+			}
+			f.v4 = append(f.v4, net4{mask: mask, value: u32(a) & mask})
+			continue
+		}
+		var n net6
+		for i := range 2 {
+			b := min(max(bits-64*i, 0), 64)
+			if b > 0 {
+				n.mask[i] = ^uint64(0) << (64 - b)
+			}
+		}
+		v := u128(a)
+		n.value = [2]uint64{v[0] & n.mask[0], v[1] & n.mask[1]}
+		f.v6 = append(f.v6, n)
+	}
+	return f
+}
+
+func u32(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.BigEndian.Uint32(b[:])
+}
+
+func u128(a netip.Addr) [2]uint64 {
+	b := a.As16()
+	return [2]uint64{binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])}
+}
+
+// contains reports whether a, IPv4-mapped or zoned or not, is in one of
+// the networks.
+func (f forbiddenNets) contains(a netip.Addr) bool {
+	a = a.Unmap()
+	if a.Is4() {
+		x := u32(a)
+		for _, n := range f.v4 {
+			if x&n.mask == n.value {
+				return true
+			}
+		}
+		return false
+	}
+	if !a.IsValid() {
+		return false
+	}
+	x := u128(a)
+	for _, n := range f.v6 {
+		if x[0]&n.mask[0] == n.value[0] && x[1]&n.mask[1] == n.value[1] {
+			return true
+		}
+	}
+	return false
+}
+
+// containsIP is contains for a net.IP; an empty IP, which the kernel
+// takes for the unspecified address, is checked as 0.0.0.0.
+func (f forbiddenNets) containsIP(ip net.IP) bool {
+	if v4 := ip.To4(); v4 != nil {
+		x := binary.BigEndian.Uint32(v4)
+		for _, n := range f.v4 {
+			if x&n.mask == n.value {
+				return true
+			}
+		}
+		return false
+	}
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		a = netip.IPv4Unspecified()
+	}
+	return f.contains(a)
 }
 
 func newSockets() (*sockets, error) {
@@ -257,6 +397,65 @@ func (c *trackedConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		return c.stamped.ReadFrom(b)
 	}
 	return c.UDPConn.ReadFrom(b)
+}
+
+// errForbiddenDestination refuses a datagram to a forbidden network.
+var errForbiddenDestination = errors.New("rtc: destination is in a forbidden network")
+
+// The write methods refuse a destination in a forbidden network, before
+// any system call, and count the refusal. pion's ICE sends every
+// connectivity check, STUN and TURN message, DTLS record and, with
+// EGRESS=pion, every media packet through WriteTo (directly, or through
+// its UDP mux); so not even a peer-reflexive candidate, learned from the
+// source of an incoming request, makes the router send there. The direct
+// egress path sends on the embedded *net.UDPConn, to its selected pair's
+// remote address, which got there through these checks.
+
+// WriteTo sends b to addr unless addr is forbidden.
+func (c *trackedConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if a, ok := addr.(*net.UDPAddr); ok && a != nil && c.socks.forbidden.containsIP(a.IP) {
+		return c.refuse()
+	}
+	return c.UDPConn.WriteTo(b, addr)
+}
+
+// WriteToUDP sends b to addr unless addr is forbidden.
+func (c *trackedConn) WriteToUDP(b []byte, addr *net.UDPAddr) (int, error) {
+	if addr != nil && c.socks.forbidden.containsIP(addr.IP) {
+		return c.refuse()
+	}
+	return c.UDPConn.WriteToUDP(b, addr)
+}
+
+// WriteToUDPAddrPort sends b to addr unless addr is forbidden.
+func (c *trackedConn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error) {
+	if c.socks.forbidden.contains(addr.Addr()) {
+		return c.refuse()
+	}
+	return c.UDPConn.WriteToUDPAddrPort(b, addr)
+}
+
+// WriteMsgUDP sends b and oob to addr unless addr is forbidden.
+func (c *trackedConn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
+	if addr != nil && c.socks.forbidden.containsIP(addr.IP) {
+		_, err = c.refuse()
+		return 0, 0, err
+	}
+	return c.UDPConn.WriteMsgUDP(b, oob, addr)
+}
+
+// WriteMsgUDPAddrPort sends b and oob to addr unless addr is forbidden.
+func (c *trackedConn) WriteMsgUDPAddrPort(b, oob []byte, addr netip.AddrPort) (n, oobn int, err error) {
+	if c.socks.forbidden.contains(addr.Addr()) {
+		_, err = c.refuse()
+		return 0, 0, err
+	}
+	return c.UDPConn.WriteMsgUDPAddrPort(b, oob, addr)
+}
+
+func (c *trackedConn) refuse() (int, error) {
+	c.socks.refused.sends.Add(1)
+	return 0, errForbiddenDestination
 }
 
 // Close closes the socket and forgets it.

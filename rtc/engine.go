@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,20 @@ type Config struct {
 	DisconnectedTimeout, FailedTimeout, KeepaliveInterval time.Duration
 	// MaxDownTracks bounds the receiving m-lines of one offer.
 	MaxDownTracks int
+	// MaxMediaLines bounds all the m-lines of one offer (audio and video,
+	// whatever their direction, data channels included); zero means
+	// DefaultMaxMediaLines.
+	MaxMediaLines int
+	// MaxTracksPerPeer bounds the tracks one peer publishes at a time;
+	// further tracks are refused (not read, counted in Refusals); zero
+	// means DefaultMaxTracksPerPeer.
+	MaxTracksPerPeer int
+	// ForbiddenNetworks are the networks remote ICE candidates may never
+	// name and the router's ICE sockets never send to, so that a client
+	// cannot use the router to probe them. nil means
+	// DefaultForbiddenNetworks(ICEIPs); a non-nil list replaces it (append
+	// to DefaultForbiddenNetworks to add networks).
+	ForbiddenNetworks []netip.Prefix
 	// KeyframeInterval is the shortest time between two keyframe requests
 	// to one publisher's video track; zero means DefaultKeyframeInterval.
 	KeyframeInterval time.Duration
@@ -62,6 +77,11 @@ type Config struct {
 const (
 	DefaultConnectTimeout = 30 * time.Second
 	DefaultMaxDownTracks  = 16
+	// DefaultMaxMediaLines is far above a Beep device's slots (MAX_SLOTS,
+	// 16) plus its sending m-line.
+	DefaultMaxMediaLines = 32
+	// DefaultMaxTracksPerPeer allows audio and video, with room to spare.
+	DefaultMaxTracksPerPeer = 4
 )
 
 // Errors of the Engine and its peers.
@@ -107,6 +127,7 @@ type counters struct {
 	overload                      atomic.Uint64
 	keyframeRequests              atomic.Uint64
 	twccSent                      atomic.Uint64
+	nacksRefused                  atomic.Uint64 // pion path; and of closed peers' down-tracks
 }
 
 // NewEngine returns an Engine. It opens the UDP port, if one is configured.
@@ -119,6 +140,15 @@ func NewEngine(cfg Config) (*Engine, error) {
 	}
 	if cfg.MaxDownTracks <= 0 {
 		cfg.MaxDownTracks = DefaultMaxDownTracks
+	}
+	if cfg.MaxMediaLines <= 0 {
+		cfg.MaxMediaLines = DefaultMaxMediaLines
+	}
+	if cfg.MaxTracksPerPeer <= 0 {
+		cfg.MaxTracksPerPeer = DefaultMaxTracksPerPeer
+	}
+	if cfg.ForbiddenNetworks == nil {
+		cfg.ForbiddenNetworks = DefaultForbiddenNetworks(cfg.ICEIPs)
 	}
 	if cfg.TrackBuffer <= 0 {
 		cfg.TrackBuffer = DefaultTrackBuffer
@@ -230,6 +260,7 @@ func (e *Engine) peerClosed(p *Peer) {
 		for _, d := range p.downs {
 			e.count.packetsOut.Add(d.written.Load())
 			e.count.bytesOut.Add(d.bytes.Load())
+			e.count.nacksRefused.Add(d.nackRefused.Load())
 		}
 	}
 }
@@ -256,6 +287,13 @@ type Stats struct {
 	// TWCCSent counts the transport-wide congestion control feedback
 	// packets sent to publishers of video, for their encoders to adapt.
 	TWCCSent uint64
+	// NACKsRefused counts the retransmissions refused to subscribers: a
+	// packet asked for again within the dedup window, or past the
+	// receiver's budget (nack.go).
+	NACKsRefused uint64
+	// Refused counts what clients asked for and were refused: ICE
+	// candidates, sends to forbidden networks, tracks past the bound.
+	Refused Refusals
 	// Resent counts the packets the direct egress path sent again in
 	// answer to NACKs (pion's responder, with PionEgress, does not count).
 	Resent uint64
@@ -281,6 +319,7 @@ func (e *Engine) Stats() Stats {
 			s.DownTracks++
 			s.PacketsOut += d.written.Load()
 			s.BytesOut += d.bytes.Load()
+			s.NACKsRefused += d.nackRefused.Load()
 		}
 	}
 	e.mu.Unlock()
@@ -297,6 +336,8 @@ func (e *Engine) Stats() Stats {
 	s.Overload = e.count.overload.Load()
 	s.KeyframeRequests = e.count.keyframeRequests.Load()
 	s.TWCCSent = e.count.twccSent.Load()
+	s.NACKsRefused += e.count.nacksRefused.Load()
+	s.Refused = e.Refusals()
 	return s
 }
 

@@ -17,14 +17,18 @@ type offer struct {
 	receiving []string
 }
 
-// parseOffer validates an SDP offer: it must parse and have at most
-// maxDown receiving m-lines. Without video it must carry at least one audio
-// m-line that offers Opus; with video, at least one m-line of either kind
-// that offers a codec the router forwards.
-func parseOffer(text string, maxDown int, video bool) (offer, error) {
+// parseOffer validates an SDP offer: it must parse, have at most maxLines
+// m-lines of any kind (each one a transceiver, and possibly a published
+// track, for pion) and at most maxDown receiving m-lines. Without video it
+// must carry at least one audio m-line that offers Opus; with video, at
+// least one m-line of either kind that offers a codec the router forwards.
+func parseOffer(text string, maxDown, maxLines int, video bool) (offer, error) {
 	var sd sdp.SessionDescription
 	if err := sd.UnmarshalString(text); err != nil {
 		return offer{}, fmt.Errorf("%w: not valid SDP: %v", ErrBadOffer, err)
+	}
+	if n := len(sd.MediaDescriptions); n > maxLines {
+		return offer{}, fmt.Errorf("%w: %d m-lines, at most %d", ErrBadOffer, n, maxLines)
 	}
 	var o offer
 	audio, opus, usable := 0, 0, 0
@@ -108,4 +112,29 @@ func direction(md *sdp.MediaDescription) string {
 		}
 	}
 	return "sendrecv"
+}
+
+// candidateLine is how a remote ICE candidate starts in SDP.
+const candidateLine = "a=candidate:"
+
+// filterCandidates returns sdpText without the a=candidate lines admit
+// refuses, and how many it dropped. The other lines are kept byte for byte.
+func filterCandidates(sdpText string, admit func(candidate string) error) (string, int) {
+	if !strings.Contains(sdpText, candidateLine) {
+		return sdpText, 0
+	}
+	lines := strings.SplitAfter(sdpText, "\n")
+	kept := lines[:0]
+	dropped := 0
+	for _, l := range lines {
+		if v, ok := strings.CutPrefix(l, candidateLine); ok && admit(strings.TrimRight(v, "\r\n")) != nil {
+			dropped++
+			continue
+		}
+		kept = append(kept, l)
+	}
+	if dropped == 0 {
+		return sdpText, 0
+	}
+	return strings.Join(kept, ""), dropped
 }

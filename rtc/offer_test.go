@@ -3,6 +3,7 @@ package rtc
 import (
 	"errors"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -19,6 +20,19 @@ func audio(mid, dir, codec string) string {
 
 func video(mid, dir, codec string) string {
 	return "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:" + mid + "\r\na=rtpmap:96 " + codec + "\r\na=" + dir + "\r\n"
+}
+
+// sendOnly returns n sendonly audio m-lines, mids s1 to sn.
+func sendOnly(n int, codec string) string {
+	var b strings.Builder
+	for i := range n {
+		b.WriteString(audio("s"+strconv.Itoa(i+1), "sendonly", codec))
+	}
+	return b.String()
+}
+
+func application(mid string) string {
+	return "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=mid:" + mid + "\r\na=sctp-port:5000\r\n"
 }
 
 func TestParseOffer(t *testing.T) {
@@ -43,10 +57,17 @@ func TestParseOffer(t *testing.T) {
 		{"unknown video codec only", offerHead + video("0", "sendonly", "H265/90000"), nil, "no m-line offers", true},
 		{"video m-line without mid", offerHead + "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n", nil, "video m-line 1 has no mid", true},
 		{"too many with video", offerHead + audio("0", "recvonly", "opus/48000/2") + video("1", "recvonly", "VP8/90000") + video("2", "recvonly", "AV1/90000"), nil, "3 receiving m-lines, at most 2", true},
+		// Every m-line counts against the bound of 32, whatever its
+		// direction or kind: each is a transceiver, and may be a track.
+		{"32 m-lines", offerHead + audio("0", "sendrecv", "opus/48000/2") + sendOnly(31, "opus/48000/2"), []string{"0"}, "", false},
+		{"33 m-lines", offerHead + audio("0", "sendrecv", "opus/48000/2") + sendOnly(32, "opus/48000/2"), nil, "33 m-lines, at most 32", false},
+		{"33 m-lines, one of them data", offerHead + audio("0", "sendrecv", "opus/48000/2") + sendOnly(31, "opus/48000/2") + application("d"), nil, "33 m-lines, at most 32", false},
+		{"33 m-lines, unusable ones too", offerHead + audio("0", "sendrecv", "opus/48000/2") + sendOnly(32, "PCMU/8000"), nil, "33 m-lines, at most 32", false},
+		{"33 video m-lines on an audio peer", offerHead + audio("0", "sendrecv", "opus/48000/2") + strings.Repeat(video("v", "sendonly", "VP8/90000"), 32), nil, "33 m-lines, at most 32", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			o, err := parseOffer(tt.sdp, 2, tt.video)
+			o, err := parseOffer(tt.sdp, 2, 32, tt.video)
 			if tt.err != "" {
 				if !errors.Is(err, ErrBadOffer) || !strings.Contains(err.Error(), tt.err) {
 					t.Fatalf("error %v, want ErrBadOffer with %q", err, tt.err)
@@ -68,7 +89,7 @@ func FuzzParseOffer(f *testing.F) {
 	f.Add(offerHead + audio("0", "sendonly", "opus/48000/2") + audio("1", "recvonly", "opus/48000/2"))
 	f.Add("v=0\r\n")
 	f.Fuzz(func(t *testing.T, s string) {
-		o, err := parseOffer(s, DefaultMaxDownTracks, false)
+		o, err := parseOffer(s, DefaultMaxDownTracks, DefaultMaxMediaLines, false)
 		if err != nil && !errors.Is(err, ErrBadOffer) {
 			t.Fatalf("error not wrapping ErrBadOffer: %v", err)
 		}

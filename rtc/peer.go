@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/pion/ice/v2"
 	"github.com/pion/interceptor"
 	"github.com/pion/rtcp"
 	"github.com/pion/sdp/v3"
@@ -67,12 +70,20 @@ type Peer struct {
 	closeOnce     sync.Once
 	deadline      *time.Timer
 
-	mu          sync.Mutex // guards closing, wg.Add, remoteSet, pending
+	mu          sync.Mutex // guards closing, wg.Add, remoteSet, pending, candidates, upTracks, refusedTrack
 	closing     bool
 	wg          sync.WaitGroup
 	remoteSet   bool
 	pending     []webrtc.ICECandidateInit
 	onCandidate atomic.Pointer[func(webrtc.ICECandidateInit)]
+
+	// candidates are the remote candidates admitted (see admitCandidate),
+	// by what makes pion tell two apart.
+	candidates map[string]struct{}
+	// upTracks counts the published tracks being read; refusedTrack is
+	// set once one was refused for MaxTracksPerPeer (logged once).
+	upTracks     int
+	refusedTrack bool
 
 	// The direct egress path (egress.go): down-tracks send with egress
 	// when it is set. arrivals are the kernel arrival times of the socket of the
@@ -173,10 +184,11 @@ func (p *Peer) OnCandidate(f func(webrtc.ICECandidateInit)) { p.onCandidate.Stor
 // answer that carries all of them. An error wrapping ErrBadOffer means the
 // offer was refused; the caller should then Close the peer.
 func (p *Peer) Answer(offerSDP string) (string, error) {
-	o, err := parseOffer(offerSDP, p.e.cfg.MaxDownTracks, p.opts.Video)
+	o, err := parseOffer(offerSDP, p.e.cfg.MaxDownTracks, p.e.cfg.MaxMediaLines, p.opts.Video)
 	if err != nil {
 		return "", err
 	}
+	offerSDP = p.filterCandidates(offerSDP)
 	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offerSDP}); err != nil {
 		return "", fmt.Errorf("%w: %v", ErrBadOffer, err)
 	}
@@ -294,6 +306,7 @@ func (p *Peer) SetAnswer(answerSDP string) error {
 	if err := sd.UnmarshalString(answerSDP); err != nil {
 		return fmt.Errorf("%w: not valid SDP: %v", ErrBadAnswer, err)
 	}
+	answerSDP = p.filterCandidates(answerSDP)
 	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: answerSDP}); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadAnswer, err)
 	}
@@ -333,10 +346,15 @@ func (p *Peer) WaitGathered(ctx context.Context) string {
 // AddCandidate adds a remote ICE candidate; candidates that arrive before the
 // remote description (the client's offer, or its answer to the router's)
 // are queued until it is applied, up to a bound. An empty candidate (the
-// end of the client's candidates) is accepted and ignored.
+// end of the client's candidates) is accepted and ignored. A candidate in
+// a forbidden network, or past maxRemoteCandidates, is refused with an
+// error wrapping ErrCandidateRefused; the peer goes on.
 func (p *Peer) AddCandidate(c webrtc.ICECandidateInit) error {
 	if c.Candidate == "" {
 		return nil
+	}
+	if err := p.admitCandidate(c.Candidate); err != nil {
+		return err
 	}
 	p.mu.Lock()
 	if !p.remoteSet {
@@ -356,6 +374,82 @@ func (p *Peer) AddCandidate(c webrtc.ICECandidateInit) error {
 }
 
 const maxPendingCandidates = 64
+
+// maxRemoteCandidates bounds the remote ICE candidates of one peer, in its
+// SDP and trickled together: the addresses the router checks connectivity
+// to. A browser has a few per network interface.
+const maxRemoteCandidates = 20
+
+// ErrCandidateRefused wraps the reason a remote ICE candidate is refused:
+// a forbidden network (Config.ForbiddenNetworks), or too many candidates.
+var ErrCandidateRefused = errors.New("ICE candidate refused")
+
+// admitCandidate decides on one remote candidate, the value of an
+// a=candidate line with or without its "candidate:" prefix. It refuses,
+// and counts, one that names an address in a forbidden network, or a new
+// one past maxRemoteCandidates. What does not parse, or names no address
+// (an mDNS name: the router resolves none), is left to pion, which refuses
+// or ignores it.
+func (p *Peer) admitCandidate(value string) error {
+	c, err := ice.UnmarshalCandidate(strings.TrimPrefix(value, "candidate:"))
+	if err != nil {
+		return nil
+	}
+	addr, err := netip.ParseAddr(c.Address())
+	if err != nil {
+		return nil
+	}
+	if p.e.socks.forbidden.contains(addr) {
+		p.e.socks.refused.candidates.Add(1)
+		return fmt.Errorf("%w: %s is in a forbidden network", ErrCandidateRefused, c.Address())
+	}
+	key := c.String() + " " + c.TCPType().String()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.candidates[key]; ok {
+		return nil // pion ignores it too
+	}
+	if len(p.candidates) >= maxRemoteCandidates {
+		p.e.socks.refused.candidates.Add(1)
+		return fmt.Errorf("%w: more than %d candidates", ErrCandidateRefused, maxRemoteCandidates)
+	}
+	if p.candidates == nil {
+		p.candidates = make(map[string]struct{})
+	}
+	p.candidates[key] = struct{}{}
+	return nil
+}
+
+// filterCandidates returns a remote description without the candidates
+// admitCandidate refuses, before pion sees them.
+func (p *Peer) filterCandidates(sdpText string) string {
+	out, dropped := filterCandidates(sdpText, p.admitCandidate)
+	if dropped > 0 {
+		p.log.Info("ICE candidates of the remote description refused", "dropped", dropped)
+	}
+	return out
+}
+
+// Refusals counts what an Engine refused its clients, since it started.
+type Refusals struct {
+	// Candidates counts remote ICE candidates refused, trickled or in
+	// SDP: in a forbidden network, or past the bound per peer.
+	Candidates uint64
+	// Sends counts datagrams ICE asked a socket to send to a forbidden
+	// network (a peer-reflexive candidate, say), refused by the socket.
+	Sends uint64
+	// Tracks counts published tracks refused past MaxTracksPerPeer.
+	Tracks uint64
+}
+
+// Refusals returns the Engine's counts of refusals.
+func (e *Engine) Refusals() Refusals {
+	return Refusals{
+		Candidates: e.socks.refused.candidates.Load(),
+		Sends:      e.socks.refused.sends.Load(),
+		Tracks:     e.socks.refused.tracks.Load(),
+	}
+}
 
 // Connected is closed once the peer connection is established and its
 // Handler's Connected has returned.
@@ -436,7 +530,14 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 		p.log.Info("ignoring a track of a codec the router does not forward", "codec", cp.MimeType)
 		return
 	}
+	// A refused track is never read: pion keeps its packets in the
+	// track's buffer, bounded by the BufferFactory (TrackBuffer,
+	// VideoTrackBuffer), and drops the rest. It costs no goroutine.
+	if !p.admitTrack(remote) {
+		return
+	}
 	if !p.enter() {
+		p.trackDone()
 		return
 	}
 	defer p.wg.Done()
@@ -453,6 +554,7 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 	t.fir = feedback(cp.RTCPFeedback, webrtc.TypeRTCPFBCCM, "fir") && !feedback(cp.RTCPFeedback, webrtc.TypeRTCPFBNACK, "pli")
 	sink, err := p.h.Published(t)
 	if err != nil {
+		p.trackDone()
 		p.log.Error("track refused", "track", t.ID, "err", err)
 		return
 	}
@@ -462,6 +564,7 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 	end := func() {
 		ended = true
 		p.e.tracks.Add(-1)
+		p.trackDone()
 		p.h.Unpublished(t)
 	}
 	defer func() {
@@ -506,6 +609,32 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 	end()
 	sink.Close()
 	p.log.Info("track ended", "track", t.ID, "malformed", bad)
+}
+
+// admitTrack counts a published track against MaxTracksPerPeer; past it,
+// it refuses the track, counts the refusal and logs the first one.
+func (p *Peer) admitTrack(remote *webrtc.TrackRemote) bool {
+	p.mu.Lock()
+	if p.upTracks < p.e.cfg.MaxTracksPerPeer {
+		p.upTracks++
+		p.mu.Unlock()
+		return true
+	}
+	first := !p.refusedTrack
+	p.refusedTrack = true
+	p.mu.Unlock()
+	p.e.socks.refused.tracks.Add(1)
+	if first {
+		p.log.Warn("refusing published tracks past the bound: not read", "max", p.e.cfg.MaxTracksPerPeer, "ssrc", uint32(remote.SSRC()), "kind", remote.Kind().String())
+	}
+	return false
+}
+
+// trackDone gives back the count admitTrack took.
+func (p *Peer) trackDone() {
+	p.mu.Lock()
+	p.upTracks--
+	p.mu.Unlock()
 }
 
 // guard runs f; a panic in it closes the peer, logged with its stack, and

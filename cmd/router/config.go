@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -36,6 +37,9 @@ type config struct {
 	OfferTimeout    time.Duration
 	MaxMessage      int64
 	MaxSlots        int
+	MaxMediaLines   int
+	MaxTracks       int
+	Forbidden       []netip.Prefix // networks remote ICE candidates may not name: the defaults and ICE_FORBIDDEN_NETWORKS
 	KeyframeEvery   time.Duration
 	TrackBuffer     int
 	PionEgress      bool
@@ -86,6 +90,9 @@ var settings = []setting{
 	{"OFFER_TIMEOUT", "10s", "a /connect socket must send its offer within this time"},
 	{"MAX_MESSAGE", "65536", "largest signalling WebSocket message in bytes"},
 	{"MAX_SLOTS", "16", "most receiving audio m-lines one offer may have"},
+	{"MAX_MEDIA_LINES", "32", "most m-lines of any kind (audio, video, data) one offer may have; at least MAX_SLOTS"},
+	{"MAX_TRACKS_PER_PEER", "4", "most tracks one device may publish at a time; further ones are refused (not read) and counted"},
+	{"ICE_FORBIDDEN_NETWORKS", "", "comma list of CIDRs (e.g. private ranges 10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7) that remote ICE candidates may not name, besides the defaults: link-local (cloud metadata included), unspecified, multicast, documentation, and loopback unless ICE_IPS has a loopback address"},
 	{"KEYFRAME_INTERVAL", "500ms", "shortest time between two keyframe requests (PLI/FIR) to one publisher's video track, however many subscribers ask"},
 	{"MAX_PEERS_PER_USER", "10", "most devices of one user, connecting ones included; 0: no limit"},
 	{"MAX_PEERS_PER_CONVERSATION", "200", "most devices in one conversation, connecting ones included; 0: no limit"},
@@ -208,6 +215,24 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 	c.OfferTimeout = duration("OFFER_TIMEOUT")
 	c.MaxMessage = int64(integer("MAX_MESSAGE", 1024, 16<<20))
 	c.MaxSlots = integer("MAX_SLOTS", 1, 64)
+	c.MaxMediaLines = integer("MAX_MEDIA_LINES", 1, 256)
+	if c.MaxMediaLines < c.MaxSlots {
+		bad("MAX_MEDIA_LINES", fmt.Errorf("want at least MAX_SLOTS (%d)", c.MaxSlots))
+	}
+	c.MaxTracks = integer("MAX_TRACKS_PER_PEER", 1, 64)
+	c.Forbidden = rtc.DefaultForbiddenNetworks(c.ICEIPs)
+	for _, s := range splitList(get("ICE_FORBIDDEN_NETWORKS")) {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil || a.Zone() != "" {
+				bad("ICE_FORBIDDEN_NETWORKS", fmt.Errorf("%q is not a CIDR such as 10.0.0.0/8", s))
+				continue
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		c.Forbidden = append(c.Forbidden, p.Masked())
+	}
 	c.KeyframeEvery = duration("KEYFRAME_INTERVAL")
 	c.TrackBuffer = integer("TRACK_BUFFER_BYTES", 1500, 1<<20)
 	switch get("EGRESS") {
