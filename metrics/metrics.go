@@ -40,11 +40,11 @@ func Register(r prometheus.Registerer, src Sources) error {
 type collector struct {
 	src Sources
 
-	users, convs, peers, direct, tracks, slots                   *prometheus.Desc
-	pktsIn, bytesIn, malformed, pktsOut, bytesOut                *prometheus.Desc
-	nacks, plis, keyReqs, twcc, nacksSent, overload, stageEvents *prometheus.Desc
-	resent                                                       *prometheus.Desc
-	natsUp                                                       *prometheus.Desc
+	users, convs, peers, direct, tracks, slots                                          *prometheus.Desc
+	pktsIn, bytesIn, malformed, pktsOut, bytesOut                                       *prometheus.Desc
+	nacks, nacksRefused, refused, plis, keyReqs, twcc, nacksSent, overload, stageEvents *prometheus.Desc
+	resent                                                                              *prometheus.Desc
+	natsUp                                                                              *prometheus.Desc
 }
 
 func newCollector(src Sources) *collector {
@@ -52,32 +52,34 @@ func newCollector(src Sources) *collector {
 		return prometheus.NewDesc("router_"+name, help, labels, nil)
 	}
 	return &collector{
-		src:         src,
-		users:       d("users", "Users known: members of a conversation or with a connected device."),
-		convs:       d("conversations", "Conversations with at least one member."),
-		peers:       d("peers", "Peer connections (devices), connected or connecting."),
-		direct:      d("peers_direct_egress", "Connected peers whose slots encrypt and send their packets themselves (EGRESS=direct); the others' go through pion's write path."),
-		tracks:      d("tracks", "Audio tracks being published."),
-		slots:       d("slots", "Outgoing audio slots of connected peers."),
-		pktsIn:      d("rtp_packets_in_total", "RTP packets received from publishers."),
-		bytesIn:     d("rtp_bytes_in_total", "RTP bytes received from publishers."),
-		malformed:   d("rtp_malformed_total", "Received RTP packets that did not parse."),
-		pktsOut:     d("rtp_packets_out_total", "RTP packets forwarded to receivers' slots."),
-		bytesOut:    d("rtp_payload_bytes_out_total", "RTP payload bytes forwarded to receivers' slots."),
-		nacks:       d("rtcp_nacks_received_total", "NACKs received from receivers (answered from the packet cache)."),
-		resent:      d("rtp_resent_total", "Packets sent again in answer to receivers' NACKs, from the slots' caches (EGRESS=direct)."),
-		plis:        d("rtcp_plis_received_total", "PLIs and FIRs received from receivers; for video they become keyframe requests to the publisher."),
-		keyReqs:     d("keyframe_requests_total", "PLIs and FIRs sent to publishers of video (at most one per track per keyframe interval)."),
-		twcc:        d("rtcp_twcc_sent_total", "Transport-wide congestion control feedback packets sent to publishers of video."),
-		nacksSent:   d("rtcp_nacks_sent_total", "NACKs sent to publishers for packets lost on the way in."),
-		overload:    d("rtp_dropped_overload_total", "Received RTP packets dropped because their track's reader was TRACK_BUFFER_BYTES behind (the router is overloaded)."),
-		stageEvents: d("stage_events_total", "What each pipeline stage counted: forwarded packets, bites, published bites, and drops by reason (event=drop_*).", "stage", "event"),
-		natsUp:      d("nats_connected", "1 while the NATS connection is up."),
+		src:          src,
+		users:        d("users", "Users known: members of a conversation or with a connected device."),
+		convs:        d("conversations", "Conversations with at least one member."),
+		peers:        d("peers", "Peer connections (devices), connected or connecting."),
+		direct:       d("peers_direct_egress", "Connected peers whose slots encrypt and send their packets themselves (EGRESS=direct); the others' go through pion's write path."),
+		tracks:       d("tracks", "Audio tracks being published."),
+		slots:        d("slots", "Outgoing audio slots of connected peers."),
+		pktsIn:       d("rtp_packets_in_total", "RTP packets received from publishers."),
+		bytesIn:      d("rtp_bytes_in_total", "RTP bytes received from publishers."),
+		malformed:    d("rtp_malformed_total", "Received RTP packets that did not parse."),
+		pktsOut:      d("rtp_packets_out_total", "RTP packets forwarded to receivers' slots."),
+		bytesOut:     d("rtp_payload_bytes_out_total", "RTP payload bytes forwarded to receivers' slots."),
+		nacks:        d("rtcp_nacks_received_total", "NACKs received from receivers (answered from the packet cache)."),
+		resent:       d("rtp_resent_total", "Packets sent again in answer to receivers' NACKs, from the slots' caches (EGRESS=direct)."),
+		plis:         d("rtcp_plis_received_total", "PLIs and FIRs received from receivers; for video they become keyframe requests to the publisher."),
+		keyReqs:      d("keyframe_requests_total", "PLIs and FIRs sent to publishers of video (at most one per track per keyframe interval)."),
+		twcc:         d("rtcp_twcc_sent_total", "Transport-wide congestion control feedback packets sent to publishers of video."),
+		nacksRefused: d("rtp_resend_refused_total", "Retransmissions refused to receivers: asked for again within the dedup window, or past the receiver's budget (half its stream's bytes)."),
+		refused:      d("refused_total", "What clients asked for and were refused, by what: ICE candidates (forbidden network or past the bound per peer), sends to forbidden networks, tracks past MAX_TRACKS_PER_PEER.", "what"),
+		nacksSent:    d("rtcp_nacks_sent_total", "NACKs sent to publishers for packets lost on the way in."),
+		overload:     d("rtp_dropped_overload_total", "Received RTP packets dropped because their track's reader was TRACK_BUFFER_BYTES behind (the router is overloaded)."),
+		stageEvents:  d("stage_events_total", "What each pipeline stage counted: forwarded packets, bites, published bites, and drops by reason (event=drop_*).", "stage", "event"),
+		natsUp:       d("nats_connected", "1 while the NATS connection is up."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.direct, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.pktsOut, c.bytesOut, c.nacks, c.resent, c.plis, c.keyReqs, c.twcc, c.nacksSent, c.overload, c.stageEvents, c.natsUp} {
+	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.direct, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.pktsOut, c.bytesOut, c.nacks, c.resent, c.plis, c.keyReqs, c.twcc, c.nacksRefused, c.refused, c.nacksSent, c.overload, c.stageEvents, c.natsUp} {
 		ch <- d
 	}
 }
@@ -107,6 +109,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.plis, s.PLIs)
 		counter(c.keyReqs, s.KeyframeRequests)
 		counter(c.twcc, s.TWCCSent)
+		counter(c.nacksRefused, s.NACKsRefused)
+		counter(c.refused, s.Refused.Candidates, "candidate")
+		counter(c.refused, s.Refused.Sends, "send")
+		counter(c.refused, s.Refused.Tracks, "track")
 		counter(c.nacksSent, s.NACKsSent)
 		counter(c.overload, s.Overload)
 	}

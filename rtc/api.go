@@ -77,12 +77,15 @@ func newMedia(c *counters, video bool) (*webrtc.MediaEngine, *interceptor.Regist
 	// retransmission, far more than a NACK's round trip, and an eighth of
 	// the memory of 512 (measured: 512 cost about 0.7 MiB per receiving
 	// down-track).
-	resp, err := nack.NewResponderInterceptor(nack.ResponderSize(64))
+	resp, err := nack.NewResponderInterceptor(nack.ResponderSize(pionNACKHistory))
 	if err != nil {
 		return nil, nil, fmt.Errorf("nack responder: %w", err)
 	}
 	reg.Add(onDemand{gen})
-	reg.Add(resp)
+	// The responder answers only what its guard lets through: no packet
+	// twice within nackWindow, and no more than the stream's own bytes
+	// refill (nack.go).
+	reg.Add(nackGuard{Factory: resp, refused: &c.nacksRefused})
 	// Receiver reports only: down-tracks send their own sender reports
 	// (report.go), since pion does not see what the direct path sends.
 	rr, err := report.NewReceiverInterceptor()
@@ -109,6 +112,8 @@ func newMedia(c *counters, video bool) (*webrtc.MediaEngine, *interceptor.Regist
 // every peer connection, and the UDP mux if cfg has a port.
 func newSettings(cfg *Config, c *counters, socks *sockets) (webrtc.SettingEngine, ice.UDPMux, error) {
 	s := webrtc.SettingEngine{}
+	// Before any socket opens (the UDP mux's below): none ever sends there.
+	socks.forbidden = newForbiddenNets(cfg.ForbiddenNetworks)
 	s.SetNet(socks)
 	// A server has no use for mDNS, and its multicast would leave loopback.
 	s.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)

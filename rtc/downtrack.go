@@ -80,10 +80,15 @@ type DownTrack struct {
 	resent    rtp.Packet
 	resendRaw []byte
 	resendBuf []byte
+	// limit bounds the NACK answers (nack.go); it has a mark for each
+	// packet of history.
+	limit nackLimiter
 
-	written atomic.Uint64
-	bytes   atomic.Uint64
-	drops   atomic.Uint64 // packets held back waiting for a keyframe
+	written     atomic.Uint64
+	bytes       atomic.Uint64
+	drops       atomic.Uint64 // packets held back waiting for a keyframe
+	nackResent  atomic.Uint64 // packets sent again for NACKs
+	nackRefused atomic.Uint64 // NACKed packets not sent again (see nackLimiter)
 }
 
 // boundCodec is one codec the receiver accepted on the down-track's m-line.
@@ -206,6 +211,16 @@ func (s *DownTrack) Stats() (packets, bytes, waitingForKeyframe uint64) {
 	return s.written.Load(), s.bytes.Load(), s.drops.Load()
 }
 
+// Retransmissions returns the packets the down-track sent again for its
+// receiver's NACKs, and the NACKed packets it refused to: asked for again
+// less than nackWindow after their last retransmission, or beyond the
+// retransmission budget that the down-track's own packets refill (see
+// nackLimiter). Only the direct egress path counts here: the pion path's
+// refusals are counted by its nackGuard.
+func (s *DownTrack) Retransmissions() (resent, refused uint64) {
+	return s.nackResent.Load(), s.nackRefused.Load()
+}
+
 // codecFor returns the receiver's payload type and clock rate for mime.
 // Callers hold s.mu.
 func (s *DownTrack) codecFor(mime string) (boundCodec, bool) {
@@ -282,7 +297,8 @@ func (s *DownTrack) Write(buf *SendBuffer, src *UpTrack, p *rtp.Packet, levelByt
 
 	h := s.header(uint16(seq), ts, pt, marker, levelByte, hasLevel)
 	if e := s.peer.egress.Load(); e != nil || s.srtp != nil {
-		if _, err := s.writeDirect(e, h, p.Payload, buf); err != nil {
+		out, err := s.writeDirect(e, h, p.Payload, buf)
+		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return false, nil
 			}
@@ -293,6 +309,8 @@ func (s *DownTrack) Write(buf *SendBuffer, src *UpTrack, p *rtp.Packet, levelByt
 				seq: uint16(seq), ok: true, src: src, srcSeq: p.SequenceNumber,
 				tsOffset: s.tsOffset, pt: pt, marker: marker, level: levelByte, hasLevel: hasLevel,
 			}
+			// A retransmission is the same bytes again: out's length.
+			s.limit.sent(uint16(seq), len(out))
 		}
 	} else if _, err := s.writer.WriteRTP(h, p.Payload); err != nil {
 		if errors.Is(err, io.ErrClosedPipe) {
@@ -402,11 +420,12 @@ func (s *DownTrack) writeDirect(e *egress, h *rtp.Header, payload []byte, b *Sen
 		}
 		s.srtp = ctx
 		if s.nack {
-			n := audioHistory
+			n, burst := audioHistory, audioResendBurst
 			if s.kind == webrtc.RTPCodecTypeVideo {
-				n = videoHistory
+				n, burst = videoHistory, videoResendBurst
 			}
 			s.history = make([]sentPacket, n)
+			s.limit = newNackLimiter(n, burst)
 		}
 	}
 	buf := b.buffer(e.batch)
@@ -444,8 +463,16 @@ func (s *DownTrack) seal(h *rtp.Header, payload, buf []byte) ([]byte, error) {
 // resend sends again the packets of seqs that the down-track's history and
 // their sources' caches still hold (NACK): the same header, the same
 // payload, so the same bytes as the first time. It reports how many it
-// sent. pion's NACK responder answers for packets written through pion.
+// sent. A packet resent less than nackWindow ago is not sent again, nor
+// any beyond the budget the down-track's own packets refill (see
+// nackLimiter); those are counted (Retransmissions). pion's NACK responder
+// answers for packets written through pion (bounded by nackGuard).
 func (s *DownTrack) resend(seqs []uint16) int {
+	return s.resendAt(seqs, time.Now().UnixNano())
+}
+
+// resendAt is resend at now (unix ns).
+func (s *DownTrack) resendAt(seqs []uint16, now int64) int {
 	e := s.peer.egress.Load()
 	if e == nil {
 		return 0
@@ -458,10 +485,23 @@ func (s *DownTrack) resend(seqs []uint16) int {
 	if s.resendBuf == nil {
 		s.resendBuf = make([]byte, maxPacket+srtpOverhead)
 	}
-	sent := 0
+	sent, refused := 0, uint64(0)
+	defer func() {
+		s.nackResent.Add(uint64(sent))
+		if refused > 0 {
+			s.nackRefused.Add(refused)
+		}
+	}()
 	for _, seq := range seqs {
 		m := s.history[seq%uint16(len(s.history))]
 		if !m.ok || m.seq != seq {
+			continue
+		}
+		switch s.limit.allow(seq, now) {
+		case nackUnknown:
+			continue
+		case nackDuplicate, nackOverBudget:
+			refused++
 			continue
 		}
 		raw, ok := m.src.cache.get(m.srcSeq, s.resendRaw[:0])
