@@ -6,7 +6,10 @@
 package metrics
 
 import (
+	"fmt"
 	"net/http"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -149,4 +152,74 @@ func Handler(g prometheus.Gatherer, ready func() error) http.Handler {
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	return mux
+}
+
+// Probe runs a check that may block, such as a round trip to NATS, in the
+// background and keeps its last result, for a readiness check. /readyz then
+// answers at once, however slow the checked peer, and however many requests
+// arrive, at most one check runs at a time, at most once per interval. The
+// check must bound its own time (a flush with a deadline); a check that
+// hangs anyway shows as stale.
+type Probe struct {
+	check func() error
+	every time.Duration
+	stop  chan struct{}
+	done  chan struct{}
+	once  sync.Once
+
+	mu  sync.Mutex
+	err error     // the last check's result
+	ok  time.Time // when a check last succeeded
+}
+
+// StartProbe runs check once, then every interval in the background, until
+// Stop.
+func StartProbe(check func() error, every time.Duration) *Probe {
+	p := &Probe{check: check, every: every, stop: make(chan struct{}), done: make(chan struct{})}
+	p.run()
+	go func() {
+		defer close(p.done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-p.stop:
+				return
+			case <-t.C:
+				p.run()
+			}
+		}
+	}()
+	return p
+}
+
+func (p *Probe) run() {
+	err := p.check()
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.err = err
+	if err == nil {
+		p.ok = now
+	}
+}
+
+// Err returns the last check's error, or an error if no check has succeeded
+// for three intervals (the check hangs), or nil.
+func (p *Probe) Err() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err != nil {
+		return p.err
+	}
+	if age := time.Since(p.ok); age > 3*p.every {
+		return fmt.Errorf("no successful check for %s", age.Round(time.Millisecond))
+	}
+	return nil
+}
+
+// Stop ends the background checks and waits for a running one.
+func (p *Probe) Stop() {
+	p.once.Do(func() { close(p.stop) })
+	<-p.done
 }

@@ -47,7 +47,18 @@ type app struct {
 	served  chan error
 	msrv    *http.Server // metrics server, when METRICS_LISTEN is set
 	mln     net.Listener
+	natsRTT *metrics.Probe // a recent round trip to NATS, for /readyz
 }
+
+// NATS readiness: a flush (PING, PONG) with a deadline every
+// natsProbeEvery, in the background, so that /readyz answers at once and a
+// storm of /readyz requests sends no extra flush. A hung NATS server (its
+// TCP connection open, nothing answered) makes the router unready within
+// natsProbeEvery+natsProbeTimeout.
+const (
+	natsProbeEvery   = 2 * time.Second
+	natsProbeTimeout = time.Second
+)
 
 // registry returns the stage kinds the router knows.
 func registry() *pipeline.Registry {
@@ -123,6 +134,7 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (a *app, err er
 		MaxPeersPerConversation: cfg.MaxPeersPerConv,
 		MaxConversations:        cfg.MaxConvs,
 		MembershipTTL:           cfg.MembershipTTL,
+		IdleMembershipTTL:       cfg.IdleTTL,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("media: %w", err)
@@ -181,6 +193,7 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (a *app, err er
 	if err := metrics.Register(promReg, metrics.Sources{Rooms: a.rooms, Pipeline: a.pipe, NATSConnected: a.nc.IsConnected}); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
+	a.natsRTT = metrics.StartProbe(a.natsRoundTrip, natsProbeEvery)
 	ops := metrics.Handler(promReg, a.ready)
 	if cfg.MetricsListen == "" {
 		r.Handle("/metrics", ops)
@@ -237,10 +250,23 @@ func newServer(h http.Handler, cfg config, log *slog.Logger) *http.Server {
 	}
 }
 
-// ready reports why the router cannot serve yet, or nil.
+// ready reports why the router cannot serve yet, or nil: NATS must be
+// connected and have answered a recent round trip.
 func (a *app) ready() error {
 	if s := a.nc.Status(); s != nats.CONNECTED {
 		return fmt.Errorf("NATS %s", s)
+	}
+	return a.natsRTT.Err()
+}
+
+// natsRoundTrip flushes the NATS connection with a deadline: a server that
+// keeps the connection open but answers nothing fails it.
+func (a *app) natsRoundTrip() error {
+	if s := a.nc.Status(); s != nats.CONNECTED {
+		return fmt.Errorf("NATS %s", s)
+	}
+	if err := a.nc.FlushTimeout(natsProbeTimeout); err != nil {
+		return fmt.Errorf("NATS round trip: %w", err)
 	}
 	return nil
 }
@@ -304,6 +330,9 @@ func (a *app) addr() string { return a.ln.Addr().String() }
 // closes NATS, within ctx.
 func (a *app) shutdown(ctx context.Context) error {
 	var errs []error
+	if a.natsRTT != nil {
+		a.natsRTT.Stop()
+	}
 	if a.srv != nil {
 		if err := a.srv.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http: %w", err))

@@ -52,6 +52,7 @@ type config struct {
 	MaxPeersPerConv int
 	MaxConvs        int
 	MembershipTTL   time.Duration
+	IdleTTL         time.Duration
 	JoinRate        float64
 	JoinBurst       int
 	HTTPReadHeader  time.Duration
@@ -98,6 +99,7 @@ var settings = []setting{
 	{"MAX_PEERS_PER_CONVERSATION", "200", "most devices in one conversation, connecting ones included; 0: no limit"},
 	{"MAX_CONVERSATIONS", "10000", "most conversations in the process; 0: no limit"},
 	{"MEMBERSHIP_TTL", "24h", "a user with no connected device for this long is forgotten, membership included"},
+	{"IDLE_MEMBERSHIP_TTL", "2m", "a user who joined and never connected a device is forgotten this long after the join, membership included (at most MEMBERSHIP_TTL)"},
 	{"JOIN_RATE", "5", "joins per second allowed per user (token bucket); 0: no limit"},
 	{"JOIN_BURST", "10", "joins a user may make at once before JOIN_RATE applies"},
 	{"HTTP_READ_HEADER_TIMEOUT", "10s", "time a client has to send request headers (a slowloris client is cut off)"},
@@ -178,6 +180,7 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 	}
 	c.PermissionsHost = get("PERMISSIONS_HOST")
 	if dev {
+		// devRefusals refuses an explicit PERMISSIONS_HOST below.
 		c.PermissionsHost = "allow-all"
 	}
 	if c.PermissionsHost != "allow-all" {
@@ -254,6 +257,7 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 	c.MaxPeersPerConv = integer("MAX_PEERS_PER_CONVERSATION", 0, 1<<20)
 	c.MaxConvs = integer("MAX_CONVERSATIONS", 0, 1<<30)
 	c.MembershipTTL = duration("MEMBERSHIP_TTL")
+	c.IdleTTL = duration("IDLE_MEMBERSHIP_TTL")
 	if r, err := strconv.ParseFloat(get("JOIN_RATE"), 64); err != nil || r < 0 {
 		bad("JOIN_RATE", errors.New("want a number of joins per second, 0 for no limit"))
 	} else {
@@ -275,12 +279,30 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 		c.Origins = []string{"*"}
 	}
 	c.JWTPublicKey = get("AUTH_JWT_PUBLIC_KEY")
-	if c.JWTPublicKey != "" {
+	if dev {
+		if names := devRefusals(getenv); names != nil {
+			errs = append(errs, fmt.Errorf("-dev refuses %s: -dev lets everyone join every conversation, takes identities from query parameters and serves the demo's bites without a token, so it would silently override them; unset them (environment or .env file) or run without -dev", strings.Join(names, " and ")))
+		}
+	} else if c.JWTPublicKey != "" {
 		if _, err := claim.LoadRSAPublicKey(c.JWTPublicKey); err != nil {
 			bad("AUTH_JWT_PUBLIC_KEY", err)
 		}
 	}
 	return c, errors.Join(errs...)
+}
+
+// devRefusals names, with their values, the security settings given
+// explicitly that -dev would override: PERMISSIONS_HOST other than
+// allow-all, and AUTH_JWT_PUBLIC_KEY. -dev refuses to start with any.
+func devRefusals(getenv func(string) string) []string {
+	var names []string
+	if v := strings.TrimSpace(getenv("PERMISSIONS_HOST")); v != "" && v != "allow-all" {
+		names = append(names, fmt.Sprintf("PERMISSIONS_HOST=%q", v))
+	}
+	if v := strings.TrimSpace(getenv("AUTH_JWT_PUBLIC_KEY")); v != "" {
+		names = append(names, fmt.Sprintf("AUTH_JWT_PUBLIC_KEY=%q", v))
+	}
+	return names
 }
 
 func splitList(s string) []string {

