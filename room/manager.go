@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pion/webrtc/v3"
+
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/rtc"
 )
@@ -39,10 +41,40 @@ type Config struct {
 	// membership included, so that users who join and never connect do not
 	// pile up. Zero means DefaultMembershipTTL.
 	MembershipTTL time.Duration
+	// IdleMembershipTTL forgets, sooner, a user that has never had a
+	// device: one that joined (last joined this long ago) and never
+	// connected, so that joins that never connect cannot pin conversations
+	// (and MaxConversations) for MembershipTTL. Zero means
+	// DefaultIdleMembershipTTL; it is never longer than MembershipTTL.
+	IdleMembershipTTL time.Duration
+	// PeerGone reports whether a device's peer is gone: its client has
+	// most likely left, but the peer is not closed yet (pion v3 does not
+	// see DTLS close_notify, so a closed client is only released at the
+	// ICE failed timeout). A device that is gone still counts toward
+	// MaxPeersPerUser and MaxPeersPerConversation, but when a limit would
+	// refuse a device or a join, the oldest gone device in the way is
+	// closed instead. It is called with Manager.mu held and must not block.
+	// Nil means DefaultPeerGone.
+	PeerGone func(*rtc.Peer) bool
 }
 
 // DefaultMembershipTTL is the default Config.MembershipTTL.
 const DefaultMembershipTTL = 24 * time.Hour
+
+// DefaultIdleMembershipTTL is the default Config.IdleMembershipTTL.
+const DefaultIdleMembershipTTL = 2 * time.Minute
+
+// DefaultPeerGone is the default Config.PeerGone: a peer whose ICE state is
+// disconnected (nothing, not even a keepalive, received for
+// ICE_DISCONNECTED_TIMEOUT), failed or closed is gone. A peer still
+// connecting (new, checking) or connected is not.
+func DefaultPeerGone(p *rtc.Peer) bool {
+	switch p.ICEConnectionState() {
+	case webrtc.ICEConnectionStateDisconnected, webrtc.ICEConnectionStateFailed, webrtc.ICEConnectionStateClosed:
+		return true
+	}
+	return false
+}
 
 // Errors of the Manager. ErrLimit wraps every refusal for a configured
 // limit; the message says which.
@@ -84,6 +116,13 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.MembershipTTL <= 0 {
 		cfg.MembershipTTL = DefaultMembershipTTL
 	}
+	if cfg.IdleMembershipTTL <= 0 {
+		cfg.IdleMembershipTTL = DefaultIdleMembershipTTL
+	}
+	cfg.IdleMembershipTTL = min(cfg.IdleMembershipTTL, cfg.MembershipTTL)
+	if cfg.PeerGone == nil {
+		cfg.PeerGone = DefaultPeerGone
+	}
 	engine, err := rtc.NewEngine(cfg.Media)
 	if err != nil {
 		return nil, err
@@ -101,10 +140,11 @@ func New(cfg Config) (*Manager, error) {
 	return m, nil
 }
 
-// janitor forgets users that have had no device for MembershipTTL.
+// janitor forgets users that have had no device for MembershipTTL, and
+// those that never had one for IdleMembershipTTL.
 func (m *Manager) janitor() {
 	defer close(m.janitorDone)
-	tick := time.NewTicker(min(m.cfg.MembershipTTL/2, time.Minute))
+	tick := time.NewTicker(min(m.cfg.IdleMembershipTTL/2, time.Minute))
 	defer tick.Stop()
 	for {
 		select {
@@ -116,17 +156,22 @@ func (m *Manager) janitor() {
 	}
 }
 
-// expire forgets the users idle since before now-MembershipTTL.
+// expire forgets the users idle since before now-MembershipTTL, and those
+// that never had a device since before now-IdleMembershipTTL.
 func (m *Manager) expire(now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, u := range m.users {
-		if len(u.devices) > 0 || u.idleSince.IsZero() || now.Sub(u.idleSince) < m.cfg.MembershipTTL {
+		ttl, why := m.cfg.MembershipTTL, "membership expired: no device for a while"
+		if !u.hadDevice {
+			ttl, why = m.cfg.IdleMembershipTTL, "membership expired: joined and never connected"
+		}
+		if len(u.devices) > 0 || u.idleSince.IsZero() || now.Sub(u.idleSince) < ttl {
 			continue
 		}
 		if c := u.conv.Swap(nil); c != nil {
 			m.leave(u, c)
-			m.log.Info("membership expired: no device for a while", "user", u.ID, "conversation", c.ID, "ttl", m.cfg.MembershipTTL)
+			m.log.Info(why, "user", u.ID, "conversation", c.ID, "ttl", ttl)
 		}
 		delete(m.users, u.ID)
 	}
@@ -136,7 +181,7 @@ func (m *Manager) expire(now time.Time) {
 func (m *Manager) user(id string) *User {
 	u, ok := m.users[id]
 	if !ok {
-		u = &User{ID: id, devices: make(map[string]*device), idleSince: time.Now()}
+		u = &User{ID: id, devices: make(map[string]*device), since: make(map[string]time.Time), idleSince: time.Now()}
 		m.users[id] = u
 	}
 	return u
@@ -154,37 +199,62 @@ func (m *Manager) forget(u *User) {
 // conversation it was in. All the user's devices follow: their tracks are
 // forwarded to, and their slots receive from, the new conversation only.
 // Permission must have been checked by the caller.
+//
+// A join refused for a limit leaves nothing behind: no user, no membership
+// and no conversation that were not there before.
 func (m *Manager) Join(userID, convID string) error {
-	c, err := m.join(userID, convID)
+	c, evicted, err := m.join(userID, convID)
+	closePeers(evicted)
 	if c != nil {
 		c.sync()
 	}
 	return err
 }
 
-// join is Join under m.mu; it returns the conversation to reassign.
-func (m *Manager) join(userID, convID string) (*Conversation, error) {
+// join is Join under m.mu; it returns the conversation to reassign and the
+// peers of the gone devices it evicted, for the caller to close.
+func (m *Manager) join(userID, convID string) (*Conversation, []*rtc.Peer, error) {
 	if userID == "" || convID == "" {
-		return nil, errors.New("room: join needs a user and a conversation")
+		return nil, nil, errors.New("room: join needs a user and a conversation")
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return nil, ErrClosed
+		return nil, nil, ErrClosed
 	}
-	u := m.user(userID)
-	old := u.conv.Load()
+	u := m.users[userID] // created only once the join is admitted
+	var old *Conversation
+	own := 0
+	if u != nil {
+		old = u.conv.Load()
+		own = len(u.devices)
+	}
 	if old != nil && old.ID == convID {
-		return nil, nil
+		return nil, nil, nil
 	}
 	c, ok := m.convs[convID]
 	if !ok && m.cfg.MaxConversations > 0 && len(m.convs) >= m.cfg.MaxConversations {
-		return nil, fmt.Errorf("%w (%d)", ErrTooManyConversations, m.cfg.MaxConversations)
+		return nil, nil, fmt.Errorf("%w (%d)", ErrTooManyConversations, m.cfg.MaxConversations)
 	}
-	if ok && m.cfg.MaxPeersPerConversation > 0 {
-		if n := devices(c) + len(u.devices); n > m.cfg.MaxPeersPerConversation {
-			return nil, fmt.Errorf("%w (%d devices)", ErrConversationFull, m.cfg.MaxPeersPerConversation)
+	var evicted []*rtc.Peer
+	if max := m.cfg.MaxPeersPerConversation; ok && max > 0 {
+		if need := devices(c) + own - max; need > 0 {
+			holders := members(c)
+			if u != nil {
+				holders = append(holders, u)
+			}
+			g := m.gone(holders, nil)
+			if len(g) < need {
+				return nil, nil, fmt.Errorf("%w (%d devices)", ErrConversationFull, max)
+			}
+			evicted = m.evict(g[:need])
 		}
+	}
+	if u == nil {
+		u = m.user(userID)
+	}
+	if len(u.devices) == 0 {
+		u.idleSince = time.Now() // the idle TTLs count from the last join
 	}
 	if !ok {
 		c = newConversation(convID)
@@ -198,7 +268,7 @@ func (m *Manager) join(userID, convID string) (*Conversation, error) {
 	}
 	c.add(u, u.connectedDevices(), u.tracks())
 	m.log.Info("joined conversation", "user", userID, "conversation", convID)
-	return c, nil
+	return c, evicted, nil
 }
 
 // Leave takes the user out of its conversation, if any.
@@ -294,7 +364,8 @@ func (m *Manager) NewPeer(c claim.Claim) (*rtc.Peer, error) {
 	}
 	u := m.user(c.UserID)
 	old := u.devices[c.ClientID]
-	if err := m.admit(u, old); err != nil {
+	evicted, err := m.admit(u, old)
+	if err != nil {
 		m.forget(u)
 		m.mu.Unlock()
 		p.Close()
@@ -302,8 +373,12 @@ func (m *Manager) NewPeer(c claim.Claim) (*rtc.Peer, error) {
 	}
 	d.user = u
 	u.idleSince = time.Time{}
+	u.hadDevice = true
 	u.devices[c.ClientID] = d
+	u.since[c.ClientID] = time.Now()
 	m.mu.Unlock()
+
+	closePeers(evicted)
 
 	if old != nil {
 		old.peer.Close() // logged by the peer
@@ -313,17 +388,105 @@ func (m *Manager) NewPeer(c claim.Claim) (*rtc.Peer, error) {
 }
 
 // admit checks the device limits for a new device of u (replacing old, if
-// any). Callers hold m.mu.
-func (m *Manager) admit(u *User, old *device) error {
-	if max := m.cfg.MaxPeersPerUser; max > 0 && old == nil && len(u.devices) >= max {
-		return fmt.Errorf("%w (%d)", ErrTooManyDevices, max)
+// any). Where a limit is reached, it evicts the oldest gone devices in the
+// way (Config.PeerGone), if there are enough of them to make room, and
+// returns their peers for the caller to close once it has released m.mu;
+// a device that is not gone is never evicted. Callers hold m.mu.
+func (m *Manager) admit(u *User, old *device) ([]*rtc.Peer, error) {
+	if old != nil {
+		return nil, nil // a replacement: the device counts already
 	}
-	if max := m.cfg.MaxPeersPerConversation; max > 0 && old == nil {
-		if c := u.conv.Load(); c != nil && devices(c) >= max {
-			return fmt.Errorf("%w (%d devices)", ErrConversationFull, max)
+	var out []goneDevice
+	if max := m.cfg.MaxPeersPerUser; max > 0 {
+		if need := len(u.devices) - max + 1; need > 0 {
+			g := m.gone([]*User{u}, nil)
+			if len(g) < need {
+				return nil, fmt.Errorf("%w (%d)", ErrTooManyDevices, max)
+			}
+			out = g[:need]
 		}
 	}
-	return nil
+	if max := m.cfg.MaxPeersPerConversation; max > 0 {
+		// u is a member of c: the devices of u planned out count in c.
+		if c := u.conv.Load(); c != nil {
+			if need := devices(c) - len(out) - max + 1; need > 0 {
+				g := m.gone(members(c), out)
+				if len(g) < need {
+					return nil, fmt.Errorf("%w (%d devices)", ErrConversationFull, max)
+				}
+				out = append(out, g[:need]...)
+			}
+		}
+	}
+	return m.evict(out), nil
+}
+
+// goneDevice is a device of a user that Config.PeerGone says is gone.
+type goneDevice struct {
+	u     *User
+	id    string
+	d     *device
+	since time.Time
+}
+
+// gone returns the gone devices of users, except those in skip, oldest
+// (earliest admitted) first. Callers hold m.mu.
+func (m *Manager) gone(users []*User, skip []goneDevice) []goneDevice {
+	var g []goneDevice
+	for _, u := range users {
+		for id, d := range u.devices {
+			if d.peer == nil || !m.cfg.PeerGone(d.peer) {
+				continue
+			}
+			if slices.ContainsFunc(skip, func(s goneDevice) bool { return s.d == d }) {
+				continue
+			}
+			g = append(g, goneDevice{u: u, id: id, d: d, since: u.since[id]})
+		}
+	}
+	slices.SortFunc(g, func(a, b goneDevice) int { return a.since.Compare(b.since) })
+	return g
+}
+
+// evict forgets the gone devices g at once, so that they stop counting
+// toward the limits, and returns their peers, which the caller closes once
+// it has released m.mu (the peers' Closed then finds them forgotten).
+// Callers hold m.mu.
+func (m *Manager) evict(g []goneDevice) []*rtc.Peer {
+	var peers []*rtc.Peer
+	for _, e := range g {
+		if e.u.devices[e.id] != e.d {
+			continue
+		}
+		delete(e.u.devices, e.id)
+		delete(e.u.since, e.id)
+		if len(e.u.devices) == 0 {
+			e.u.idleSince = time.Now()
+		}
+		if c := e.u.conv.Load(); c != nil {
+			c.removeDevice(e.d)
+		}
+		peers = append(peers, e.d.peer)
+		m.log.Info("gone device evicted to make room for another", "user", e.u.ID, "client", e.id)
+	}
+	return peers
+}
+
+// closePeers closes the peers of evicted devices. Callers do not hold m.mu:
+// each peer's Closed takes it.
+func closePeers(peers []*rtc.Peer) {
+	for _, p := range peers {
+		p.Close()
+	}
+}
+
+// members returns c's members. Callers hold m.mu.
+func members(c *Conversation) []*User {
+	us := make([]*User, 0, len(c.members))
+	for u := range c.members {
+		us = append(us, u)
+	}
+	return us
 }
 
 // devices counts the devices of c's members, connecting ones included, and
@@ -373,6 +536,7 @@ func (m *Manager) deviceClosed(d *device) {
 	}
 	if id := d.peer.Claim.ClientID; u.devices[id] == d {
 		delete(u.devices, id)
+		delete(u.since, id)
 	}
 	if len(u.devices) == 0 {
 		u.idleSince = time.Now()
@@ -389,6 +553,9 @@ func (m *Manager) trackStarted(d *device, t *Track) {
 	m.mu.Lock()
 	d.published = append(d.published, t)
 	c := t.User().conv.Load()
+	if u := t.User(); u.devices[d.peer.Claim.ClientID] != d {
+		c = nil // evicted or replaced meanwhile: its peer is closing
+	}
 	if c != nil {
 		c.add(t.User(), nil, []*Track{t})
 	}

@@ -110,7 +110,7 @@ func TestConversationLimitCountsConnectingDevices(t *testing.T) {
 				t.Errorf("join: %v, want %v", err, tt.wantJoin)
 			}
 			m.mu.Lock()
-			err = m.admit(m.users[first], nil)
+			_, err = m.admit(m.users[first], nil)
 			for _, u := range m.users {
 				clear(u.devices) // not real devices: Close must not touch them
 			}

@@ -15,6 +15,13 @@ type User struct {
 	conv atomic.Pointer[Conversation]
 	// devices holds the user's devices by client id (Manager.mu).
 	devices map[string]*device
+	// since holds when each device was admitted, by client id
+	// (Manager.mu): the oldest gone device is evicted first.
+	since map[string]time.Time
+	// hadDevice is set once the user has had a device (Manager.mu): until
+	// then its membership expires after IdleMembershipTTL, not
+	// MembershipTTL.
+	hadDevice bool
 	// idleSince is when the user last had no device (Manager.mu); zero
 	// while it has one.
 	idleSince time.Time

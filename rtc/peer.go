@@ -455,6 +455,12 @@ func (e *Engine) Refusals() Refusals {
 // Handler's Connected has returned.
 func (p *Peer) Connected() <-chan struct{} { return p.connected }
 
+// ICEConnectionState returns the peer's ICE state: disconnected once
+// nothing, not even a keepalive, has arrived for the disconnected timeout
+// (the usual sign of a client that left: pion v3 does not see DTLS
+// close_notify), failed after the failed timeout, when the peer closes.
+func (p *Peer) ICEConnectionState() webrtc.ICEConnectionState { return p.pc.ICEConnectionState() }
+
 // Done is closed when the peer is closed.
 func (p *Peer) Done() <-chan struct{} { return p.done }
 
