@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync/atomic"
 	"time"
 
@@ -54,6 +55,61 @@ const opusRate = 48000
 // samples converts a duration to 48 kHz RTP timestamp units.
 func samples(d pipeline.Duration) uint32 { return uint32(d.D() * opusRate / time.Second) }
 
+// Bounds on what one publisher's track can make the chunker do. RTP
+// timestamps and TOC bytes come from the publisher; arrival times come from
+// the router's clock, so every bound is on arrival time.
+const (
+	// biteJitter is how much more audio a bite may claim than the arrival
+	// time its packets span: the delay of its first packet over its last
+	// (network jitter, a burst after a stall, the last packet's own length).
+	biteJitter = 200 * time.Millisecond
+	// resyncWindow: a bite whose RTP time runs this far ahead of its
+	// arrival span, or a timestamp this far behind the last one, is a
+	// timestamp jump: the bite ends and the chunker starts afresh. Within
+	// it, an older timestamp is a late or retransmitted packet (NACK
+	// retransmissions arrive within a round trip) and is skipped.
+	resyncWindow = time.Second
+	// maxPacketRate, with packetBurst, bounds the packets per track the
+	// chunker takes. WebRTC negotiates Opus with minptime=10, so real
+	// clients send at most 100 packets/s (50 at the usual 20 ms); 200/s is
+	// twice that. The burst of 100 packets lets through 2 s of 20 ms audio
+	// a stalled network delivers at once.
+	maxPacketRate = 200
+	packetBurst   = 100
+	// maxBiteRate, with biteBurst, bounds the bites per track. A real
+	// client's bite ends with 500 ms of silence (or a DTX gap as long), or
+	// at max_duration, so it makes at most 2 bites/s; moves between
+	// conversations are rare. Bites beyond the bound are dropped.
+	maxBiteRate = 4
+	biteBurst   = 8
+)
+
+// Rate-limiter intervals and tolerances, in nanoseconds of arrival time.
+const (
+	packetInterval = int64(time.Second / maxPacketRate)
+	packetTau      = (packetBurst - 1) * packetInterval
+	biteInterval   = int64(time.Second / maxBiteRate)
+	biteTau        = (biteBurst - 1) * biteInterval
+)
+
+// gcra is a rate limiter (the generic cell rate algorithm) on arrival time
+// in nanoseconds: it admits burst events at once and one every interval
+// after, so at most burst + span/interval over any span.
+type gcra struct{ tat int64 } // theoretical arrival time of the next event
+
+// allow reports whether an event at now conforms, and accounts it if so.
+func (g *gcra) allow(now, interval, tau int64) bool {
+	t := max(g.tat, now)
+	if t-now > tau {
+		return false
+	}
+	g.tat = t + interval
+	return true
+}
+
+// rtpNanos converts RTP samples at 48 kHz to nanoseconds.
+func rtpNanos(samples int64) int64 { return samples * int64(time.Second) / opusRate }
+
 // Chunker is the bite-chunker stage.
 type Chunker struct {
 	s       ChunkerSettings
@@ -62,13 +118,27 @@ type Chunker struct {
 	preroll uint32
 	max     uint32
 
-	bites   atomic.Uint64
-	muxFail atomic.Uint64
+	bites     atomic.Uint64
+	muxFail   atomic.Uint64
+	jumps     atomic.Uint64
+	dropRate  atomic.Uint64
+	dropBites atomic.Uint64
+	clamped   atomic.Uint64
 }
 
-// Stats reports bites emitted and bites lost to a muxing error.
+// Stats reports bites emitted, bites lost to a muxing error, RTP timestamp
+// jumps resynchronised, packets over the per-track rate (dropped), bites
+// over the per-track bite rate (dropped) and bites whose duration was
+// clamped to their arrival span.
 func (c *Chunker) Stats() map[string]uint64 {
-	return map[string]uint64{"bites": c.bites.Load(), "drop_mux_error": c.muxFail.Load()}
+	return map[string]uint64{
+		"bites":            c.bites.Load(),
+		"drop_mux_error":   c.muxFail.Load(),
+		"timestamp_jumps":  c.jumps.Load(),
+		"drop_rate":        c.dropRate.Load(),
+		"drop_bite_rate":   c.dropBites.Load(),
+		"duration_clamped": c.clamped.Load(),
+	}
 }
 
 // NewChunker validates s and returns a Chunker.
@@ -97,7 +167,8 @@ func (c *Chunker) Open(t *room.Track, emit pipeline.Emit) (pipeline.Processor, e
 	if t.Kind != webrtc.RTPCodecTypeAudio {
 		return pipeline.Nop{}, nil
 	}
-	return &chunkerProc{c: c, track: t, emit: emit}, nil
+	return &chunkerProc{c: c, track: t, emit: emit, last: math.MinInt64, lastRTP: math.MinInt64,
+		pktRate: gcra{math.MinInt64}, biteRate: gcra{math.MinInt64}}, nil
 }
 
 // Close does nothing: each track's processor flushes its own bite.
@@ -107,8 +178,9 @@ func (c *Chunker) Close(context.Context) error { return nil }
 type held struct {
 	ts       uint32
 	dur      uint32
-	arrival  time.Time
-	off, end int // payload in arena
+	arrival  time.Time // arrival, made monotonic (see clock)
+	at       int64     // arrival in nanoseconds
+	off, end int       // payload in arena
 }
 
 // chunkerProc collects one track's packets. Its buffers grow to the largest
@@ -126,13 +198,41 @@ type chunkerProc struct {
 	silent  bool   // in a run of quiet packets
 	quietAt uint32 // timestamp where the quiet run began
 	seq     uint64
+
+	last     int64     // latest arrival, ns (monotonic: see clock)
+	lastTime time.Time // the same as a time.Time
+	lastRTP  int64     // end of the audio claimed so far, ns ("rtp" format)
+	pktRate  gcra      // packets taken
+	biteRate gcra      // bites emitted
+}
+
+// clock returns p's arrival in nanoseconds, never before an earlier
+// packet's: a small step back (timestamps of different sockets) is
+// taken as no step. A step back of more than a second is the router's
+// clock being set: the bite in progress ends and the limiters start over.
+func (cp *chunkerProc) clock(p *pipeline.Packet) int64 {
+	now := p.Arrival.UnixNano()
+	if now < cp.last {
+		if cp.last-now <= int64(time.Second) {
+			return cp.last
+		}
+		cp.flush()
+		cp.pktRate, cp.biteRate, cp.lastRTP = gcra{math.MinInt64}, gcra{math.MinInt64}, math.MinInt64
+	}
+	cp.last, cp.lastTime = now, p.Arrival
+	return now
 }
 
 func (cp *chunkerProc) HandlePacket(p *pipeline.Packet) bool {
+	now := cp.clock(p)
+	if !cp.pktRate.allow(now, packetInterval, packetTau) {
+		cp.c.dropRate.Add(1)
+		return true
+	}
 	c := p.Conversation
 	if cp.c.s.Format == pipeline.FormatRTP {
 		if c != nil {
-			cp.emitRTP(p)
+			cp.emitRTP(p, now)
 		}
 		return true
 	}
@@ -144,24 +244,31 @@ func (cp *chunkerProc) HandlePacket(p *pipeline.Packet) bool {
 		return true
 	}
 	ts := p.RTP.Timestamp
-	if n := len(cp.pkts); n > 0 {
-		last := cp.pkts[n-1]
-		if int32(ts-last.ts) <= 0 {
-			return true // late or duplicate (a retransmission): already past it
-		}
-		if ts-(last.ts+last.dur) >= cp.c.silence {
-			cp.flush() // a DTX gap as long as a silence
-		}
-	}
 	dur, err := oggopus.PacketDuration(p.RTP.Payload)
 	if err != nil {
 		return true
 	}
-	cp.hold(p, uint32(dur))
+	if n := len(cp.pkts); n > 0 {
+		last, first := cp.pkts[n-1], cp.pkts[0]
+		step := int64(int32(ts - last.ts))
+		switch {
+		case step <= 0 && rtpNanos(-step) <= int64(resyncWindow):
+			return true // late or duplicate (a retransmission): already past it
+		case step <= 0,
+			rtpNanos(int64(ts-first.ts)) > now-first.at+int64(resyncWindow):
+			// The timestamps went back, or ran ahead of arrival time:
+			// end the bite before the jump and start afresh.
+			cp.c.jumps.Add(1)
+			cp.flush()
+		case step > int64(last.dur) && uint32(step)-last.dur >= cp.c.silence:
+			cp.flush() // a DTX gap as long as a silence
+		}
+	}
+	cp.hold(p, uint32(dur), now)
 	loud := p.Loud(cp.c.s.ThresholdDBov)
 	if !cp.open {
 		if !loud {
-			cp.trimFront(ts + uint32(dur) - cp.c.preroll)
+			cp.trimFront(ts+uint32(dur)-cp.c.preroll, len(cp.pkts)-int(cp.preKeep()))
 			return true
 		}
 		cp.open = true
@@ -178,11 +285,17 @@ func (cp *chunkerProc) HandlePacket(p *pipeline.Packet) bool {
 	case cp.silent && end-cp.quietAt >= cp.c.silence:
 		cp.trimBack(cp.quietAt + cp.c.preroll)
 		cp.flush()
-	case end-cp.pkts[0].ts >= cp.c.max:
-		cp.flush()
+	case end-cp.pkts[0].ts >= cp.c.max,
+		now-cp.pkts[0].at >= int64(cp.c.s.MaxDuration.D()+biteJitter):
+		cp.flush() // max_duration of RTP time, or of arrival time
 	}
 	return true
 }
+
+// preKeep is how many packets the pre-roll may hold: one per 2.5 ms (the
+// shortest Opus frame), so that timestamps that barely advance cannot make
+// the pre-roll grow without end.
+func (cp *chunkerProc) preKeep() uint32 { return cp.c.preroll/120 + 1 }
 
 func (cp *chunkerProc) HandleBite(*pipeline.Bite) {}
 
@@ -190,16 +303,17 @@ func (cp *chunkerProc) HandleBite(*pipeline.Bite) {}
 func (cp *chunkerProc) Close() { cp.flush() }
 
 // hold appends p to the held packets.
-func (cp *chunkerProc) hold(p *pipeline.Packet, dur uint32) {
+func (cp *chunkerProc) hold(p *pipeline.Packet, dur uint32, now int64) {
 	off := len(cp.arena)
 	cp.arena = append(cp.arena, p.RTP.Payload...)
-	cp.pkts = append(cp.pkts, held{ts: p.RTP.Timestamp, dur: dur, arrival: p.Arrival, off: off, end: len(cp.arena)})
+	cp.pkts = append(cp.pkts, held{ts: p.RTP.Timestamp, dur: dur, arrival: cp.lastTime, at: now, off: off, end: len(cp.arena)})
 }
 
-// trimFront drops held packets that start before ts (pre-roll upkeep).
-func (cp *chunkerProc) trimFront(ts uint32) {
+// trimFront drops held packets that start before ts, and the first drop
+// packets whatever their timestamps (pre-roll upkeep).
+func (cp *chunkerProc) trimFront(ts uint32, drop int) {
 	i := 0
-	for i < len(cp.pkts) && int32(cp.pkts[i].ts-ts) < 0 {
+	for i < len(cp.pkts) && (i < drop || int32(cp.pkts[i].ts-ts) < 0) {
 		i++
 	}
 	if i == 0 {
@@ -232,6 +346,10 @@ func (cp *chunkerProc) flush() {
 	if !cp.open || len(cp.pkts) == 0 || cp.conv == nil {
 		return
 	}
+	if !cp.biteRate.allow(cp.last, biteInterval, biteTau) {
+		cp.c.dropBites.Add(1)
+		return
+	}
 	var buf bytes.Buffer
 	w, err := oggopus.NewWriter(&buf, oggopus.Config{})
 	if err == nil {
@@ -249,17 +367,33 @@ func (cp *chunkerProc) flush() {
 		cp.c.log.Warn("bite dropped: ogg mux failed", "track", cp.track.ID, "err", err)
 		return
 	}
-	cp.emitBite(cp.pkts[0].arrival, w.Duration(), pipeline.FormatOggOpus, buf.Bytes())
+	// The bite claims no more audio than the arrival time it spans allows:
+	// neither timestamps nor TOC bytes can make it claim more.
+	d := w.Duration()
+	if limit := time.Duration(cp.pkts[len(cp.pkts)-1].at-cp.pkts[0].at) + biteJitter; d > limit {
+		d = limit
+		cp.c.clamped.Add(1)
+	}
+	cp.emitBite(cp.pkts[0].arrival, d, pipeline.FormatOggOpus, buf.Bytes())
 }
 
 // emitRTP emits one packet as a bite, as the original router did.
-func (cp *chunkerProc) emitRTP(p *pipeline.Packet) {
+// Its duration comes from the TOC byte, but the audio the track's bites
+// claim never runs ahead of arrival time by more than biteJitter.
+func (cp *chunkerProc) emitRTP(p *pipeline.Packet, now int64) {
 	dur, err := oggopus.PacketDuration(p.RTP.Payload)
 	if err != nil {
 		dur = 0
 	}
+	d := rtpNanos(int64(dur))
+	start := max(cp.lastRTP, now)
+	if limit := now + int64(biteJitter) - start; d > limit {
+		d = limit
+		cp.c.clamped.Add(1)
+	}
+	cp.lastRTP = start + d
 	cp.conv = p.Conversation
-	cp.emitBite(p.Arrival, time.Duration(dur)*time.Second/opusRate, pipeline.FormatRTP, bytes.Clone(p.Raw))
+	cp.emitBite(p.Arrival, time.Duration(d), pipeline.FormatRTP, bytes.Clone(p.Raw))
 }
 
 func (cp *chunkerProc) emitBite(start time.Time, d time.Duration, format string, data []byte) {
