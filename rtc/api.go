@@ -11,46 +11,67 @@ import (
 	"github.com/pion/interceptor/pkg/nack"
 	"github.com/pion/interceptor/pkg/report"
 	"github.com/pion/interceptor/pkg/twcc"
+	"github.com/pion/logging"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/stun"
+	"github.com/pion/transport/v2"
 	"github.com/pion/webrtc/v3"
 
 	"github.com/beepvoice/router/rtc/codec"
 )
 
-// newAPI builds the two pion APIs the Engine's peers use, one without
-// video (Beep's devices) and one with it, both with the RFC 6464 audio level
-// extension, NACK generator and responder, RTCP receiver reports (the
-// generator and the reports only for peers that publish: see onDemand), and
-// the ICE network settings of cfg; the video API also sends transport-wide
-// congestion control feedback (TWCC) to publishers, so that their encoders
-// adapt to the uplink. ICE opens its sockets through socks. It returns the
-// UDP mux, if any, so that the Engine can close it.
-func newAPI(cfg *Config, c *counters, socks *sockets) (audio, video *webrtc.API, mux ice.UDPMux, err error) {
+// apis is what every peer connection is made from: the settings (ICE,
+// DTLS, buffers) and, without video (Beep's devices) and with it, the
+// codecs and interceptors: the RFC 6464 audio level extension, NACK
+// generator and responder, RTCP receiver reports (the generator and the
+// reports only for peers that publish: see onDemand), and for video
+// transport-wide congestion control feedback (TWCC) to publishers, so that
+// their encoders adapt to the uplink.
+//
+// Each peer gets a pion API of its own from them (see api), cheap to make
+// (pion copies the codecs per connection anyway), so that the transport.Net
+// its ICE agent opens sockets through is its own: Close then releases every
+// socket the agent opened, even one it opened while the peer was closing
+// (pion v3's agent leaked those: TestCloseDuringNegotiationReleasesAll).
+type apis struct {
+	settings, videoSettings webrtc.SettingEngine
+	audio, video            *webrtc.MediaEngine
+	audioReg, videoReg      *interceptor.Registry
+}
+
+// api returns a pion API for one peer, with or without video, whose ICE
+// opens its sockets through n.
+func (a *apis) api(video bool, n transport.Net) *webrtc.API {
+	s, m, reg := a.settings, a.audio, a.audioReg // s: a copy
+	if video {
+		s, m, reg = a.videoSettings, a.video, a.videoReg
+	}
+	s.SetNet(n)
+	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(s))
+}
+
+// newAPIs builds the apis of cfg. It returns the UDP mux, if any, so that
+// the Engine can close it.
+func newAPIs(cfg *Config, c *counters, socks *sockets) (*apis, ice.UDPMux, error) {
 	s, mux, err := newSettings(cfg, c, socks)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	for _, withVideo := range []bool{false, true} {
-		m, reg, err := newMedia(c, withVideo)
-		if err != nil {
-			if mux != nil {
-				_ = mux.Close()
-			}
-			return nil, nil, nil, err
-		}
-		settings := s // a copy: the video peers' buffers are larger
-		if withVideo {
-			settings.BufferFactory = bufferFactory(cfg.VideoTrackBuffer, &c.overload)
-		}
-		api := webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(settings))
-		if withVideo {
-			video = api
-		} else {
-			audio = api
-		}
+	// One logger factory for all: pion makes one per API otherwise.
+	s.LoggerFactory = logging.NewDefaultLoggerFactory()
+	a := &apis{settings: s, videoSettings: s}
+	// The video peers' buffers are larger (VideoTrackBuffer).
+	a.videoSettings.BufferFactory = bufferFactory(cfg.VideoTrackBuffer, &c.overload)
+	if a.audio, a.audioReg, err = newMedia(c, false); err == nil {
+		a.video, a.videoReg, err = newMedia(c, true)
 	}
-	return audio, video, mux, nil
+	if err != nil {
+		if mux != nil {
+			_ = mux.Close()
+		}
+		return nil, nil, err
+	}
+	return a, mux, nil
 }
 
 // newMedia returns the codecs, header extensions and interceptors of a

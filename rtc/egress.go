@@ -381,6 +381,50 @@ func (s *sockets) lookup(addr netip.AddrPort) *trackedConn {
 	return s.byAddr[addr]
 }
 
+// peerNet is the transport.Net of one peer's ICE agent: the sockets, which
+// it also remembers, so that the peer's Close releases every one of them,
+// and refuses to open more once closed.
+type peerNet struct {
+	*sockets
+
+	mu     sync.Mutex
+	conns  []*trackedConn
+	closed bool
+}
+
+// errPeerClosed refuses a socket to the ICE agent of a closed peer.
+var errPeerClosed = errors.New("rtc: peer closed")
+
+// ListenUDP opens a socket for the peer's ICE agent (see sockets).
+func (n *peerNet) ListenUDP(network string, laddr *net.UDPAddr) (transport.UDPConn, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return nil, errPeerClosed
+	}
+	c, err := n.sockets.ListenUDP(network, laddr)
+	if tc, ok := c.(*trackedConn); ok && err == nil {
+		n.conns = append(n.conns, tc)
+	}
+	return c, err
+}
+
+// closeAll closes the sockets the agent opened and did not close itself,
+// and every one it asks for from now on. It returns how many it closed.
+func (n *peerNet) closeAll() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.closed = true
+	open := 0
+	for _, c := range n.conns {
+		if c.Close() == nil {
+			open++
+		}
+	}
+	n.conns = nil
+	return open
+}
+
 // trackedConn is a socket that leaves the registry when closed, with the
 // arrival times of the RTP it reads, if the system gives them.
 type trackedConn struct {

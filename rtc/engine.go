@@ -94,12 +94,11 @@ var (
 
 // Engine owns the pion API, the UDP sockets ICE uses and every Peer.
 type Engine struct {
-	cfg      Config
-	log      *slog.Logger
-	api      *webrtc.API // audio only
-	videoAPI *webrtc.API // audio and video
-	mux      ice.UDPMux
-	socks    *sockets
+	cfg   Config
+	log   *slog.Logger
+	apis  *apis
+	mux   ice.UDPMux
+	socks *sockets
 
 	mu     sync.Mutex
 	peers  map[*Peer]struct{}
@@ -170,11 +169,11 @@ func NewEngine(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	api, videoAPI, mux, err := newAPI(&cfg, &e.count, socks)
+	apis, mux, err := newAPIs(&cfg, &e.count, socks)
 	if err != nil {
 		return nil, err
 	}
-	e.api, e.videoAPI, e.mux, e.socks = api, videoAPI, mux, socks
+	e.apis, e.mux, e.socks = apis, mux, socks
 	go e.reports()
 	return e, nil
 }
@@ -218,15 +217,13 @@ type PeerOptions struct {
 // NewPeer creates the peer connection of device c; h is told of its life.
 // The peer closes itself if it has not connected within ConnectTimeout.
 func (e *Engine) NewPeer(c claim.Claim, h Handler, opts PeerOptions) (*Peer, error) {
-	api := e.api
-	if opts.Video {
-		api = e.videoAPI
-	}
-	pc, err := api.NewPeerConnection(webrtc.Configuration{ICEServers: e.cfg.ICEServers})
+	n := &peerNet{sockets: e.socks}
+	pc, err := e.apis.api(opts.Video, n).NewPeerConnection(webrtc.Configuration{ICEServers: e.cfg.ICEServers})
 	if err != nil {
 		return nil, fmt.Errorf("new peer connection: %w", err)
 	}
 	p := newPeer(e, c, pc, h, opts)
+	p.net = n
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()

@@ -55,6 +55,7 @@ type Peer struct {
 	Claim claim.Claim
 
 	e    *Engine
+	net  *peerNet // nil in tests that make peers by hand
 	pc   *webrtc.PeerConnection
 	log  *slog.Logger
 	h    Handler
@@ -69,6 +70,13 @@ type Peer struct {
 	done          chan struct{}
 	closeOnce     sync.Once
 	deadline      *time.Timer
+
+	// neg serialises the negotiation (Answer, Offer, SetAnswer) with the
+	// pion close in Close: a negotiation that Close overtook fails at once
+	// with ErrClosed instead of running against a closed connection. (The
+	// sockets its ICE agent may still open are the peer's net's: Close
+	// releases them.)
+	neg sync.Mutex
 
 	mu          sync.Mutex // guards closing, wg.Add, remoteSet, pending, candidates, upTracks, refusedTrack
 	closing     bool
@@ -184,6 +192,11 @@ func (p *Peer) OnCandidate(f func(webrtc.ICECandidateInit)) { p.onCandidate.Stor
 // answer that carries all of them. An error wrapping ErrBadOffer means the
 // offer was refused; the caller should then Close the peer.
 func (p *Peer) Answer(offerSDP string) (string, error) {
+	p.neg.Lock()
+	defer p.neg.Unlock()
+	if p.isClosing() {
+		return "", ErrClosed
+	}
 	o, err := parseOffer(offerSDP, p.e.cfg.MaxDownTracks, p.e.cfg.MaxMediaLines, p.opts.Video)
 	if err != nil {
 		return "", err
@@ -289,19 +302,44 @@ func (p *Peer) AddDownTrack(kind webrtc.RTPCodecType) (*DownTrack, error) {
 // the local description and returns it with the candidates gathered by the
 // time gathering completes or ctx ends: the router never trickles its own.
 func (p *Peer) Offer(ctx context.Context) (string, error) {
-	offer, err := p.pc.CreateOffer(nil)
-	if err != nil {
-		return "", fmt.Errorf("create offer: %w", err)
-	}
-	if err := p.pc.SetLocalDescription(offer); err != nil {
-		return "", fmt.Errorf("set local description: %w", err)
+	if err := p.offer(); err != nil {
+		return "", err
 	}
 	return p.WaitGathered(ctx), nil
+}
+
+// offer makes and sets the local offer, under p.neg.
+func (p *Peer) offer() error {
+	p.neg.Lock()
+	defer p.neg.Unlock()
+	if p.isClosing() {
+		return ErrClosed
+	}
+	offer, err := p.pc.CreateOffer(nil)
+	if err != nil {
+		return fmt.Errorf("create offer: %w", err)
+	}
+	if err := p.pc.SetLocalDescription(offer); err != nil {
+		return fmt.Errorf("set local description: %w", err)
+	}
+	return nil
+}
+
+// isClosing reports whether Close has begun.
+func (p *Peer) isClosing() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closing
 }
 
 // SetAnswer applies the client's answer to Offer. Candidates that arrived
 // before it are added now. An error wraps ErrBadAnswer.
 func (p *Peer) SetAnswer(answerSDP string) error {
+	p.neg.Lock()
+	defer p.neg.Unlock()
+	if p.isClosing() {
+		return ErrClosed
+	}
 	var sd sdp.SessionDescription
 	if err := sd.UnmarshalString(answerSDP); err != nil {
 		return fmt.Errorf("%w: not valid SDP: %v", ErrBadAnswer, err)
@@ -482,8 +520,16 @@ func (p *Peer) Close() {
 		p.e.peerClosed(p)
 		p.h.Closed(p)
 		p.sayGoodbye()
-		if err := p.pc.Close(); err != nil {
+		p.neg.Lock() // a negotiation in progress finishes first
+		err := p.pc.Close()
+		p.neg.Unlock()
+		if err != nil {
 			p.log.Debug("close peer connection", "err", err)
+		}
+		if p.net != nil {
+			if n := p.net.closeAll(); n > 0 {
+				p.log.Debug("closed sockets the ICE agent left open", "sockets", n)
+			}
 		}
 		p.log.Info("peer closed")
 		go func() {
