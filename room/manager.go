@@ -12,6 +12,7 @@ import (
 	"github.com/pion/webrtc/v3"
 
 	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/internal/throttle"
 	"github.com/beepvoice/router/rtc"
 )
 
@@ -84,6 +85,12 @@ var (
 	ErrTooManyDevices       = fmt.Errorf("%w: too many devices for this user", ErrLimit)
 	ErrConversationFull     = fmt.Errorf("%w: conversation full", ErrLimit)
 	ErrTooManyConversations = fmt.Errorf("%w: too many conversations", ErrLimit)
+	// ErrReplaced is the reason (rtc.Peer.Err) of a device's peer that a
+	// newer connection of the same device replaced.
+	ErrReplaced = errors.New("replaced by a newer connection of the same device")
+	// ErrEvicted is the reason of a gone device's peer closed to make room
+	// for a new device under a device limit.
+	ErrEvicted = errors.New("gone, and closed to make room for a new device")
 )
 
 // Manager owns the users, their devices and the conversations of the
@@ -100,6 +107,10 @@ type Manager struct {
 
 	stopJanitor chan struct{}
 	janitorDone chan struct{}
+
+	// replaceLog throttles "device replaced" (once a minute, then a count):
+	// a client reconnecting in a loop is a normal action, not an incident.
+	replaceLog throttle.Gate
 }
 
 // New returns a Manager and starts its media engine.
@@ -381,8 +392,10 @@ func (m *Manager) NewPeer(c claim.Claim) (*rtc.Peer, error) {
 	closePeers(evicted)
 
 	if old != nil {
-		old.peer.Close() // logged by the peer
-		m.log.Info("device replaced by a new connection", "user", c.UserID, "client", c.ClientID)
+		old.peer.CloseWith(ErrReplaced) // logged by the peer
+		if ok, n := m.replaceLog.Allow(time.Now()); ok {
+			m.log.Info("device replaced by a new connection", "user", c.UserID, "client", c.ClientID, "suppressed", n)
+		}
 	}
 	return p, nil
 }
@@ -476,7 +489,7 @@ func (m *Manager) evict(g []goneDevice) []*rtc.Peer {
 // each peer's Closed takes it.
 func closePeers(peers []*rtc.Peer) {
 	for _, p := range peers {
-		p.Close()
+		p.CloseWith(ErrEvicted)
 	}
 }
 

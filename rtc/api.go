@@ -40,13 +40,15 @@ type apis struct {
 }
 
 // api returns a pion API for one peer, with or without video, whose ICE
-// opens its sockets through n.
-func (a *apis) api(video bool, n transport.Net) *webrtc.API {
+// opens its sockets through n and whose streams g bounds.
+func (a *apis) api(video bool, n transport.Net, g *streamGuard) *webrtc.API {
 	s, m, reg := a.settings, a.audio, a.audioReg // s: a copy
 	if video {
 		s, m, reg = a.videoSettings, a.video, a.videoReg
 	}
 	s.SetNet(n)
+	g.inner = s.BufferFactory
+	s.BufferFactory = g.buffer
 	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(s))
 }
 

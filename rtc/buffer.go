@@ -18,8 +18,11 @@ const DefaultTrackBuffer = 4 << 10
 // reader on a peer with video: pion's own default, seconds of video.
 const DefaultVideoTrackBuffer = 1 << 20
 
-// srtcpBuffer is pion's own bound for RTCP, kept as is.
-const srtcpBuffer = 100 * 1000
+// srtcpBuffer bounds the RTCP of one SSRC waiting for its reader. The
+// router drains the RTCP of every sender and receiver at once (drainRTCP),
+// so this holds a few packets at most; pion's own 100 kB per SSRC let an
+// SSRC nobody reads (one a client names at random) hold that much.
+const srtcpBuffer = 8 << 10
 
 // bufferFactory returns pion's per-SSRC receive buffers: RTP ones bounded
 // by rtpLimit bytes, counting in dropped what does not fit (pion drops it
@@ -35,6 +38,47 @@ func bufferFactory(rtpLimit int, dropped *atomic.Uint64) func(packetio.BufferPac
 		return countingBuffer{Buffer: b, dropped: dropped}
 	}
 }
+
+// streamGuard bounds the SRTP and SRTCP read streams pion keeps for one
+// peer. pion makes a read stream, with its buffer, for every SSRC a
+// client's packets name (an RTCP report block or SDES chunk naming a random
+// SSRC is enough) and keeps it until the peer closes: its processors of
+// undeclared streams only log them. One subscriber sending receiver reports
+// that named random SSRCs grew the heap by 670 MiB in 10 s. pion makes each
+// stream's buffer through the BufferFactory, so that is where they are
+// counted: past limit, the stream gets a buffer that keeps nothing, and the
+// peer is closed (ErrStreamLimit), which ends its SRTP sessions and so the
+// making of streams. A client that negotiated n m-lines needs about 2n
+// streams (RTP and RTCP of what it sends, RTCP of what it receives), and
+// names a few SSRCs of its own in SDES and reports.
+type streamGuard struct {
+	limit   int32
+	n       atomic.Int32
+	inner   func(packetio.BufferPacketType, uint32) io.ReadWriteCloser
+	tripped atomic.Bool
+	// trip is called once, from a pion goroutine holding its session's
+	// lock, when a stream past limit is made.
+	trip func()
+}
+
+// buffer is the peer's BufferFactory.
+func (g *streamGuard) buffer(t packetio.BufferPacketType, ssrc uint32) io.ReadWriteCloser {
+	if g.n.Add(1) <= g.limit {
+		return g.inner(t, ssrc)
+	}
+	if g.tripped.CompareAndSwap(false, true) && g.trip != nil {
+		g.trip()
+	}
+	return nullBuffer{}
+}
+
+// nullBuffer is the buffer of a stream past the bound: it keeps nothing, and
+// a reader gets io.EOF.
+type nullBuffer struct{}
+
+func (nullBuffer) Read([]byte) (int, error)    { return 0, io.EOF }
+func (nullBuffer) Write(p []byte) (int, error) { return len(p), nil }
+func (nullBuffer) Close() error                { return nil }
 
 // countingBuffer counts the packets its Buffer refuses for being full.
 type countingBuffer struct {

@@ -204,7 +204,7 @@ type sockets struct {
 
 // refusals are the Engine's cumulative counts of refusals (see Refusals).
 type refusals struct {
-	candidates, sends, tracks atomic.Uint64
+	candidates, sends, tracks, streams atomic.Uint64
 }
 
 // DefaultForbiddenNetworks returns the networks remote ICE candidates may

@@ -218,12 +218,15 @@ type PeerOptions struct {
 // The peer closes itself if it has not connected within ConnectTimeout.
 func (e *Engine) NewPeer(c claim.Claim, h Handler, opts PeerOptions) (*Peer, error) {
 	n := &peerNet{sockets: e.socks}
-	pc, err := e.apis.api(opts.Video, n).NewPeerConnection(webrtc.Configuration{ICEServers: e.cfg.ICEServers})
+	g := &streamGuard{limit: streamLimit(e.cfg.MaxMediaLines)}
+	pc, err := e.apis.api(opts.Video, n, g).NewPeerConnection(webrtc.Configuration{ICEServers: e.cfg.ICEServers})
 	if err != nil {
 		return nil, fmt.Errorf("new peer connection: %w", err)
 	}
 	p := newPeer(e, c, pc, h, opts)
-	p.net = n
+	p.net, p.streams = n, g
+	// Before any packet: pion's sessions start with the negotiation.
+	g.trip = p.tripStreams
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()

@@ -1,11 +1,16 @@
 package rtc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
+	"github.com/pion/srtp/v3"
 
 	"github.com/beepvoice/router/claim"
 )
@@ -47,6 +52,50 @@ func FuzzAnswer(f *testing.F) {
 		}
 		if err == nil && len(p.DownTracks()) > DefaultMaxDownTracks {
 			t.Fatalf("%d down-tracks", len(p.DownTracks()))
+		}
+	})
+}
+
+// FuzzFeedback takes arbitrary RTCP from a subscriber through a direct
+// down-track that has sent 64 packets: NACKs are answered from the
+// source's cache, at most once per packet per nackWindow; nothing panics.
+// (That RTCP naming unknown SSRCs cannot grow pion's state is
+// TestRTCPNamingUnknownSSRCs.)
+func FuzzFeedback(f *testing.F) {
+	for _, pkts := range [][]rtcp.Packet{
+		{&rtcp.TransportLayerNack{MediaSSRC: 4242, Nacks: []rtcp.NackPair{{PacketID: 30, LostPackets: 0xffff}}}},
+		{&rtcp.PictureLossIndication{MediaSSRC: 4242}},
+		{&rtcp.ReceiverReport{SSRC: 1, Reports: []rtcp.ReceptionReport{{SSRC: 4242}, {SSRC: 7}}}, &rtcp.TransportLayerNack{MediaSSRC: 4242, Nacks: []rtcp.NackPair{{PacketID: 63}}}},
+		{&rtcp.FullIntraRequest{MediaSSRC: 4242, FIR: []rtcp.FIREntry{{SSRC: 4242}}}},
+	} {
+		b, err := rtcp.Marshal(pkts)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{0x81, 205, 0xff, 0xff, 0, 0, 0, 1})
+	d, up, _, _ := directDownTrack(f, srtp.ProtectionProfileAeadAes128Gcm)
+	const sent = 64
+	for i := range sent {
+		p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: uint16(i), Timestamp: uint32(i * 960)}, Payload: bytes.Repeat([]byte{1}, 80)}
+		raw, err := p.Marshal()
+		if err != nil {
+			f.Fatal(err)
+		}
+		up.Cache(raw)
+		if ok, err := d.Write(up.SendBuffer(), up, p, 0x85, true, time.Now().UnixNano()); !ok || err != nil {
+			f.Fatalf("packet %d not written: %v %v", i, ok, err)
+		}
+	}
+	var c counters
+	var seqs []uint16
+	f.Fuzz(func(t *testing.T, b []byte) {
+		start, before := time.Now(), c.resent.Load()
+		seqs = d.feedback(b, &c, seqs)
+		windows := uint64(time.Since(start)/nackWindow) + 1
+		if got := c.resent.Load() - before; got > sent*windows {
+			t.Fatalf("%d retransmissions of %d packets sent", got, sent)
 		}
 	})
 }

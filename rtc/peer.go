@@ -54,12 +54,14 @@ type Peer struct {
 	// Claim identifies the device.
 	Claim claim.Claim
 
-	e    *Engine
-	net  *peerNet // nil in tests that make peers by hand
-	pc   *webrtc.PeerConnection
-	log  *slog.Logger
-	h    Handler
-	opts PeerOptions
+	e   *Engine
+	net *peerNet // nil in tests that make peers by hand
+	// streams bounds the SRTP and SRTCP streams pion keeps for the peer.
+	streams *streamGuard
+	pc      *webrtc.PeerConnection
+	log     *slog.Logger
+	h       Handler
+	opts    PeerOptions
 
 	downs []*DownTrack // fixed once Answer or Offer returns
 
@@ -78,8 +80,9 @@ type Peer struct {
 	// releases them.)
 	neg sync.Mutex
 
-	mu          sync.Mutex // guards closing, wg.Add, remoteSet, pending, candidates, upTracks, refusedTrack
+	mu          sync.Mutex // guards closing, reason, wg.Add, remoteSet, pending, candidates, upTracks, refusedTrack
 	closing     bool
+	reason      error // why the peer closed (Err), set with closing
 	wg          sync.WaitGroup
 	remoteSet   bool
 	pending     []webrtc.ICECandidateInit
@@ -125,7 +128,7 @@ func (p *Peer) start() {
 		case <-p.connected:
 		default:
 			p.log.Info("peer did not connect in time", "timeout", p.e.cfg.ConnectTimeout)
-			p.Close()
+			p.CloseWith(ErrConnectTimeout)
 		}
 	})
 	p.pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
@@ -142,7 +145,9 @@ func (p *Peer) start() {
 				close(p.connected)
 				p.log.Info("peer connected", "down_tracks", len(p.downs))
 			})
-		case webrtc.PeerConnectionStateFailed, webrtc.PeerConnectionStateClosed:
+		case webrtc.PeerConnectionStateFailed:
+			p.CloseWith(ErrConnectionFailed)
+		case webrtc.PeerConnectionStateClosed:
 			p.Close()
 		}
 	})
@@ -478,6 +483,9 @@ type Refusals struct {
 	Sends uint64
 	// Tracks counts published tracks refused past MaxTracksPerPeer.
 	Tracks uint64
+	// Streams counts peers closed for naming, in their RTP and RTCP,
+	// more SSRCs than they could have negotiated (ErrStreamLimit).
+	Streams uint64
 }
 
 // Refusals returns the Engine's counts of refusals.
@@ -486,6 +494,7 @@ func (e *Engine) Refusals() Refusals {
 		Candidates: e.socks.refused.candidates.Load(),
 		Sends:      e.socks.refused.sends.Load(),
 		Tracks:     e.socks.refused.tracks.Load(),
+		Streams:    e.socks.refused.streams.Load(),
 	}
 }
 
@@ -502,16 +511,54 @@ func (p *Peer) ICEConnectionState() webrtc.ICEConnectionState { return p.pc.ICEC
 // Done is closed when the peer is closed.
 func (p *Peer) Done() <-chan struct{} { return p.done }
 
+// Err returns why the peer closed, as given to CloseWith (ErrConnectTimeout,
+// ErrConnectionFailed, ErrStreamLimit, or its owner's reason, such as a
+// replacement), or nil: the peer is open, or was closed without a reason.
+func (p *Peer) Err() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.reason
+}
+
+// Reasons a peer closes by itself (Err).
+var (
+	// ErrConnectTimeout: the peer did not connect within ConnectTimeout.
+	ErrConnectTimeout = errors.New("did not connect in time")
+	// ErrConnectionFailed: ICE or DTLS failed, or the client went silent
+	// past the ICE timeouts.
+	ErrConnectionFailed = errors.New("connection failed")
+	// ErrStreamLimit: the client's RTP and RTCP named more SSRCs than its
+	// m-lines could have (see streamGuard).
+	ErrStreamLimit = errors.New("packets name too many SSRCs")
+)
+
+// streamLimit is the bound on a peer's SRTP and SRTCP streams (see
+// streamGuard) for offers of at most mediaLines m-lines: two streams per
+// m-line (four with RTX), and 32 SSRCs the client may name of its own.
+func streamLimit(mediaLines int) int32 { return int32(4*mediaLines + 32) }
+
+// tripStreams closes the peer once its streams passed the bound.
+func (p *Peer) tripStreams() {
+	p.e.socks.refused.streams.Add(1)
+	p.log.Warn("closing the peer: its packets name more SSRCs than it negotiated", "max_streams", streamLimit(p.e.cfg.MaxMediaLines))
+	go p.CloseWith(ErrStreamLimit) // pion holds its session's lock here
+}
+
 // DownTracks returns the peer's down-tracks, in m-line order. The slice is
 // fixed once Answer or Offer has returned.
 func (p *Peer) DownTracks() []*DownTrack { return p.downs }
 
 // Close closes the peer connection and releases the peer. Its goroutines end
 // soon after; Engine.Close waits for them.
-func (p *Peer) Close() {
+func (p *Peer) Close() { p.CloseWith(nil) }
+
+// CloseWith closes the peer as Close does, for reason, which Err returns
+// from then on. Only the first Close or CloseWith counts.
+func (p *Peer) CloseWith(reason error) {
 	p.closeOnce.Do(func() {
 		p.mu.Lock()
 		p.closing = true
+		p.reason = reason
 		p.mu.Unlock()
 		if p.deadline != nil {
 			p.deadline.Stop()
@@ -729,9 +776,8 @@ func (p *Peer) arrival(b []byte) time.Time {
 	return time.Unix(0, at)
 }
 
-// readFeedback drains a down-track sender's RTCP (see drainRTCP), counts
-// the NACKs and PLIs, and answers NACKs for what the down-track sent
-// directly (pion's NACK interceptor answers for what went through pion).
+// readFeedback drains a down-track sender's RTCP (see drainRTCP) and
+// handles what it says (feedback).
 func (p *Peer) readFeedback(d *DownTrack, sender *webrtc.RTPSender) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -745,30 +791,40 @@ func (p *Peer) readFeedback(d *DownTrack, sender *webrtc.RTPSender) {
 		if err != nil {
 			return
 		}
-		pkts, err := rtcp.Unmarshal(buf[:n])
-		if err != nil {
-			continue
-		}
-		for _, pk := range pkts {
-			switch pk := pk.(type) {
-			case *rtcp.TransportLayerNack:
-				p.e.count.nacks.Add(1)
-				seqs = seqs[:0]
-				for _, n := range pk.Nacks {
-					n.Range(func(seq uint16) bool {
-						seqs = append(seqs, seq)
-						return true
-					})
-				}
-				p.e.count.resent.Add(uint64(d.resend(seqs)))
-			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
-				p.e.count.plis.Add(1)
-				if src := d.Source(); src != nil {
-					src.RequestKeyframe() // throttled per publisher track
-				}
+		seqs = d.feedback(buf[:n], &p.e.count, seqs)
+	}
+}
+
+// feedback handles one RTCP datagram that d's subscriber sent: it counts
+// the NACKs and PLIs, answers NACKs for what d sent directly (pion's NACK
+// interceptor answers for what went through pion), and passes keyframe
+// requests on to the source (throttled there). Anything else, and what does
+// not parse, is ignored. seqs is scratch space, returned for reuse.
+func (d *DownTrack) feedback(b []byte, c *counters, seqs []uint16) []uint16 {
+	pkts, err := rtcp.Unmarshal(b)
+	if err != nil {
+		return seqs
+	}
+	for _, pk := range pkts {
+		switch pk := pk.(type) {
+		case *rtcp.TransportLayerNack:
+			c.nacks.Add(1)
+			seqs = seqs[:0]
+			for _, n := range pk.Nacks {
+				n.Range(func(seq uint16) bool {
+					seqs = append(seqs, seq)
+					return true
+				})
+			}
+			c.resent.Add(uint64(d.resend(seqs)))
+		case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
+			c.plis.Add(1)
+			if src := d.Source(); src != nil {
+				src.RequestKeyframe() // throttled per publisher track
 			}
 		}
 	}
+	return seqs
 }
 
 // drainRTCP reads RTCP until the sender or receiver stops. Reading drives
