@@ -22,8 +22,10 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -32,6 +34,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/internal/throttle"
 	"github.com/beepvoice/router/permissions"
 	"github.com/beepvoice/router/room"
 	"github.com/beepvoice/router/rtc"
@@ -69,6 +72,16 @@ type Config struct {
 	// JoinRate means no limit.
 	JoinRate  rate.Limit
 	JoinBurst int
+	// MaxPendingPerAddr bounds the /connect sockets of one client address
+	// (the IP of r.RemoteAddr) that have not yet sent their offer; past it
+	// /connect is answered 429 before the WebSocket upgrade. Behind a
+	// reverse proxy every client has the proxy's address. Zero means
+	// DefaultMaxPendingPerAddr, negative no bound.
+	MaxPendingPerAddr int
+	// MaxPending bounds all the /connect sockets that have not yet sent
+	// their offer; past it /connect is answered 503 before the upgrade.
+	// Zero means DefaultMaxPending, negative no bound.
+	MaxPending int
 }
 
 // Defaults for zero Config fields.
@@ -76,6 +89,9 @@ const (
 	DefaultOfferTimeout  = 10 * time.Second
 	DefaultGatherTimeout = 5 * time.Second
 	DefaultMaxMessage    = 64 << 10
+
+	DefaultMaxPendingPerAddr = 16
+	DefaultMaxPending        = 1000
 )
 
 // Server handles the Beep endpoints.
@@ -84,6 +100,34 @@ type Server struct {
 	log      *slog.Logger
 	upgrader websocket.Upgrader
 	joins    *limiter
+	pending  *pending // sockets waiting for their offer
+
+	refusedPerAddr atomic.Uint64
+	refusedTotal   atomic.Uint64
+	refuseLog      throttle.Gate
+}
+
+// ConnectStats counts /connect sockets waiting for their offer.
+type ConnectStats struct {
+	Pending        int    // upgraded (or upgrading), no offer yet
+	RefusedPerAddr uint64 // refused past Config.MaxPendingPerAddr (429)
+	RefusedTotal   uint64 // refused past Config.MaxPending (503)
+}
+
+// ConnectStats returns the counts of sockets waiting for their offer.
+func (s *Server) ConnectStats() ConnectStats {
+	return ConnectStats{Pending: s.pending.count(), RefusedPerAddr: s.refusedPerAddr.Load(), RefusedTotal: s.refusedTotal.Load()}
+}
+
+// bound is n, def when n is zero, and 0 (no bound) when n is negative.
+func bound(n, def int) int {
+	switch {
+	case n == 0:
+		return def
+	case n < 0:
+		return 0
+	}
+	return n
 }
 
 // New returns a Server.
@@ -110,15 +154,18 @@ func New(cfg Config) *Server {
 	if cfg.JoinRate > 0 && cfg.JoinBurst <= 0 {
 		cfg.JoinBurst = 1
 	}
-	return &Server{
-		cfg:   cfg,
-		log:   cfg.Logger,
-		joins: newLimiter(cfg.JoinRate, cfg.JoinBurst),
+	srv := &Server{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		joins:   newLimiter(cfg.JoinRate, cfg.JoinBurst),
+		pending: newPending(bound(cfg.MaxPendingPerAddr, DefaultMaxPendingPerAddr), bound(cfg.MaxPending, DefaultMaxPending)),
 		upgrader: websocket.Upgrader{
 			HandshakeTimeout: 10 * time.Second,
 			CheckOrigin:      checkOrigin,
 		},
 	}
+	srv.refuseLog.Every = 10 * time.Second
+	return srv
 }
 
 // Register adds the routes to r.
@@ -169,42 +216,64 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request, c claim.Claim) {
 }
 
 func (s *Server) connect(w http.ResponseWriter, r *http.Request, c claim.Claim) {
+	// A socket holds a place from before its upgrade until its offer
+	// arrives or it ends.
+	addr := clientAddr(r.RemoteAddr)
+	release, err := s.pending.acquire(addr)
+	if err != nil {
+		code := http.StatusServiceUnavailable
+		if errors.Is(err, errPendingPerAddr) {
+			code = http.StatusTooManyRequests
+			s.refusedPerAddr.Add(1)
+		} else {
+			s.refusedTotal.Add(1)
+		}
+		if ok, n := s.refuseLog.Allow(time.Now()); ok {
+			s.log.Warn("connect refused before upgrade", "user", c.UserID, "addr", addr, "err", err,
+				"per_addr", s.pending.perAddr, "total", s.pending.total, "suppressed", n)
+		}
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, err.Error(), code)
+		return
+	}
+	defer release()
+
 	conn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader has answered
 	}
 	conn.SetReadLimit(s.cfg.MaxMessage)
 	sig := newSocket(conn, s.log.With("user", c.UserID, "client", c.ClientID))
-	msgs := sig.readLoop()
 	defer sig.finish()
 
-	// Wait for the offer; ice:: lines may come first.
+	// Wait for the offer, reading on this goroutine: an idle socket costs
+	// no goroutine but its connection's. ice:: lines may come first.
 	var early []webrtc.ICECandidateInit
 	var offer string
 	framed := false
-	timeout := time.NewTimer(s.cfg.OfferTimeout)
-	defer timeout.Stop()
+	_ = conn.SetReadDeadline(time.Now().Add(s.cfg.OfferTimeout))
 	for offer == "" {
-		select {
-		case m, ok := <-msgs:
-			if !ok {
-				return
+		m, err := sig.read()
+		if err != nil {
+			if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+				sig.close(websocket.ClosePolicyViolation, "no offer in time")
 			}
-			msg, err := parseMessage(m)
-			switch {
-			case err != nil || (msg.kind == kindICE && len(early) >= 64):
-				sig.close(websocket.CloseUnsupportedData, "bad ice:: message")
-				return
-			case msg.kind == kindICE:
-				early = append(early, msg.candidate)
-			default:
-				offer, framed = msg.sdp, msg.kind == kindFramedOffer
-			}
-		case <-timeout.C:
-			sig.close(websocket.ClosePolicyViolation, "no offer in time")
 			return
 		}
+		msg, err := parseMessage(m)
+		switch {
+		case err != nil || (msg.kind == kindICE && len(early) >= 64):
+			sig.close(websocket.CloseUnsupportedData, "bad ice:: message")
+			return
+		case msg.kind == kindICE:
+			early = append(early, msg.candidate)
+		default:
+			offer, framed = msg.sdp, msg.kind == kindFramedOffer
+		}
 	}
+	release()
+	_ = conn.SetReadDeadline(time.Time{})
+	msgs := sig.readLoop()
 
 	peer, err := s.cfg.Rooms.NewPeer(c)
 	if errors.Is(err, room.ErrLimit) {
@@ -231,6 +300,10 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c claim.Claim) 
 	}
 	if _, err := peer.Answer(offer); err != nil {
 		peer.Close()
+		if errors.Is(err, rtc.ErrClosed) {
+			sig.closeEnded(peer) // replaced meanwhile, say
+			return
+		}
 		if errors.Is(err, rtc.ErrBadOffer) {
 			sig.log.Info("offer refused", "err", err)
 			sig.close(websocket.CloseUnsupportedData, err.Error())
@@ -258,7 +331,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c claim.Claim) 
 			sig.close(websocket.CloseNormalClosure, "connected")
 			return
 		case <-peer.Done():
-			sig.close(websocket.CloseInternalServerErr, "peer connection failed")
+			sig.closeEnded(peer)
 			return
 		case ci := <-cands:
 			if strings.Contains(sent, ci.Candidate) {
@@ -342,35 +415,47 @@ func parseCandidate(s string) (webrtc.ICECandidateInit, error) {
 // socket is one /connect WebSocket: one reader goroutine, writes from the
 // handler goroutine only.
 type socket struct {
-	conn *websocket.Conn
-	log  *slog.Logger
-	quit chan struct{} // closed by finish
-	done chan struct{} // closed when the reader ends
+	conn    *websocket.Conn
+	log     *slog.Logger
+	quit    chan struct{} // closed by finish
+	done    chan struct{} // closed when the reader ends
+	reading bool          // readLoop started
 }
 
 func newSocket(conn *websocket.Conn, log *slog.Logger) *socket {
 	return &socket{conn: conn, log: log, quit: make(chan struct{}), done: make(chan struct{})}
 }
 
+// read returns the next text or binary message.
+func (s *socket) read() (string, error) {
+	for {
+		typ, data, err := s.conn.ReadMessage()
+		if err != nil {
+			if errors.Is(err, websocket.ErrReadLimit) {
+				s.log.Info("signalling message too large")
+			}
+			return "", err
+		}
+		if typ == websocket.TextMessage || typ == websocket.BinaryMessage {
+			return string(data), nil
+		}
+	}
+}
+
 // readLoop reads messages until the socket fails, closes or finishes.
 func (s *socket) readLoop() <-chan string {
 	msgs := make(chan string)
+	s.reading = true
 	go func() {
 		defer close(s.done)
 		defer close(msgs)
 		for {
-			typ, data, err := s.conn.ReadMessage()
+			m, err := s.read()
 			if err != nil {
-				if errors.Is(err, websocket.ErrReadLimit) {
-					s.log.Info("signalling message too large")
-				}
 				return
 			}
-			if typ != websocket.TextMessage && typ != websocket.BinaryMessage {
-				continue
-			}
 			select {
-			case msgs <- string(data):
+			case msgs <- m:
 			case <-s.quit:
 				return
 			}
@@ -387,6 +472,18 @@ func (s *socket) write(m string) error {
 }
 
 // close sends a close frame with code and reason (truncated to fit).
+// closeEnded closes the socket of a peer that closed before it connected,
+// saying why: a newer connection of the same device replaced it (normal
+// closure: the device is connecting again), or its connection failed.
+func (s *socket) closeEnded(peer *rtc.Peer) {
+	if err := peer.Err(); errors.Is(err, room.ErrReplaced) {
+		s.log.Info("connection replaced before it connected")
+		s.close(websocket.CloseNormalClosure, err.Error())
+		return
+	}
+	s.close(websocket.CloseInternalServerErr, "peer connection failed")
+}
+
 func (s *socket) close(code int, reason string) {
 	if len(reason) > 120 {
 		reason = reason[:120]
@@ -398,5 +495,7 @@ func (s *socket) close(code int, reason string) {
 func (s *socket) finish() {
 	close(s.quit)
 	_ = s.conn.Close()
-	<-s.done
+	if s.reading {
+		<-s.done
+	}
 }

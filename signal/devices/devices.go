@@ -24,6 +24,11 @@
 // and a comment line (": keep-alive") is written every Config.KeepAlive.
 // A newer subscription of a device replaces the older one, whose stream ends.
 //
+// Open streams are bounded per user (Config.MaxStreamsPerUser; past it
+// /subscribe is answered 429, except for a device replacing its own older
+// stream) and per instance (Config.MaxStreams; 503), with Retry-After; the
+// refusals are counted (Service.Streams) and logged at most every 10s.
+//
 // # Several instances
 //
 // Instances sharing one NATS (Config.NATS) behave as one service:
@@ -75,12 +80,14 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/mux"
 	"github.com/nats-io/nats.go"
 
 	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/internal/throttle"
 )
 
 // Defaults for the zero values of Config.
@@ -91,6 +98,10 @@ const (
 	DefaultMaxData        = 64 << 10
 	DefaultQueueLen       = 64
 	DefaultSubjectPrefix  = "devsig."
+	// DefaultMaxStreamsPerUser and DefaultMaxStreams bound the open
+	// /subscribe streams of one user and of the instance.
+	DefaultMaxStreamsPerUser = 64
+	DefaultMaxStreams        = 10000
 )
 
 // expiryBeats is the number of heartbeats after which an instance that has
@@ -133,6 +144,16 @@ type Config struct {
 	// InstanceID names this instance in presence messages; it must be unique
 	// among the instances sharing NATS. Empty means a random id.
 	InstanceID string
+	// MaxStreamsPerUser bounds the open /subscribe streams of one user on
+	// this instance; past it a new stream is answered 429 (a subscription
+	// replacing one of the user's connected devices is still accepted, as
+	// it ends the older stream). Zero means DefaultMaxStreamsPerUser,
+	// negative no bound.
+	MaxStreamsPerUser int
+	// MaxStreams bounds the open /subscribe streams of this instance; past
+	// it a new stream is answered 503. Zero means DefaultMaxStreams,
+	// negative no bound.
+	MaxStreams int
 }
 
 // Service serves device signalling. Create it with New, add its routes with
@@ -149,6 +170,12 @@ type Service struct {
 	queueLen  int
 	prefix    string
 	instance  string
+	maxUser   int // streams per user; <= 0 no bound
+	maxTotal  int // streams in all; <= 0 no bound
+
+	refusedUser  atomic.Uint64 // streams refused past maxUser
+	refusedTotal atomic.Uint64 // streams refused past maxTotal
+	refuseLog    throttle.Gate
 
 	ctx     context.Context // cancelled by Close
 	cancel  context.CancelFunc
@@ -163,6 +190,8 @@ type Service struct {
 	outbox      []presenceMsg                // presence messages to publish, in order
 	presenceSub *nats.Subscription
 	natsFailing bool
+	open        int            // stream handlers admitted and not yet returned
+	openBy      map[string]int // the same by user
 }
 
 // entry is a locally connected device.
@@ -188,6 +217,8 @@ var (
 	errReplacedRemote = errors.New("replaced by a newer subscription on another instance")
 	errOverflow       = errors.New("queue overflow: client too slow")
 	errServiceClosed  = errors.New("service closed")
+	errStreamsPerUser = errors.New("too many event streams for this user")
+	errStreamsTotal   = errors.New("too many event streams on this instance")
 )
 
 // New returns a running Service.
@@ -206,7 +237,11 @@ func New(cfg Config) (*Service, error) {
 		kick:      make(chan struct{}, 1),
 		local:     make(map[string]map[string]*entry),
 		remote:    make(map[string]*remoteInstance),
+		openBy:    make(map[string]int),
+		maxUser:   limit(cfg.MaxStreamsPerUser, DefaultMaxStreamsPerUser),
+		maxTotal:  limit(cfg.MaxStreams, DefaultMaxStreams),
 	}
+	s.refuseLog.Every = 10 * time.Second
 	if s.claims == nil {
 		s.claims = claim.FromHeader
 	}
@@ -259,6 +294,32 @@ func New(cfg Config) (*Service, error) {
 	}
 	s.log.Info("device signalling started", "nats", s.nc != nil)
 	return s, nil
+}
+
+// limit is n, def when n is zero, and 0 (no bound) when n is negative.
+func limit(n, def int) int {
+	switch {
+	case n == 0:
+		return def
+	case n < 0:
+		return 0
+	}
+	return n
+}
+
+// StreamStats counts /subscribe streams.
+type StreamStats struct {
+	Open           int    // stream handlers running now
+	RefusedPerUser uint64 // refused past Config.MaxStreamsPerUser (429)
+	RefusedTotal   uint64 // refused past Config.MaxStreams (503)
+}
+
+// Streams returns the stream counts.
+func (s *Service) Streams() StreamStats {
+	s.mu.Lock()
+	open := s.open
+	s.mu.Unlock()
+	return StreamStats{Open: open, RefusedPerUser: s.refusedUser.Load(), RefusedTotal: s.refusedTotal.Load()}
 }
 
 func positive(d, def time.Duration) time.Duration {

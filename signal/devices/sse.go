@@ -78,13 +78,31 @@ func (s *Service) serveStream(w http.ResponseWriter, r *http.Request, c claim.Cl
 	}
 	if err := s.attach(st); err != nil {
 		cancel(err)
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		code, limited := http.StatusServiceUnavailable, true
+		switch {
+		case errors.Is(err, errStreamsPerUser):
+			s.refusedUser.Add(1)
+			code = http.StatusTooManyRequests
+		case errors.Is(err, errStreamsTotal):
+			s.refusedTotal.Add(1)
+		default:
+			limited = false // closed
+		}
+		if limited {
+			w.Header().Set("Retry-After", "5")
+			if ok, n := s.refuseLog.Allow(time.Now()); ok {
+				s.log.Warn("event stream refused", "user", st.user, "err", err,
+					"per_user", s.maxUser, "total", s.maxTotal, "suppressed", n)
+			}
+		}
+		http.Error(w, err.Error(), code)
 		return
 	}
 	defer s.streams.Done()
 	defer func() {
 		cancel(context.Canceled)
 		s.detach(st)
+		s.release(st.user)
 	}()
 	log := s.log.With("user", st.user, "device", st.device)
 
@@ -136,6 +154,17 @@ func (s *Service) attach(st *stream) error {
 		s.mu.Unlock()
 		return errServiceClosed
 	}
+	replacing := s.local[st.user][st.device] != nil
+	if s.maxTotal > 0 && s.open >= s.maxTotal {
+		s.mu.Unlock()
+		return errStreamsTotal
+	}
+	if s.maxUser > 0 && !replacing && s.openBy[st.user] >= s.maxUser {
+		s.mu.Unlock()
+		return errStreamsPerUser
+	}
+	s.open++
+	s.openBy[st.user]++
 	s.streams.Add(1)
 	devs := s.local[st.user]
 	if devs == nil {
@@ -180,6 +209,16 @@ func (s *Service) attach(st *stream) error {
 		s.log.Warn("unsubscribe device subject", "err", err)
 	}
 	return nil
+}
+
+// release gives back the place of one of user's streams taken by attach.
+func (s *Service) release(user string) {
+	s.mu.Lock()
+	s.open--
+	if s.openBy[user]--; s.openBy[user] <= 0 {
+		delete(s.openBy, user)
+	}
+	s.mu.Unlock()
 }
 
 // detach removes st if it is still its device's current stream.
