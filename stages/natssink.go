@@ -99,11 +99,13 @@ type NATSSink struct {
 	dropped   atomic.Uint64
 	failed    atomic.Uint64
 	spoolFull atomic.Uint64
+	spoolErr  atomic.Uint64 // the spool could not store a bite (disk full)
 	lost      atomic.Uint64 // spooled in memory at shutdown
 	held      atomic.Int64  // messages in the spool now
 	dropLog   throttle.Gate
 	failLog   throttle.Gate
 	downLog   throttle.Gate
+	spoolLog  throttle.Gate
 	latency   prometheus.Observer // nil without metrics
 }
 
@@ -113,13 +115,15 @@ type queued struct {
 	at time.Time
 }
 
-// Stats reports bites published, dropped (queue full, spool full, refused
-// by NATS, left in a memory spool at shutdown) and the messages spooled now.
+// Stats reports bites published, dropped (queue full, spool full, spool
+// write failed, refused by NATS, left in a memory spool at shutdown) and the
+// messages spooled now.
 func (k *NATSSink) Stats() map[string]uint64 {
 	return map[string]uint64{
 		"published":          k.published.Load(),
 		"drop_queue_full":    k.dropped.Load(),
 		"drop_spool_full":    k.spoolFull.Load(),
+		"drop_spool_write":   k.spoolErr.Load(),
 		"drop_publish_error": k.failed.Load(),
 		"drop_shutdown":      k.lost.Load(),
 		"spooled":            uint64(max(k.held.Load(), 0)),
@@ -171,6 +175,7 @@ func NewNATSSink(nc *nats.Conn, s NATSSinkSettings, log *slog.Logger) (*NATSSink
 	k.dropLog.Every = 10 * time.Second
 	k.failLog.Every = 10 * time.Second
 	k.downLog.Every = 30 * time.Second
+	k.spoolLog.Every = 10 * time.Second
 	go k.run()
 	return k, nil
 }
@@ -272,10 +277,16 @@ func (k *NATSSink) accept(q queued) {
 				return
 			}
 		}
-		if !k.spool.push(m) {
+		if err := k.spool.push(m); errors.Is(err, errSpoolFull) {
 			k.spoolFull.Add(1)
 			if ok, n := k.dropLog.Allow(time.Now()); ok {
 				k.log.Error("bite dropped: NATS unreachable and the spool is full", "conversation", q.b.Conversation, "spool_bytes", k.s.SpoolBytes, "suppressed", n)
+			}
+			return
+		} else if err != nil {
+			k.spoolErr.Add(1)
+			if ok, n := k.spoolLog.Allow(time.Now()); ok {
+				k.log.Error("bite dropped: NATS unreachable and the spool cannot be written", "conversation", q.b.Conversation, "dir", k.s.SpoolDir, "err", err, "suppressed", n)
 			}
 			return
 		}

@@ -20,10 +20,15 @@ type spooled struct {
 
 func (e spooled) size() int { return len(e.subject) + len(e.data) }
 
+// errSpoolFull is push's error when e would pass the spool's size bound.
+var errSpoolFull = errors.New("spool is full")
+
 // spool is a bounded FIFO of messages held while NATS is unreachable.
 type spool interface {
-	// push appends e; false when the spool is full.
-	push(e spooled) bool
+	// push appends e. It fails with errSpoolFull past the size bound, or
+	// with the OS error where the spool cannot store e (a full disk); e is
+	// then not held and nothing of it is left behind.
+	push(e spooled) error
 	// peek returns the oldest message.
 	peek() (spooled, bool)
 	// pop removes the oldest message.
@@ -40,13 +45,13 @@ type memSpool struct {
 	max   int
 }
 
-func (s *memSpool) push(e spooled) bool {
+func (s *memSpool) push(e spooled) error {
 	if s.bytes+e.size() > s.max {
-		return false
+		return errSpoolFull
 	}
 	s.q = append(s.q, e)
 	s.bytes += e.size()
-	return true
+	return nil
 }
 
 func (s *memSpool) peek() (spooled, bool) {
@@ -95,6 +100,11 @@ func openDirSpool(dir string, max int) (*dirSpool, error) {
 	s := &dirSpool{dir: dir, max: max}
 	for _, e := range entries {
 		name := e.Name()
+		if strings.HasSuffix(name, ".tmp") {
+			// Half a message from a run that crashed while writing it.
+			_ = os.Remove(filepath.Join(dir, name))
+			continue
+		}
 		seq, kind, ok := strings.Cut(name, ".")
 		n, err := strconv.ParseUint(seq, 10, 64)
 		if !ok || err != nil || (kind != "bite" && kind != "store") {
@@ -124,10 +134,10 @@ func (b byName) Swap(i, j int) {
 	b.s.sizes[i], b.s.sizes[j] = b.s.sizes[j], b.s.sizes[i]
 }
 
-func (s *dirSpool) push(e spooled) bool {
+func (s *dirSpool) push(e spooled) error {
 	size := 2 + e.size()
 	if s.bytes+size > s.max || len(e.subject) > 0xffff {
-		return false
+		return errSpoolFull
 	}
 	kind := "store"
 	if e.bite {
@@ -140,18 +150,37 @@ func (s *dirSpool) push(e spooled) bool {
 	buf = append(buf, e.data...)
 	// Write then rename, so that a crash never leaves half a message.
 	tmp := filepath.Join(s.dir, name+".tmp")
-	if err := os.WriteFile(tmp, buf, 0o600); err != nil {
-		return false
+	if err := writeSynced(tmp, buf); err != nil {
+		_ = os.Remove(tmp)
+		return err
 	}
 	if err := os.Rename(tmp, filepath.Join(s.dir, name)); err != nil {
 		_ = os.Remove(tmp)
-		return false
+		return err
 	}
 	s.next++
 	s.files = append(s.files, name)
 	s.sizes = append(s.sizes, size)
 	s.bytes += size
-	return true
+	return nil
+}
+
+// writeSynced writes b to a new file name and syncs it. Every error (a
+// write, the sync or the close: ENOSPC, EDQUOT, EIO) is returned; the
+// caller removes the file.
+func writeSynced(name string, b []byte) error {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 func (s *dirSpool) peek() (spooled, bool) {
