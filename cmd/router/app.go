@@ -86,15 +86,19 @@ func pipelineConfig(path string, reg *pipeline.Registry) (*pipeline.Config, erro
 }
 
 // start builds and starts the router with the stage kinds of reg. On error,
-// what was started is stopped.
-func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (a *app, err error) {
-	a = &app{log: log, served: make(chan error, 1)}
+// what was started (embedded NATS, plugins, listeners) is stopped, and the
+// error names the file, stage, setting or address at fault.
+func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err error) {
+	// a is not the named result: "return nil, err" must not hide the
+	// partly started app from the release below.
+	a := &app{log: log, served: make(chan error, 1)}
 	defer func() {
 		if err != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 			defer cancel()
-			_ = a.shutdown(ctx)
-			a = nil
+			if serr := a.shutdown(ctx); serr != nil {
+				log.Warn("releasing the partly started router", "err", serr)
+			}
 		}
 	}()
 
@@ -108,7 +112,10 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (a *app, err er
 	promReg := metrics.NewRegistry()
 	a.pipe, err = reg.Build(pc, pipeline.Env{NATS: a.nc, Logger: log, Metrics: promReg})
 	if err != nil {
-		return nil, fmt.Errorf("PIPELINE: %w", err)
+		if cfg.Pipeline == "" {
+			return nil, fmt.Errorf("pipeline: %w", err)
+		}
+		return nil, fmt.Errorf("PIPELINE %s: %w", cfg.Pipeline, err)
 	}
 	a.rooms, err = room.New(room.Config{
 		Media: rtc.Config{
@@ -176,8 +183,17 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (a *app, err er
 		CheckOrigin:  origins.Check,
 		JoinRate:     rate.Limit(cfg.JoinRate),
 		JoinBurst:    cfg.JoinBurst,
+		// The settings' 0 (no bound) is the packages' negative.
+		MaxPendingPerAddr: orNone(cfg.MaxPendingPerAddr),
+		MaxPending:        orNone(cfg.MaxPending),
 	}).Register(r)
-	a.devices, err = devices.New(devices.Config{NATS: a.nc, Claims: claims, Logger: log})
+	a.devices, err = devices.New(devices.Config{
+		NATS:              a.nc,
+		Claims:            claims,
+		Logger:            log,
+		MaxStreamsPerUser: orNone(cfg.MaxStreamsPerUser),
+		MaxStreams:        orNone(cfg.MaxStreams),
+	})
 	if err != nil {
 		return nil, fmt.Errorf("device signalling: %w", err)
 	}
@@ -305,12 +321,25 @@ func (a *app) connectNATS(cfg config) error {
 	if err != nil {
 		return fmt.Errorf("embedded NATS: %w", err)
 	}
+	// The server reports a failure to listen (NATS_EMBEDDED_LISTEN taken)
+	// only through its logger: catch it rather than wait 10s in silence.
+	fatal := natsFatal(make(chan string, 1))
+	ns.SetLogger(fatal, false, false)
 	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		ns.Shutdown()
-		return errors.New("embedded NATS: not ready in 10s")
+	a.ns = ns // shutdown releases it from here on
+	for deadline := time.Now().Add(10 * time.Second); !ns.ReadyForConnections(50 * time.Millisecond); {
+		select {
+		case msg := <-fatal:
+			if cfg.NATSExpose != "" {
+				return fmt.Errorf("NATS_EMBEDDED_LISTEN=%s: embedded NATS: %s", cfg.NATSExpose, msg)
+			}
+			return fmt.Errorf("embedded NATS: %s", msg)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return errors.New("embedded NATS: not ready in 10s")
+		}
 	}
-	a.ns = ns
 	nc, err := nats.Connect("", append(opts, nats.InProcessServer(ns))...)
 	if err != nil {
 		return fmt.Errorf("embedded NATS: connect: %w", err)
@@ -321,6 +350,31 @@ func (a *app) connectNATS(cfg config) error {
 	}
 	return nil
 }
+
+// orNone maps a bound of the settings, where 0 means none, to the
+// packages' convention, where 0 means the default and a negative none.
+func orNone(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
+}
+
+// natsFatal is the embedded NATS server's logger: it keeps the first fatal
+// error (e.g. its client port is taken) and drops everything else.
+type natsFatal chan string
+
+func (f natsFatal) Fatalf(format string, v ...any) {
+	select {
+	case f <- fmt.Sprintf(format, v...):
+	default:
+	}
+}
+func (natsFatal) Noticef(string, ...any) {}
+func (natsFatal) Warnf(string, ...any)   {}
+func (natsFatal) Errorf(string, ...any)  {}
+func (natsFatal) Debugf(string, ...any)  {}
+func (natsFatal) Tracef(string, ...any)  {}
 
 // addr returns the HTTP listen address.
 func (a *app) addr() string { return a.ln.Addr().String() }

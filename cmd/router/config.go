@@ -55,12 +55,17 @@ type config struct {
 	IdleTTL         time.Duration
 	JoinRate        float64
 	JoinBurst       int
-	HTTPReadHeader  time.Duration
-	HTTPRead        time.Duration
-	HTTPWrite       time.Duration
-	HTTPIdle        time.Duration
-	Origins         []string
-	JWTPublicKey    string
+	// Bounds of signalling sockets and streams (0: no bound).
+	MaxStreamsPerUser int
+	MaxStreams        int
+	MaxPendingPerAddr int
+	MaxPending        int
+	HTTPReadHeader    time.Duration
+	HTTPRead          time.Duration
+	HTTPWrite         time.Duration
+	HTTPIdle          time.Duration
+	Origins           []string
+	JWTPublicKey      string
 }
 
 // setting documents one environment variable; the README's table is made
@@ -102,6 +107,10 @@ var settings = []setting{
 	{"IDLE_MEMBERSHIP_TTL", "2m", "a user who joined and never connected a device is forgotten this long after the join, membership included (at most MEMBERSHIP_TTL)"},
 	{"JOIN_RATE", "5", "joins per second allowed per user (token bucket); 0: no limit"},
 	{"JOIN_BURST", "10", "joins a user may make at once before JOIN_RATE applies"},
+	{"SUBSCRIBE_MAX_PER_USER", "64", "most open device signalling streams (/subscribe) of one user; past it 429 (a device replacing its own stream is still accepted); 0: no limit"},
+	{"SUBSCRIBE_MAX", "10000", "most open /subscribe streams of the router; past it 503; 0: no limit"},
+	{"CONNECT_MAX_PENDING_PER_ADDR", "16", "most /connect sockets of one client address that have not sent their offer yet; past it 429 before the upgrade; 0: no limit"},
+	{"CONNECT_MAX_PENDING", "1000", "most /connect sockets of all clients that have not sent their offer yet; past it 503; 0: no limit"},
 	{"HTTP_READ_HEADER_TIMEOUT", "10s", "time a client has to send request headers (a slowloris client is cut off)"},
 	{"HTTP_READ_TIMEOUT", "30s", "time a client has to send a whole request"},
 	{"HTTP_WRITE_TIMEOUT", "30s", "time to write a response (WebSockets and SSE streams set their own deadlines)"},
@@ -264,6 +273,10 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 		c.JoinRate = r
 	}
 	c.JoinBurst = integer("JOIN_BURST", 1, 1<<20)
+	c.MaxStreamsPerUser = integer("SUBSCRIBE_MAX_PER_USER", 0, 1<<20)
+	c.MaxStreams = integer("SUBSCRIBE_MAX", 0, 1<<30)
+	c.MaxPendingPerAddr = integer("CONNECT_MAX_PENDING_PER_ADDR", 0, 1<<20)
+	c.MaxPending = integer("CONNECT_MAX_PENDING", 0, 1<<30)
 	c.HTTPReadHeader = duration("HTTP_READ_HEADER_TIMEOUT")
 	c.HTTPRead = duration("HTTP_READ_TIMEOUT")
 	c.HTTPWrite = duration("HTTP_WRITE_TIMEOUT")

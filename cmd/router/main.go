@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/joho/godotenv"
@@ -25,17 +26,19 @@ func main() { os.Exit(run()) }
 func run() int {
 	dev := flag.Bool("dev", false, "local demo: listen on :8080, embedded NATS, allow-all permissions, identity from query parameters; refuses PERMISSIONS_HOST and AUTH_JWT_PUBLIC_KEY")
 	printPipeline := flag.Bool("print-pipeline", false, "print the default pipeline YAML (every stage and its default settings) and exit")
-	envFile := flag.String("env-file", ".env", "file of KEY=value lines that fill in settings the environment lacks")
+	envFile := flag.String("env-file", ".env", "file of KEY=value lines that fill in settings the environment lacks; a missing .env is ignored, a missing file named with -env-file is an error")
 	flag.Parse()
+	envFileGiven := false
+	flag.Visit(func(f *flag.Flag) { envFileGiven = envFileGiven || f.Name == "env-file" })
 
 	// godotenv.Load never overrides a variable the environment already has.
-	if err := godotenv.Load(*envFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		fmt.Fprintf(os.Stderr, "router: %s: %v\n", *envFile, err)
+	if err := godotenv.Load(*envFile); err != nil && (envFileGiven || !errors.Is(err, fs.ErrNotExist)) {
+		fail("-env-file %s: %v", *envFile, err)
 		return 2
 	}
 	cfg, err := loadConfig(os.Getenv, *dev)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "router: invalid settings:\n%v\n", err)
+		fail("invalid settings: %v", err)
 		return 2
 	}
 	if *printPipeline {
@@ -47,7 +50,7 @@ func run() int {
 			}
 		}
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "router: %v\n", err)
+			fail("%v", err)
 			return 1
 		}
 		return 0
@@ -60,7 +63,7 @@ func run() int {
 
 	a, err := start(cfg, log, registry())
 	if err != nil {
-		log.Error("router did not start", "err", err)
+		fail("%v", err)
 		return 1
 	}
 	code := 0
@@ -81,6 +84,18 @@ func run() int {
 	}
 	log.Info("stopped")
 	return code
+}
+
+// fail prints a start-up error as one line, "router: <cause>": the errors
+// of several settings, or a multi-line YAML error, are joined with "; ".
+func fail(format string, v ...any) {
+	var parts []string
+	for _, l := range strings.Split(fmt.Sprintf(format, v...), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			parts = append(parts, l)
+		}
+	}
+	fmt.Fprintf(os.Stderr, "router: %s\n", strings.Join(parts, "; "))
 }
 
 func newLogger(cfg config) *slog.Logger {

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/beepvoice/router/internal/testutil"
+)
+
+// TestStartupFailures runs the real binary with a start-up failure of each
+// kind: it must exit with the expected code, name the cause on one line,
+// print no panic or goroutine stack, and exit promptly.
+func TestStartupFailures(t *testing.T) {
+	bin := buildRouter(t)
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	const rest = `
+  - name: forwarder
+  - name: bite-chunker
+  - name: nats-sink
+`
+	badYAML := write("bad-yaml.yaml", "stages:\n  - name: [permission-gate\n")
+	unknownKind := write("unknown-kind.yaml", "stages:\n  - name: permission-gate\n  - name: frobnicator\n")
+	unknownSetting := write("unknown-setting.yaml", "stages:\n  - name: permission-gate\n  - name: forwarder\n    settings:\n      treshold_dbov: -40\n  - name: nats-sink\n")
+	noGate := write("no-gate.yaml", "stages:"+rest)
+	plugin := write("plugin.yaml", "stages:\n  - name: permission-gate\n  - name: plugin\n    settings:\n      path: "+filepath.Join(dir, "no-such-plugin")+rest)
+	missing := filepath.Join(dir, "missing.yaml")
+
+	// A TCP listener holding a port, and a UDP socket holding one.
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	udp, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	udpPort := strconv.Itoa(udp.LocalAddr().(*net.UDPAddr).Port)
+
+	tests := []struct {
+		name   string
+		args   []string
+		env    []string
+		code   int
+		want   []string
+		natsUp string // embedded NATS address that must be free after the exit
+	}{
+		{name: "missing PIPELINE file", env: []string{"PIPELINE=" + missing}, code: 1, want: []string{"PIPELINE", "missing.yaml"}},
+		{name: "bad YAML", env: []string{"PIPELINE=" + badYAML}, code: 1, want: []string{"PIPELINE", "bad-yaml.yaml"}},
+		{name: "unknown stage kind", env: []string{"PIPELINE=" + unknownKind}, code: 1, want: []string{"PIPELINE", "unknown-kind.yaml", "frobnicator"}},
+		{name: "unknown setting", env: []string{"PIPELINE=" + unknownSetting}, code: 1, want: []string{"PIPELINE", "unknown-setting.yaml", "forwarder", "treshold_dbov"}},
+		{name: "no gate first", env: []string{"PIPELINE=" + noGate}, code: 1, want: []string{"PIPELINE", "no-gate.yaml", "first stage", "permission-gate"}},
+		{name: "plugin path missing", env: []string{"PIPELINE=" + plugin}, code: 1, want: []string{"PIPELINE", "plugin.yaml", "plugin", "no-such-plugin"}},
+		{name: "LISTEN taken", env: []string{"LISTEN=" + taken.Addr().String()}, code: 1, want: []string{"LISTEN", taken.Addr().String()}},
+		{name: "UDP_PORT taken", env: []string{"UDP_PORT=" + udpPort}, code: 1, want: []string{"UDP", udpPort}},
+		{name: "METRICS_LISTEN taken", env: []string{"METRICS_LISTEN=" + taken.Addr().String()}, code: 1, want: []string{"METRICS_LISTEN", taken.Addr().String()}},
+		{name: "NATS_EMBEDDED_LISTEN taken", env: []string{"NATS=embedded", "NATS_EMBEDDED_LISTEN=" + taken.Addr().String()}, code: 1, want: []string{"NATS_EMBEDDED_LISTEN", taken.Addr().String()}},
+		{name: "env-file missing", args: []string{"-env-file", filepath.Join(dir, "nope.env")}, code: 2, want: []string{"nope.env"}},
+		{name: "LISTEN taken after embedded NATS", env: []string{"LISTEN=" + taken.Addr().String()}, code: 1, want: []string{"LISTEN", taken.Addr().String()}, natsUp: testutil.FreeAddr(t)},
+		{name: "bad PIPELINE after embedded NATS", env: []string{"PIPELINE=" + unknownKind}, code: 1, want: []string{"PIPELINE", "unknown-kind.yaml", "frobnicator"}, natsUp: testutil.FreeAddr(t)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, tt.args...)
+			cmd.Dir = t.TempDir() // no .env
+			cmd.Env = append([]string{
+				"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
+				"ICE_IPS=127.0.0.1", "PERMISSIONS_HOST=allow-all", "LISTEN=127.0.0.1:0",
+			}, tt.env...)
+			if tt.natsUp != "" {
+				cmd.Env = append(cmd.Env, "NATS=embedded", "NATS_EMBEDDED_LISTEN="+tt.natsUp)
+			}
+			out, err := cmd.CombinedOutput()
+			if ctx.Err() != nil {
+				t.Fatalf("still running after 20s; output:\n%s", out)
+			}
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != tt.code {
+				t.Errorf("exit %v, want code %d; output:\n%s", err, tt.code, out)
+			}
+			s := string(out)
+			if strings.Contains(s, "panic") || strings.Contains(s, "goroutine ") {
+				t.Errorf("output has a panic or stack:\n%s", s)
+			}
+			var line string
+			for _, l := range strings.Split(s, "\n") {
+				if strings.HasPrefix(l, "router: ") {
+					if line != "" {
+						t.Errorf("two error lines: %q and %q", line, l)
+					}
+					line = l
+				}
+			}
+			t.Log(line)
+			if line == "" {
+				t.Errorf("no line starting %q; output:\n%s", "router: ", s)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(line, w) {
+					t.Errorf("error line does not name %q: %q", w, line)
+				}
+			}
+			if tt.natsUp != "" {
+				ln, err := net.Listen("tcp", tt.natsUp)
+				if err != nil {
+					t.Errorf("embedded NATS port %s not released: %v", tt.natsUp, err)
+				} else {
+					ln.Close()
+				}
+			}
+		})
+	}
+}
+
+// TestFailedStartReleases: a start that fails after the embedded NATS server
+// listens (here on LISTEN) returns the error, not a panic, and has shut the
+// server down by then: its port is free at once, in the same process, and
+// TestMain's goroutine check sees nothing left running.
+func TestFailedStartReleases(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	natsAddr := testutil.FreeAddr(t)
+	vars := map[string]string{
+		"LISTEN": taken.Addr().String(), "METRICS_LISTEN": "127.0.0.1:0",
+		"NATS": "embedded", "NATS_EMBEDDED_LISTEN": natsAddr,
+		"ICE_IPS": "127.0.0.1", "PERMISSIONS_HOST": "allow-all",
+	}
+	cfg, err := loadConfig(func(k string) string { return vars[k] }, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := start(cfg, testLogger(t), registry())
+	if err == nil {
+		t.Fatal("started on a taken LISTEN")
+	}
+	if a != nil {
+		t.Errorf("start returned an app with its error")
+	}
+	if !strings.Contains(err.Error(), "LISTEN") || !strings.Contains(err.Error(), taken.Addr().String()) {
+		t.Errorf("error does not name LISTEN and its address: %v", err)
+	}
+	ln, err := net.Listen("tcp", natsAddr)
+	if err != nil {
+		t.Fatalf("embedded NATS port %s still taken after the failed start: %v", natsAddr, err)
+	}
+	ln.Close()
+}
