@@ -24,6 +24,7 @@ require (
 	github.com/pion/srtp/v3 v3.0.16
 	github.com/pion/stun v0.6.1
 	github.com/pion/transport/v2 v2.2.10
+	github.com/pion/turn/v2 v2.1.6
 	github.com/pion/webrtc/v3 v3.3.6
 	github.com/prometheus/client_golang v1.25.0
 	github.com/prometheus/client_model v0.6.3
@@ -63,7 +64,6 @@ require (
 	github.com/pion/sctp v1.8.19 // indirect
 	github.com/pion/srtp/v2 v2.0.20 // indirect
 	github.com/pion/transport/v5 v5.0.0 // indirect
-	github.com/pion/turn/v2 v2.1.6 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/stretchr/testify v1.12.1 // indirect
 	github.com/wlynxg/anet v0.0.5 // indirect

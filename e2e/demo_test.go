@@ -193,6 +193,9 @@ func TestDemoPage(t *testing.T) {
 	path := saveArtifact(t, "demo-page.png", png)
 	t.Logf("screenshot of the demo page: %s", path)
 	phase("screenshot saved")
+
+	checkDemoControls(t, rt, ada, bob)
+	phase("channel names, invite link, mute, bite playback, phone width, names after leaving checked")
 }
 
 // checkBiteURL fetches a bite from the demo server: an Ogg stream.

@@ -30,6 +30,7 @@ import (
 	"github.com/beepvoice/router/signal/demo"
 	"github.com/beepvoice/router/signal/devices"
 	"github.com/beepvoice/router/stages"
+	"github.com/beepvoice/router/turn"
 )
 
 // app is the wired router: NATS, the pipeline, the session manager and the
@@ -42,6 +43,7 @@ type app struct {
 	rooms   *room.Manager
 	devices *devices.Service
 	demo    *demo.Server // -dev only
+	turnSrv *turn.Server // the built-in TURN server, when TURN_LISTEN is set
 	srv     *http.Server
 	ln      net.Listener
 	served  chan error
@@ -198,8 +200,19 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 		return nil, fmt.Errorf("device signalling: %w", err)
 	}
 	a.devices.Register(r)
+	if a.turnSrv, err = startTURN(cfg.TURN, cfg.Forbidden, log); err != nil {
+		return nil, err
+	}
+	if a.turnSrv != nil {
+		if err := promReg.Register(a.turnSrv.Collector()); err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+	}
+	// Clients get the built-in TURN server here (an empty list without
+	// it); the router's own peers use only ICE_SERVERS.
+	r.Handle("/ice-servers", turn.ICEServersHandler(a.turnSrv, claims)).Methods(http.MethodGet)
 	if cfg.Dev {
-		a.demo, err = demo.New(demo.Config{NATS: a.nc, Logger: log})
+		a.demo, err = demo.New(demo.Config{NATS: a.nc, Logger: log, Slots: a.slotUsers})
 		if err != nil {
 			return nil, fmt.Errorf("demo page: %w", err)
 		}
@@ -404,6 +417,11 @@ func (a *app) shutdown(ctx context.Context) error {
 	}
 	if a.rooms != nil {
 		if err := a.rooms.Close(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if a.turnSrv != nil {
+		if err := a.turnSrv.Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}

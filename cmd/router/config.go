@@ -66,6 +66,7 @@ type config struct {
 	HTTPIdle          time.Duration
 	Origins           []string
 	JWTPublicKey      string
+	TURN              turnConfig // the built-in TURN server; off while Listen is ""
 }
 
 // setting documents one environment variable; the README's table is made
@@ -88,6 +89,14 @@ var settings = []setting{
 	{"ICE_SERVERS", "", "comma list of STUN/TURN URLs"},
 	{"TURN_USERNAME", "", "username for the TURN URLs of ICE_SERVERS"},
 	{"TURN_CREDENTIAL", "", "credential for the TURN URLs of ICE_SERVERS"},
+	{"TURN_LISTEN", "", "UDP address of the built-in TURN server (e.g. :3478); empty: no TURN server"},
+	{"TURN_SECRET", "", "secret the built-in TURN server derives credentials from (TURN REST API convention; at least 16 bytes); required with TURN_LISTEN"},
+	{"TURN_REALM", "beep", "realm of the built-in TURN server's credentials"},
+	{"TURN_TTL", "24h", "how long a TURN credential handed out by GET /ice-servers works"},
+	{"TURN_PUBLIC_IP", "", "IPv4 address the built-in TURN server announces for its relays and in its URL; empty: TURN_LISTEN's IP, which must then be a specific one"},
+	{"TURN_RELAY_PORTS", "49152-65535", "UDP port range of the built-in TURN server's relays"},
+	{"TURN_MAX_ALLOCATIONS_PER_USER", "8", "most live TURN allocations of one user (a browser makes one per local address); 0: no limit"},
+	{"TURN_MAX_ALLOCATIONS", "1000", "most live TURN allocations in all; 0: no limit"},
 	{"PIPELINE", "", "path of the pipeline YAML file; empty: the built-in default (see -print-pipeline)"},
 	{"CONNECT_TIMEOUT", "30s", "a peer that has not connected by then is closed"},
 	{"ICE_DISCONNECTED_TIMEOUT", "5s", "a peer that sent nothing (not even ICE keepalives) for this long is disconnected"},
@@ -292,6 +301,10 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 		c.Origins = []string{"*"}
 	}
 	c.JWTPublicKey = get("AUTH_JWT_PUBLIC_KEY")
+	var turnErr error
+	if c.TURN, turnErr = loadTURN(get, bad, duration, integer); turnErr != nil {
+		errs = append(errs, turnErr)
+	}
 	if dev {
 		if names := devRefusals(getenv); names != nil {
 			errs = append(errs, fmt.Errorf("-dev refuses %s: -dev lets everyone join every conversation, takes identities from query parameters and serves the demo's bites without a token, so it would silently override them; unset them (environment or .env file) or run without -dev", strings.Join(names, " and ")))

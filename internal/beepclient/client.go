@@ -85,6 +85,11 @@ type Options struct {
 	// must not keep p or its payload. Received then stays empty and
 	// WaitFor sees no packets.
 	OnTrack func(mid string) func(p *rtp.Packet, at, arrived time.Time)
+	// ICEServers are the client's STUN/TURN servers (none by default).
+	ICEServers []webrtc.ICEServer
+	// RelayOnly makes the client use TURN relay candidates only
+	// (ICETransportPolicyRelay): its media goes through ICEServers' TURN.
+	RelayOnly bool
 }
 
 // Packet is one received RTP packet.
@@ -187,7 +192,11 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 	api, err := loopbackAPI(o, mux)
 	var pc *webrtc.PeerConnection
 	if err == nil {
-		pc, err = api.NewPeerConnection(webrtc.Configuration{})
+		conf := webrtc.Configuration{ICEServers: o.ICEServers}
+		if o.RelayOnly {
+			conf.ICETransportPolicy = webrtc.ICETransportPolicyRelay
+		}
+		pc, err = api.NewPeerConnection(conf)
 	}
 	if err != nil {
 		if mux != nil {

@@ -17,7 +17,11 @@
 // each to the pages watching its conversation. A "bite" event's data is
 //
 //	{"id":7,"conversation":"X","user":"u-…","client":"c-…","start_ms":…,
-//	 "duration_ms":1180,"seq":0,"bytes":5012,"url":"/demo/bites/7.ogg"}
+//	 "duration_ms":1180,"seq":0,"bytes":5012,"url":"/demo/bites/7.ogg",
+//	 "name":"Ada"}
+//
+// (name: the speaker's display name, when the speaker was a member as the
+// bite arrived).
 //
 // and its SSE id is the bite id, so a reconnecting EventSource (which sends
 // Last-Event-ID) gets the bites it missed while they are still in the ring.
@@ -25,6 +29,9 @@
 // its conversation. A "members" event's data is the conversation's members
 // now: [{"user","client","name","speaking"}], one per open stream that gave
 // user, client and name; members say themselves whether they are speaking.
+// A member's stream also gets "slots" events (with Config.Slots): whose
+// audio each of its device's receiving slots carries, ["u-…", "", …] in
+// m-line order, sent when it changes.
 package demo
 
 import (
@@ -59,6 +66,11 @@ type Config struct {
 	// MaxBites is how many recent bites are kept for playback; 0 means
 	// DefaultMaxBites.
 	MaxBites int
+	// Slots, when set, tells whose audio each receiving slot of a device
+	// carries now: the users' ids in the device's m-line order, "" for an
+	// idle slot, nil for a device that is not connected. A member's event
+	// stream sends it as a "slots" event whenever it changes.
+	Slots func(user, client string) []string
 }
 
 // Limits.
@@ -79,6 +91,7 @@ const (
 	maxID           = 256      // bytes of a user or client id
 	pendingLimit    = 256      // bites queued for one stream before it is cut
 	keepAlive       = 25 * time.Second
+	slotsEvery      = 200 * time.Millisecond // how often a member's slots are looked up
 	writeTimeout    = 10 * time.Second
 )
 
@@ -93,6 +106,9 @@ type bite struct {
 	Seq          uint64 `json:"seq"`
 	Bytes        int    `json:"bytes"`
 	URL          string `json:"url"`
+	// Name is the speaker's display name when the bite arrived, if the
+	// speaker was a member then: it stays on the bite after they leave.
+	Name string `json:"name,omitempty"`
 
 	data     []byte
 	received time.Time
@@ -101,6 +117,7 @@ type bite struct {
 // Server serves the demo page and its endpoints.
 type Server struct {
 	log     *slog.Logger
+	slots   func(user, client string) []string
 	sub     *nats.Subscription
 	ctx     context.Context // canceled by Close: ends every stream
 	closeFn context.CancelFunc
@@ -133,6 +150,7 @@ func New(cfg Config) (*Server, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		log:     cfg.Logger.With("component", "demo"),
+		slots:   cfg.Slots,
 		ctx:     ctx,
 		closeFn: cancel,
 		ring:    make([]*bite, cfg.MaxBites),
@@ -245,6 +263,12 @@ func (s *Server) onBite(m *nats.Msg) {
 	defer s.mu.Unlock()
 	if s.closed {
 		return
+	}
+	for _, st := range s.members[b.Conversation] {
+		if st.member.User == b.User {
+			b.Name = st.member.Name
+			break
+		}
 	}
 	b.ID = s.next
 	s.next++

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -229,12 +230,27 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	err := write([]byte("retry: 2000\n\n"))
 	ticker := time.NewTicker(keepAlive)
 	defer ticker.Stop()
+	// A member's slots are looked up now and then (the media core has no
+	// change notification) and sent when they changed.
+	var slotTick <-chan time.Time
+	var lastSlots []string
+	if s.slots != nil && st.member != nil {
+		t := time.NewTicker(slotsEvery)
+		defer t.Stop()
+		slotTick = t.C
+	}
 	for err == nil {
 		select {
 		case <-ctx.Done():
 			err = ctx.Err()
 		case <-ticker.C:
 			err = write([]byte(": keep-alive\n\n"))
+		case <-slotTick:
+			now := s.slots(st.member.User, st.member.Client)
+			if now != nil && !slices.Equal(now, lastSlots) {
+				lastSlots = now
+				err = write(appendEvent(nil, "", "slots", now))
+			}
 		case <-st.wake:
 			s.mu.Lock()
 			bites, dirty, lagged := st.pending, st.membersDirty, st.lagged

@@ -18,6 +18,7 @@ const ui = {
   slots: $('slots'), unmute: $('unmute'),
   members: $('members'), memberCount: $('member-count'),
   bites: $('bites'), biteCount: $('bite-count'), feed: $('feed'),
+  mute: $('mute'), micSelect: $('mic-select'), volume: $('volume'), volumeValue: $('volume-value'),
 };
 
 let call = null;
@@ -27,6 +28,9 @@ let members = [];
 let bitesShown = 0;
 let poll = null;
 let speaking = { me: false, until: 0 };
+let muted = false;
+let slotUsers = [];          // whose audio each channel carries, from the "slots" events
+const knownNames = new Map(); // user -> display name, kept after they leave
 const slotViews = [];
 
 function el(tag, props = {}, ...children) {
@@ -59,7 +63,8 @@ function avatar(name, user) {
 function nameOf(user) {
   if (user === me.userid) return `${ui.name.value.trim() || 'You'} (you)`;
   const m = members.find((x) => x.user === user);
-  return m ? m.name : user.slice(0, 10) + '…';
+  if (m) return m.name;
+  return knownNames.get(user) || user.slice(0, 10) + '…';
 }
 
 // ---- prefill from the URL and storage --------------------------------------
@@ -79,15 +84,74 @@ function buildSlots() {
     const bar = el('span', { class: 'bar' });
     const state = el('span', { class: 'slot-state' }, 'idle');
     const audio = el('audio', { autoplay: true });
-    const card = el('div', { class: 'slot', dataset: { index: String(i), active: 'false', speaking: 'false' } },
-      el('span', { class: 'slot-name' }, `Channel ${i + 1}`),
+    audio.volume = Number(ui.volume.value);
+    const name = el('span', { class: 'slot-name', title: `Channel ${i + 1}` }, `Channel ${i + 1}`);
+    const card = el('div', { class: 'slot', dataset: { index: String(i), active: 'false', speaking: 'false', user: '' } },
+      name,
       el('span', { class: 'meter' }, bar),
       state, audio);
     ui.slots.append(card);
-    slotViews.push({ card, bar, state, audio, until: 0, packets: 0 });
+    slotViews.push({ card, name, bar, state, audio, until: 0, packets: 0 });
   }
 }
+
+// Labels each channel with the person it carries now (the "slots" events).
+function renderSlotNames() {
+  slotViews.forEach((v, i) => {
+    const user = slotUsers[i] || '';
+    v.card.dataset.user = user;
+    v.name.textContent = user ? nameOf(user) : `Channel ${i + 1}`;
+  });
+}
+
+// ---- output volume, microphone, mute -----------------------------------------
+
+const savedVolume = localStorage.getItem('beep-demo-volume');
+if (savedVolume !== null && !Number.isNaN(Number(savedVolume))) ui.volume.value = savedVolume;
+function applyVolume() {
+  const v = Number(ui.volume.value);
+  ui.volumeValue.textContent = `${Math.round(v * 100)}%`;
+  for (const s of slotViews) s.audio.volume = v;
+  localStorage.setItem('beep-demo-volume', String(v));
+}
+ui.volume.addEventListener('input', applyVolume);
 buildSlots();
+applyVolume();
+
+async function listMicrophones() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.enumerateDevices) return;
+  let devices = [];
+  try { devices = await navigator.mediaDevices.enumerateDevices(); } catch (_) { return; }
+  const mics = devices.filter((d) => d.kind === 'audioinput' && d.deviceId && d.deviceId !== 'default');
+  const chosen = ui.micSelect.value || localStorage.getItem('beep-demo-mic') || '';
+  ui.micSelect.replaceChildren(el('option', { value: '' }, 'Default microphone'),
+    ...mics.map((d, i) => el('option', { value: d.deviceId }, d.label || `Microphone ${i + 1}`)));
+  ui.micSelect.value = mics.some((d) => d.deviceId === chosen) ? chosen : '';
+}
+if (navigator.mediaDevices) navigator.mediaDevices.addEventListener('devicechange', listMicrophones);
+listMicrophones();
+
+ui.micSelect.addEventListener('change', async () => {
+  const id = ui.micSelect.value;
+  localStorage.setItem('beep-demo-mic', id);
+  if (!call) return;
+  try {
+    await call.switchMicrophone(id);
+  } catch (err) {
+    ui.error.hidden = false;
+    ui.error.textContent = `Could not switch the microphone: ${err.message}`;
+  }
+});
+
+function setMuted(on) {
+  muted = on;
+  if (call) call.setMuted(on);
+  ui.mute.textContent = on ? 'Unmute' : 'Mute';
+  ui.mute.setAttribute('aria-pressed', String(on));
+  document.body.dataset.muted = String(on);
+  if (on) { speaking.until = 0; setSpeaking(false); }
+}
+ui.mute.addEventListener('click', () => setMuted(!muted));
 
 function onTrack({ index, track }) {
   const v = slotViews[index];
@@ -113,8 +177,8 @@ async function updateLevels() {
   let l;
   try { l = await call.levels(); } catch (_) { return; }
   const now = performance.now();
-  ui.mic.style.width = meterWidth(l.mic);
-  if (l.mic > SPEAKING_LEVEL * 2) speaking.until = now + HANGOVER_MS;
+  ui.mic.style.width = muted ? '0' : meterWidth(l.mic);
+  if (!muted && l.mic > SPEAKING_LEVEL * 2) speaking.until = now + HANGOVER_MS;
   setSpeaking(now < speaking.until);
 
   l.slots.forEach((s, i) => {
@@ -133,6 +197,8 @@ async function updateLevels() {
 
 function resetLevels() {
   ui.mic.style.width = '0';
+  slotUsers = [];
+  renderSlotNames();
   for (const v of slotViews) {
     v.audio.srcObject = null;
     v.bar.style.width = '0';
@@ -187,17 +253,58 @@ function clock(ms) {
   return new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
 }
 
+// Seconds as "0.6 s" under a minute, else "m:ss". (The browser's own audio
+// controls show whole seconds: a bite under a second read "0:00 / 0:00".)
+function seconds(s) {
+  if (!(s >= 0) || !Number.isFinite(s)) return '–';
+  if (s < 60) return `${s.toFixed(1)} s`;
+  return `${Math.floor(s / 60)}:${String(Math.floor(s % 60)).padStart(2, '0')}`;
+}
+
+// A compact player: play/pause, progress, time. The bite's duration comes
+// from the feed until the audio's own metadata is loaded.
+function player(b) {
+  const audio = el('audio', { preload: 'metadata', src: b.url });
+  const fallback = b.duration_ms / 1000;
+  const length = () => (Number.isFinite(audio.duration) && audio.duration > 0 ? audio.duration : fallback);
+  const btn = el('button', { type: 'button', class: 'play', 'aria-label': 'Play' }, '▶');
+  const bar = el('span', { class: 'bar' });
+  const time = el('span', { class: 'bite-time' }, seconds(fallback));
+  const box = el('div', { class: 'player', dataset: { state: 'idle' } }, btn, el('span', { class: 'progress' }, bar), time, audio);
+  const show = () => {
+    const d = length();
+    bar.style.width = `${Math.min(100, (audio.currentTime / d) * 100)}%`;
+    time.textContent = audio.currentTime > 0 ? `${seconds(audio.currentTime)} / ${seconds(d)}` : seconds(d);
+  };
+  btn.addEventListener('click', () => {
+    if (audio.paused) {
+      for (const other of ui.bites.querySelectorAll('.player audio')) if (other !== audio) other.pause();
+      audio.play().catch((err) => { box.dataset.state = 'error'; btn.title = err.message; });
+    } else {
+      audio.pause();
+    }
+  });
+  audio.addEventListener('play', () => { box.dataset.state = 'playing'; btn.textContent = '❚❚'; btn.setAttribute('aria-label', 'Pause'); });
+  audio.addEventListener('pause', () => { if (box.dataset.state === 'playing') box.dataset.state = 'paused'; btn.textContent = '▶'; btn.setAttribute('aria-label', 'Play'); });
+  audio.addEventListener('ended', () => { box.dataset.state = 'ended'; audio.currentTime = 0; show(); });
+  audio.addEventListener('timeupdate', show);
+  audio.addEventListener('loadedmetadata', show);
+  audio.addEventListener('error', () => { box.dataset.state = 'error'; time.textContent = 'unplayable'; });
+  return box;
+}
+
 function addBite(b) {
   if (ui.bites.querySelector(`[data-id="${b.id}"]`)) return;
   const empty = ui.bites.querySelector('.empty');
   if (empty) empty.remove();
+  if (b.name && b.user !== me.userid) knownNames.set(b.user, b.name);
   const name = nameOf(b.user);
   const li = el('li', { class: 'bite', dataset: { id: String(b.id), user: b.user, seq: String(b.seq) } },
     avatar(name, b.user),
     el('div', { class: 'bite-meta' },
       el('span', { class: 'bite-who', title: `${b.user} · ${b.client}` }, name),
       el('span', { class: 'muted' }, `${clock(b.start_ms)} · ${(b.duration_ms / 1000).toFixed(1)} s · #${b.seq}`)),
-    el('audio', { controls: true, preload: 'metadata', src: b.url }),
+    player(b),
     el('a', { class: 'download', href: b.url, download: `bite-${b.id}.ogg`, title: 'Download the Ogg Opus file' }, '.ogg'));
   ui.bites.prepend(li);
   bitesShown++;
@@ -217,9 +324,15 @@ function openEvents() {
   });
   events = new EventSource(`/demo/events?${q}`);
   events.addEventListener('bite', (e) => addBite(JSON.parse(e.data)));
+  events.addEventListener('slots', (e) => {
+    slotUsers = JSON.parse(e.data) || [];
+    renderSlotNames();
+  });
   events.addEventListener('members', (e) => {
     members = JSON.parse(e.data) || [];
+    for (const m of members) if (m.user !== me.userid) knownNames.set(m.user, m.name);
     renderMembers();
+    renderSlotNames();
     // Names may have arrived after bites.
     for (const w of ui.bites.querySelectorAll('.bite')) {
       const who = w.querySelector('.bite-who');
@@ -241,6 +354,8 @@ function showState(state, text) {
   ui.conversation.disabled = inCall;
   ui.name.disabled = inCall;
   ui.processing.disabled = inCall;
+  ui.mute.disabled = !inCall;
+  if (state === 'connected') listMicrophones(); // labels are known once the microphone is allowed
   if (state === 'failed') {
     ui.error.hidden = false;
     ui.error.textContent = `${text}. Press Leave, then Join to try again.`;
@@ -259,7 +374,9 @@ function start() {
   renderMembers();
   resetLevels();
 
-  const url = new URL(location.href);
+  // The invite is this page as it was loaded (its scheme, host and port),
+  // so that it works from wherever this page works.
+  const url = new URL(location.pathname, location.origin);
   url.search = new URLSearchParams({ conversation }).toString();
   ui.inviteLink.href = url.toString();
   ui.inviteLink.textContent = url.toString();
@@ -267,7 +384,7 @@ function start() {
   history.replaceState(null, '', `?${new URLSearchParams({ conversation, name })}`);
 
   openEvents();
-  call = new Call({ conversation, ...me, slots: SLOTS, processing: ui.processing.checked });
+  call = new Call({ conversation, ...me, slots: SLOTS, processing: ui.processing.checked, deviceId: ui.micSelect.value, muted });
   call.addEventListener('state', (e) => showState(e.detail.state, e.detail.text));
   call.addEventListener('track', (e) => onTrack(e.detail));
   poll = setInterval(updateLevels, 200);
@@ -282,6 +399,7 @@ function stop() {
   clearInterval(poll);
   poll = null;
   speaking = { me: false, until: 0 };
+  setMuted(false);
   conversation = '';
   members = [];
   renderMembers();

@@ -28,6 +28,21 @@ export async function join(conversation, userid, clientid) {
   }
 }
 
+/**
+ * The ICE servers the router gives this user (GET /ice-servers: its
+ * built-in TURN server with a fresh credential, or none).
+ */
+export async function iceServers(userid, clientid) {
+  try {
+    const res = await fetch(`/ice-servers?${identityQuery(userid, clientid)}`, { cache: 'no-store' });
+    if (!res.ok) return [];
+    const list = await res.json();
+    return Array.isArray(list) ? list : [];
+  } catch (_) {
+    return []; // direct connections still work
+  }
+}
+
 /** Resolves when ICE gathering is complete, or after ms. */
 function gathered(pc, ms) {
   if (pc.iceGatheringState === 'complete') return Promise.resolve();
@@ -50,8 +65,10 @@ function gathered(pc, ms) {
  *  - "track": detail {index, track} for receiving transceiver index
  */
 export class Call extends EventTarget {
-  constructor({ conversation, userid, clientid, slots = 3, processing = true }) {
+  constructor({ conversation, userid, clientid, slots = 3, processing = true, deviceId = '', muted = false }) {
     super();
+    this.deviceId = deviceId;
+    this.muted = muted;
     this.conversation = conversation;
     this.userid = userid;
     this.clientid = clientid;
@@ -85,16 +102,15 @@ export class Call extends EventTarget {
       if (this.closed) return;
 
       this.setState('microphone', 'Waiting for the microphone…');
-      const p = this.processing;
-      this.stream = await navigator.mediaDevices.getUserMedia({
-        audio: { echoCancellation: p, noiseSuppression: p, autoGainControl: p },
-        video: false,
-      });
+      this.stream = await this.microphone(this.deviceId);
       if (this.closed) { this.stopMicrophone(); return; }
 
-      const pc = new RTCPeerConnection({ iceServers: [] });
+      const servers = await iceServers(this.userid, this.clientid);
+      if (this.closed) { this.stopMicrophone(); return; }
+      const pc = new RTCPeerConnection({ iceServers: servers });
       this.pc = pc;
       const [track] = this.stream.getAudioTracks();
+      track.enabled = !this.muted;
       this.transceivers.push(pc.addTransceiver(track, { direction: 'sendrecv', streams: [this.stream] }));
       for (let i = 1; i < this.slots; i++) {
         this.transceivers.push(pc.addTransceiver('audio', { direction: 'recvonly' }));
@@ -170,6 +186,33 @@ export class Call extends EventTarget {
       }
     });
     return out;
+  }
+
+  /** A microphone stream: the device deviceId, or the default one. */
+  microphone(deviceId) {
+    const p = this.processing;
+    const audio = { echoCancellation: p, noiseSuppression: p, autoGainControl: p };
+    if (deviceId) audio.deviceId = { exact: deviceId };
+    return navigator.mediaDevices.getUserMedia({ audio, video: false });
+  }
+
+  /** Mute: the microphone track sends silence (the other side hears nothing). */
+  setMuted(on) {
+    this.muted = on;
+    if (this.stream) for (const t of this.stream.getAudioTracks()) t.enabled = !on;
+  }
+
+  /** Sends from another microphone, without renegotiation. */
+  async switchMicrophone(deviceId) {
+    this.deviceId = deviceId;
+    if (!this.stream || !this.transceivers.length) return;
+    const stream = await this.microphone(deviceId);
+    if (this.closed) { stream.getTracks().forEach((t) => t.stop()); return; }
+    const [track] = stream.getAudioTracks();
+    track.enabled = !this.muted;
+    await this.transceivers[0].sender.replaceTrack(track);
+    this.stopMicrophone();
+    this.stream = stream;
   }
 
   stopMicrophone() {
