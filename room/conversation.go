@@ -22,6 +22,9 @@ type Conversation struct {
 	devices []*device // connected devices of members
 	tracks  []*Track  // tracks published by members' devices and participants
 	feeds   []*Feed   // feeds of participants
+	// receivers are the participants whose publishing connection
+	// receives another participant (Participant.Receive).
+	receivers []*Participant
 
 	// lastReassign (unix ns) rate-limits retries for waiting speakers.
 	lastReassign atomic.Int64

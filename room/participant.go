@@ -67,6 +67,12 @@ type Participant struct {
 	pub    *rtc.Peer // publishing connection, or nil
 	tracks []*Track  // published, in start order
 	left   bool
+
+	// Guarded by Conversation.mu (Receive): whose media the publishing
+	// connection's down-tracks carry, and those down-tracks once it is
+	// connected.
+	from     *Participant
+	pubDowns []*rtc.DownTrack
 }
 
 // Enter makes a participant id, of client c, in conversation convID,
@@ -110,8 +116,10 @@ func (p *Participant) Conversation() *Conversation { return p.c }
 
 // Publisher returns the participant's publishing connection, making it on
 // the first call: a peer with video that the client offers to (Answer) and
-// on which the router only receives. Its tracks are forwarded to the feeds
-// of the participant.
+// on which the router receives. Its tracks are forwarded to the feeds of
+// the participant. It sends only for Receive: on the m-lines of the
+// client's offer that receive, or on those the router offers with
+// rtc.Peer.AddSendRecvTrack.
 func (p *Participant) Publisher() (*rtc.Peer, error) {
 	m := p.m
 	m.mu.Lock()
@@ -184,6 +192,10 @@ func (p *Participant) leave(closePub bool) {
 		}
 		return false
 	})
+	c.receivers = slices.DeleteFunc(c.receivers, func(q *Participant) bool { return q == p })
+	for _, d := range p.pubDowns {
+		d.SetSource(nil)
+	}
 	c.mu.Unlock()
 	others := c.others(p)
 	if len(c.members) == 0 && len(c.participants) == 0 {
@@ -236,8 +248,16 @@ func notify(ps []*Participant, e Event) {
 // publisher is a participant's publishing connection's rtc.Handler.
 type publisher Participant
 
-// Connected implements rtc.Handler.
-func (*publisher) Connected(*rtc.Peer) {}
+// Connected implements rtc.Handler: the connection's down-tracks, if it
+// has any (Receive), get bound.
+func (pb *publisher) Connected(peer *rtc.Peer) {
+	p := (*Participant)(pb)
+	c := p.c
+	c.mu.Lock()
+	p.pubDowns = peer.DownTracks()
+	c.mu.Unlock()
+	c.sync()
+}
 
 // Closed implements rtc.Handler: a publisher whose connection is gone has
 // left (its client reconnects as a new participant).

@@ -49,6 +49,7 @@ func (c *Conversation) reassignLocked(now int64) {
 		}
 	}
 	c.bindFeeds(assigned)
+	c.bindReceivers(assigned)
 	for _, t := range c.tracks {
 		if downs := assigned[t]; len(downs) > 0 {
 			t.targets.Store(&targets{conv: c, downs: downs})

@@ -29,6 +29,7 @@ import (
 	"github.com/beepvoice/router/signal/beep"
 	"github.com/beepvoice/router/signal/demo"
 	"github.com/beepvoice/router/signal/devices"
+	"github.com/beepvoice/router/signal/sylk"
 	"github.com/beepvoice/router/stages"
 	"github.com/beepvoice/router/turn"
 )
@@ -43,6 +44,7 @@ type app struct {
 	rooms   *room.Manager
 	devices *devices.Service
 	demo    *demo.Server // -dev only
+	sylk    *sylk.Server
 	turnSrv *turn.Server // the built-in TURN server, when TURN_LISTEN is set
 	srv     *http.Server
 	ln      net.Listener
@@ -200,6 +202,27 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 		return nil, fmt.Errorf("device signalling: %w", err)
 	}
 	a.devices.Register(r)
+	a.sylk, err = sylk.New(sylk.Config{
+		Rooms:               a.rooms,
+		Permissions:         perms,
+		AccountsFile:        cfg.SylkAccounts,
+		Dev:                 cfg.Dev,
+		Logger:              log.With("api", "sylk"),
+		CheckOrigin:         origins.Check,
+		MaxMessage:          cfg.MaxMessage,
+		PermissionTimeout:   cfg.PermTimeout,
+		RingTimeout:         cfg.SylkRingTimeout,
+		MaxConnections:      orNone(cfg.SylkMaxConns),
+		MaxCallsPerAccount:  orNone(cfg.SylkMaxCalls),
+		MaxRoomParticipants: orNone(cfg.SylkMaxRoomParticipants),
+	})
+	if err != nil && cfg.SylkAccounts != "" {
+		return nil, fmt.Errorf("SYLK_ACCOUNTS: %w", err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sylk API: %w", err)
+	}
+	a.sylk.Register(r)
 	if a.turnSrv, err = startTURN(cfg.TURN, cfg.Forbidden, log); err != nil {
 		return nil, err
 	}
@@ -409,6 +432,9 @@ func (a *app) shutdown(ctx context.Context) error {
 		if err := a.msrv.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("metrics http: %w", err))
 		}
+	}
+	if a.sylk != nil {
+		a.sylk.Close() // its sockets are hijacked: the HTTP shutdown left them
 	}
 	if a.devices != nil {
 		if err := a.devices.Close(); err != nil {

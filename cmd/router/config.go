@@ -55,6 +55,12 @@ type config struct {
 	IdleTTL         time.Duration
 	JoinRate        float64
 	JoinBurst       int
+	// The Sylk API (signal/sylk).
+	SylkAccounts            string
+	SylkRingTimeout         time.Duration
+	SylkMaxConns            int
+	SylkMaxCalls            int
+	SylkMaxRoomParticipants int
 	// Bounds of signalling sockets and streams (0: no bound).
 	MaxStreamsPerUser int
 	MaxStreams        int
@@ -120,6 +126,11 @@ var settings = []setting{
 	{"SUBSCRIBE_MAX", "10000", "most open /subscribe streams of the router; past it 503; 0: no limit"},
 	{"CONNECT_MAX_PENDING_PER_ADDR", "16", "most /connect sockets of one client address that have not sent their offer yet; past it 429 before the upgrade; 0: no limit"},
 	{"CONNECT_MAX_PENDING", "1000", "most /connect sockets of all clients that have not sent their offer yet; past it 503; 0: no limit"},
+	{"SYLK_ACCOUNTS", "", "path of the Sylk API's local accounts file (one account:ha1 line each, # comments; re-read on SIGHUP); empty: Sylk registration is refused (in -dev any account registers)"},
+	{"SYLK_RING_TIMEOUT", "60s", "a Sylk call nobody answers ends after this (408 Request Timeout)"},
+	{"SYLK_MAX_CONNECTIONS", "10000", "most open Sylk API sockets (/webrtcgateway/ws); past it 503; 0: no limit"},
+	{"SYLK_MAX_CALLS_PER_ACCOUNT", "4", "most Sylk calls, ringing or up, of one account; a callee past it is busy (486); 0: no limit"},
+	{"SYLK_MAX_ROOM_PARTICIPANTS", "50", "most participants of one Sylk video room; 0: no limit"},
 	{"HTTP_READ_HEADER_TIMEOUT", "10s", "time a client has to send request headers (a slowloris client is cut off)"},
 	{"HTTP_READ_TIMEOUT", "30s", "time a client has to send a whole request"},
 	{"HTTP_WRITE_TIMEOUT", "30s", "time to write a response (WebSockets and SSE streams set their own deadlines)"},
@@ -282,6 +293,11 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 		c.JoinRate = r
 	}
 	c.JoinBurst = integer("JOIN_BURST", 1, 1<<20)
+	c.SylkAccounts = get("SYLK_ACCOUNTS")
+	c.SylkRingTimeout = duration("SYLK_RING_TIMEOUT")
+	c.SylkMaxConns = integer("SYLK_MAX_CONNECTIONS", 0, 1<<30)
+	c.SylkMaxCalls = integer("SYLK_MAX_CALLS_PER_ACCOUNT", 0, 1<<20)
+	c.SylkMaxRoomParticipants = integer("SYLK_MAX_ROOM_PARTICIPANTS", 0, 1<<20)
 	c.MaxStreamsPerUser = integer("SUBSCRIBE_MAX_PER_USER", 0, 1<<20)
 	c.MaxStreams = integer("SUBSCRIBE_MAX", 0, 1<<30)
 	c.MaxPendingPerAddr = integer("CONNECT_MAX_PENDING_PER_ADDR", 0, 1<<20)

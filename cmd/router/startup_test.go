@@ -71,6 +71,8 @@ func TestStartupFailures(t *testing.T) {
 		{name: "UDP_PORT taken", env: []string{"UDP_PORT=" + udpPort}, code: 1, want: []string{"UDP", udpPort}},
 		{name: "METRICS_LISTEN taken", env: []string{"METRICS_LISTEN=" + taken.Addr().String()}, code: 1, want: []string{"METRICS_LISTEN", taken.Addr().String()}},
 		{name: "NATS_EMBEDDED_LISTEN taken", env: []string{"NATS=embedded", "NATS_EMBEDDED_LISTEN=" + taken.Addr().String()}, code: 1, want: []string{"NATS_EMBEDDED_LISTEN", taken.Addr().String()}},
+		{name: "SYLK_ACCOUNTS missing", env: []string{"SYLK_ACCOUNTS=" + missing}, code: 1, want: []string{"SYLK_ACCOUNTS", "missing.yaml"}},
+		{name: "SYLK_ACCOUNTS bad line", env: []string{"SYLK_ACCOUNTS=" + write("accounts", "alice@example.com:not-an-ha1\n")}, code: 1, want: []string{"SYLK_ACCOUNTS", "accounts:1"}},
 		{name: "env-file missing", args: []string{"-env-file", filepath.Join(dir, "nope.env")}, code: 2, want: []string{"nope.env"}},
 		{name: "LISTEN taken after embedded NATS", env: []string{"LISTEN=" + taken.Addr().String()}, code: 1, want: []string{"LISTEN", taken.Addr().String()}, natsUp: testutil.FreeAddr(t)},
 		{name: "bad PIPELINE after embedded NATS", env: []string{"PIPELINE=" + unknownKind}, code: 1, want: []string{"PIPELINE", "unknown-kind.yaml", "frobnicator"}, natsUp: testutil.FreeAddr(t)},
