@@ -26,6 +26,7 @@ import (
 	"github.com/beepvoice/router/plugins"
 	"github.com/beepvoice/router/room"
 	"github.com/beepvoice/router/rtc"
+	"github.com/beepvoice/router/signal/arbiter"
 	"github.com/beepvoice/router/signal/beep"
 	"github.com/beepvoice/router/signal/demo"
 	"github.com/beepvoice/router/signal/devices"
@@ -45,6 +46,10 @@ type app struct {
 	devices *devices.Service
 	demo    *demo.Server // -dev only
 	sylk    *sylk.Server
+	arb     *arbiter.Server
+	// jsDir is the embedded JetStream's store when NATS_STORE_DIR is
+	// empty: a directory of this process, removed at shutdown.
+	jsDir   string
 	turnSrv *turn.Server // the built-in TURN server, when TURN_LISTEN is set
 	srv     *http.Server
 	ln      net.Listener
@@ -223,6 +228,20 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 		return nil, fmt.Errorf("sylk API: %w", err)
 	}
 	a.sylk.Register(r)
+	a.arb, err = arbiter.New(arbiter.Config{
+		Rooms:           a.rooms,
+		NATS:            a.nc,
+		Logger:          log.With("api", "arbiter"),
+		MaxRooms:        orNone(cfg.ArbiterMaxRooms),
+		IdleRooms:       cfg.ArbiterIdleRooms,
+		Origins:         cfg.ArbiterOrigins,
+		MaxParticipants: orNone(cfg.ArbiterMaxParticipants),
+		MaxMessage:      cfg.MaxMessage,
+		Replicas:        cfg.ArbiterReplicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("arbiter API: %w", err)
+	}
 	if a.turnSrv, err = startTURN(cfg.TURN, cfg.Forbidden, log); err != nil {
 		return nil, err
 	}
@@ -272,6 +291,9 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 			handlers.AllowedHeaders([]string{"Authorization", "Content-Type", claim.Header}),
 		)(r)
 	}
+	// Outermost: the Arbiter API answers its customers' origins itself
+	// (ARBITER_ORIGINS), whatever ALLOWED_ORIGINS says.
+	h = a.arb.Bypass(h)
 	a.srv = newServer(h, cfg, log)
 	if a.demo != nil {
 		// The demo's event streams end on Close; Shutdown waits for them.
@@ -346,7 +368,19 @@ func (a *app) connectNATS(cfg config) error {
 		a.nc = nc
 		return nil
 	}
-	so := &server.Options{ServerName: "beep-router", NoSigs: true, NoLog: true, DontListen: true}
+	// JetStream holds the state front-ends share (the Arbiter rooms). Its
+	// store is NATS_STORE_DIR, or a directory of this process: nats-server
+	// would otherwise use one under the system's temporary directory that
+	// every router on the host shares.
+	storeDir := cfg.NATSStoreDir
+	if storeDir == "" {
+		d, err := os.MkdirTemp("", "router-jetstream-")
+		if err != nil {
+			return fmt.Errorf("embedded NATS: JetStream store: %w", err)
+		}
+		a.jsDir, storeDir = d, d
+	}
+	so := &server.Options{ServerName: "beep-router", NoSigs: true, NoLog: true, DontListen: true, JetStream: true, StoreDir: storeDir}
 	if cfg.NATSExpose != "" {
 		host, port, _ := net.SplitHostPort(cfg.NATSExpose)
 		so.DontListen = false
@@ -433,8 +467,12 @@ func (a *app) shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("metrics http: %w", err))
 		}
 	}
+	// Their sockets are hijacked: the HTTP shutdown left them.
 	if a.sylk != nil {
-		a.sylk.Close() // its sockets are hijacked: the HTTP shutdown left them
+		a.sylk.Close()
+	}
+	if a.arb != nil {
+		a.arb.Close()
 	}
 	if a.devices != nil {
 		if err := a.devices.Close(); err != nil {
@@ -462,6 +500,11 @@ func (a *app) shutdown(ctx context.Context) error {
 	if a.ns != nil {
 		a.ns.Shutdown()
 		a.ns.WaitForShutdown()
+	}
+	if a.jsDir != "" {
+		if err := os.RemoveAll(a.jsDir); err != nil {
+			errs = append(errs, fmt.Errorf("JetStream store: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }

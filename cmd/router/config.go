@@ -55,6 +55,14 @@ type config struct {
 	IdleTTL         time.Duration
 	JoinRate        float64
 	JoinBurst       int
+	// The embedded NATS server's JetStream store; "" a temporary one.
+	NATSStoreDir string
+	// The Arbiter API (signal/arbiter).
+	ArbiterMaxRooms        int
+	ArbiterIdleRooms       int
+	ArbiterOrigins         []string
+	ArbiterMaxParticipants int
+	ArbiterReplicas        int
 	// The Sylk API (signal/sylk).
 	SylkAccounts            string
 	SylkRingTimeout         time.Duration
@@ -126,6 +134,12 @@ var settings = []setting{
 	{"SUBSCRIBE_MAX", "10000", "most open /subscribe streams of the router; past it 503; 0: no limit"},
 	{"CONNECT_MAX_PENDING_PER_ADDR", "16", "most /connect sockets of one client address that have not sent their offer yet; past it 429 before the upgrade; 0: no limit"},
 	{"CONNECT_MAX_PENDING", "1000", "most /connect sockets of all clients that have not sent their offer yet; past it 503; 0: no limit"},
+	{"NATS_STORE_DIR", "", "with NATS=embedded, the directory of the embedded JetStream store (the Arbiter rooms), kept across restarts; empty: a temporary directory removed at exit"},
+	{"ARBITER_MAX_ROOMS", "10000", "most Arbiter rooms (PUT/POST /createRoom answers 503 past it); 0: no limit"},
+	{"ARBITER_IDLE_ROOMS", "0", "unclaimed Arbiter rooms kept ready (made at start and after each claim)"},
+	{"ARBITER_ORIGINS", "*", "comma list of origins allowed to use the Arbiter API and gateway (CORS and the WebSocket Origin check); * allows all"},
+	{"ARBITER_MAX_PARTICIPANTS", "50", "most participants of one Arbiter room; 0: no limit"},
+	{"ARBITER_REPLICAS", "1", "replicas of the Arbiter rooms' JetStream bucket (3 on a 3-node NATS cluster)"},
 	{"SYLK_ACCOUNTS", "", "path of the Sylk API's local accounts file (one account:ha1 line each, # comments; re-read on SIGHUP); empty: Sylk registration is refused (in -dev any account registers)"},
 	{"SYLK_RING_TIMEOUT", "60s", "a Sylk call nobody answers ends after this (408 Request Timeout)"},
 	{"SYLK_MAX_CONNECTIONS", "10000", "most open Sylk API sockets (/webrtcgateway/ws); past it 503; 0: no limit"},
@@ -293,6 +307,18 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 		c.JoinRate = r
 	}
 	c.JoinBurst = integer("JOIN_BURST", 1, 1<<20)
+	c.NATSStoreDir = get("NATS_STORE_DIR")
+	c.ArbiterMaxRooms = integer("ARBITER_MAX_ROOMS", 0, 1<<30)
+	c.ArbiterIdleRooms = integer("ARBITER_IDLE_ROOMS", 0, 1<<16)
+	c.ArbiterMaxParticipants = integer("ARBITER_MAX_PARTICIPANTS", 0, 1<<20)
+	c.ArbiterReplicas = integer("ARBITER_REPLICAS", 1, 5)
+	for _, o := range splitList(get("ARBITER_ORIGINS")) {
+		if u, err := url.Parse(o); o != "*" && (err != nil || u.Scheme == "" || u.Host == "") {
+			bad("ARBITER_ORIGINS", fmt.Errorf("%q is not an origin such as https://app.example.org", o))
+			continue
+		}
+		c.ArbiterOrigins = append(c.ArbiterOrigins, o)
+	}
 	c.SylkAccounts = get("SYLK_ACCOUNTS")
 	c.SylkRingTimeout = duration("SYLK_RING_TIMEOUT")
 	c.SylkMaxConns = integer("SYLK_MAX_CONNECTIONS", 0, 1<<30)
