@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sort"
 	"strings"
 
@@ -100,9 +101,204 @@ func (r *Registry) Config(kinds ...string) (*Config, error) {
 		if err := sc.Settings.Encode(k.Defaults()); err != nil {
 			return nil, fmt.Errorf("stage %s: encode defaults: %w", name, err)
 		}
+		if len(sc.Settings.Content) == 0 {
+			sc.Settings = yaml.Node{} // a kind without settings: no "settings: {}"
+		}
 		c.Stages = append(c.Stages, sc)
 	}
 	return c, nil
+}
+
+// Settings returns the settings of stage sc: its kind's defaults with the
+// stage's settings decoded over them, unknown keys refused. It is what
+// Build gives the kind's New.
+func (r *Registry) Settings(sc StageConfig) (any, error) {
+	k, ok := r.kinds[sc.kind()]
+	if !ok {
+		return nil, fmt.Errorf("unknown kind %q (known: %v)", sc.kind(), r.Kinds())
+	}
+	settings := k.Defaults()
+	if !sc.Settings.IsZero() {
+		if err := decodeStrict(&sc.Settings, settings); err != nil {
+			return nil, fmt.Errorf("settings: %w", err)
+		}
+	}
+	return settings, nil
+}
+
+// Commented renders c as a YAML file documented for its reader: header
+// (when not empty) as its first comment, each stage under a comment that
+// names it and says what its kind does (Kind.Doc), and each setting under
+// its own comment: the doc tag of its field in the kind's settings struct
+// (`yaml:"silence" doc:"this much silence ends a bite"`), so that a setting
+// is described once, where its default is defined. Comments do not change
+// the configuration: parsing the result gives c back.
+func (r *Registry) Commented(c *Config, header string) ([]byte, error) {
+	var root yaml.Node
+	if err := root.Encode(c); err != nil {
+		return nil, err
+	}
+	seq := mappingValue(&root, "stages")
+	if seq == nil || len(seq.Content) != len(c.Stages) {
+		return nil, fmt.Errorf("pipeline config: no stages")
+	}
+	for i, item := range seq.Content {
+		sc := c.Stages[i]
+		k, ok := r.kinds[sc.kind()]
+		if !ok {
+			return nil, fmt.Errorf("stage %q: unknown kind %q", sc.Name, sc.kind())
+		}
+		item.HeadComment = wrap(sc.Name+": "+k.Doc, commentWidth)
+		settings := mappingValue(item, "settings")
+		if settings == nil || settings.Kind != yaml.MappingNode {
+			continue
+		}
+		docs := settingDocs(k.Defaults())
+		for j := 0; j+1 < len(settings.Content); j += 2 {
+			settings.Content[j].HeadComment = wrap(docs[settings.Content[j].Value], commentWidth)
+			delete(docs, settings.Content[j].Value)
+		}
+		// Settings left out (empty, omitempty) are described after the
+		// others, so that every setting of the kind is documented.
+		var unset []string
+		for _, key := range settingKeys(k.Defaults()) {
+			if d, ok := docs[key]; ok {
+				unset = append(unset, wrap(key+" (not set): "+d, commentWidth))
+			}
+		}
+		if len(unset) > 0 && len(settings.Content) > 0 {
+			settings.Content[len(settings.Content)-2].FootComment = strings.Join(unset, "\n")
+		}
+	}
+	doc := &yaml.Node{Kind: yaml.DocumentNode, HeadComment: header, Content: []*yaml.Node{&root}}
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(doc); err != nil {
+		return nil, err
+	}
+	if err := enc.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// Undocumented lists what Commented could not explain: each kind without a
+// Doc, and each setting (kind.setting) without a doc tag. Tests keep it
+// empty.
+func (r *Registry) Undocumented() []string {
+	var missing []string
+	for _, name := range r.Kinds() {
+		k := r.kinds[name]
+		if k.Doc == "" {
+			missing = append(missing, name)
+		}
+		t := reflect.TypeOf(k.Defaults())
+		if t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			continue
+		}
+		docs := settingDocs(k.Defaults())
+		for i := range t.NumField() {
+			if key := yamlKey(t.Field(i)); key != "" && docs[key] == "" {
+				missing = append(missing, name+"."+key)
+			}
+		}
+	}
+	return missing
+}
+
+// settingKeys returns the setting keys of a settings struct (or pointer to
+// one) in field order.
+func settingKeys(settings any) []string {
+	t := reflect.TypeOf(settings)
+	if t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil || t.Kind() != reflect.Struct {
+		return nil
+	}
+	var keys []string
+	for i := range t.NumField() {
+		if key := yamlKey(t.Field(i)); key != "" {
+			keys = append(keys, key)
+		}
+	}
+	return keys
+}
+
+// settingDocs maps each setting key of a settings struct (or pointer to
+// one) to its field's doc tag.
+func settingDocs(settings any) map[string]string {
+	docs := make(map[string]string)
+	t := reflect.TypeOf(settings)
+	if t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil || t.Kind() != reflect.Struct {
+		return docs
+	}
+	for i := range t.NumField() {
+		if key := yamlKey(t.Field(i)); key != "" {
+			docs[key] = t.Field(i).Tag.Get("doc")
+		}
+	}
+	return docs
+}
+
+// yamlKey returns the key under which yaml writes field f, "" for none.
+func yamlKey(f reflect.StructField) string {
+	if !f.IsExported() {
+		return ""
+	}
+	name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	switch name {
+	case "-":
+		return ""
+	case "":
+		return strings.ToLower(f.Name) // yaml's default key
+	}
+	return name
+}
+
+// commentWidth is the longest line of a comment Commented writes, not
+// counting its indentation and "# ".
+const commentWidth = 68
+
+// wrap breaks s into lines of at most width characters at spaces (a longer
+// word stays whole).
+func wrap(s string, width int) string {
+	var b strings.Builder
+	n := 0
+	for _, w := range strings.Fields(s) {
+		switch {
+		case n == 0:
+		case n+1+len(w) > width:
+			b.WriteByte('\n')
+			n = 0
+		default:
+			b.WriteByte(' ')
+			n++
+		}
+		b.WriteString(w)
+		n += len(w)
+	}
+	return b.String()
+}
+
+// mappingValue returns the value of key in mapping node n, nil if absent.
+func mappingValue(n *yaml.Node, key string) *yaml.Node {
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return n.Content[i+1]
+		}
+	}
+	return nil
 }
 
 // Build creates the stages of c. On error, the stages built so far are
@@ -162,16 +358,11 @@ func (r *Registry) checkGate(c *Config) error {
 }
 
 func (r *Registry) build(sc StageConfig, env Env) (Stage, error) {
-	k, ok := r.kinds[sc.kind()]
-	if !ok {
-		return nil, fmt.Errorf("unknown kind %q (known: %v)", sc.kind(), r.Kinds())
+	settings, err := r.Settings(sc)
+	if err != nil {
+		return nil, err
 	}
-	settings := k.Defaults()
-	if !sc.Settings.IsZero() {
-		if err := decodeStrict(&sc.Settings, settings); err != nil {
-			return nil, fmt.Errorf("settings: %w", err)
-		}
-	}
+	k := r.kinds[sc.kind()]
 	if env.Logger == nil {
 		env.Logger = slog.Default()
 	}

@@ -15,49 +15,27 @@ import (
 // Kind is the stage kind name of plugins.
 const Kind = "plugin"
 
-// Settings configure one plugin stage.
+// Settings configure one plugin stage. Each field's doc tag is its
+// documentation, the comment router -print-pipeline writes above it.
 type Settings struct {
-	// Path is the plugin program.
-	Path string `yaml:"path"`
-	// Args are its command line arguments.
-	Args []string `yaml:"args,omitempty"`
-	// Env are extra environment variables, each "NAME=value".
-	Env []string `yaml:"env,omitempty"`
-	// Config is passed to the plugin, as JSON, in its Configure call.
-	Config map[string]any `yaml:"config,omitempty"`
-	// Conversations are glob patterns (path.Match) of the conversation ids
-	// the plugin sees.
-	Conversations []string `yaml:"conversations"`
-	// Subjects are the NATS subjects (wildcards allowed) the plugin's
-	// results may be published on. Empty: plugin.<name> and plugin.<name>.>.
-	Subjects []string `yaml:"subjects,omitempty"`
-	// Queue is how many packets and bites may wait for the plugin; more are
-	// dropped, counted.
-	Queue int `yaml:"queue"`
-	// Batch is the most packets and bites in one stream message.
-	Batch int `yaml:"batch"`
-	// Flush is the longest a packet waits for its batch to fill.
-	Flush pipeline.Duration `yaml:"flush"`
-	// StartTimeout bounds the plugin's start: launch, handshake, Configure.
-	StartTimeout pipeline.Duration `yaml:"start_timeout"`
-	// HealthInterval is how often the plugin is health-checked.
-	HealthInterval pipeline.Duration `yaml:"health_interval"`
-	// StallTimeout: a plugin that leaves a send blocked, or a health check
-	// unanswered, this long is hung, and is killed and restarted.
-	StallTimeout pipeline.Duration `yaml:"stall_timeout"`
-	// Backoff is the delay before the first restart; it doubles with each
-	// consecutive failure up to MaxBackoff.
-	Backoff    pipeline.Duration `yaml:"backoff"`
-	MaxBackoff pipeline.Duration `yaml:"max_backoff"`
-	// MaxRestarts is how many consecutive failures disable the plugin. A
-	// plugin that ran for StableAfter counts as recovered.
-	MaxRestarts int               `yaml:"max_restarts"`
-	StableAfter pipeline.Duration `yaml:"stable_after"`
-	// StopTimeout is how long Close waits for the plugin to finish its work
-	// before killing it.
-	StopTimeout pipeline.Duration `yaml:"stop_timeout"`
-	// MaxResultSize bounds one result's data, in bytes.
-	MaxResultSize int `yaml:"max_result_size"`
+	Path           string            `yaml:"path" doc:"the plugin program (required): an executable file, absolute or relative to the router's working directory"`
+	Args           []string          `yaml:"args,omitempty" doc:"its command line arguments"`
+	Env            []string          `yaml:"env,omitempty" doc:"extra environment variables of the plugin, each \"NAME=value\""`
+	Config         map[string]any    `yaml:"config,omitempty" doc:"passed to the plugin as JSON in its Configure call; the SDK refuses unknown keys"`
+	Conversations  []string          `yaml:"conversations" doc:"glob patterns (path.Match) of the conversation ids the plugin sees; [\"*\"]: all"`
+	Subjects       []string          `yaml:"subjects,omitempty" doc:"NATS subjects (wildcards allowed) the plugin's results may be published on; none: plugin.<name> and plugin.<name>.>"`
+	Queue          int               `yaml:"queue" doc:"packets and bites that may wait for the plugin; more are dropped and counted"`
+	Batch          int               `yaml:"batch" doc:"most packets and bites in one stream message (1 to 4096)"`
+	Flush          pipeline.Duration `yaml:"flush" doc:"longest a packet waits for its batch to fill (at most 1s); 0s sends what is queued at once"`
+	StartTimeout   pipeline.Duration `yaml:"start_timeout" doc:"longest start of the plugin: launch, handshake and Configure"`
+	HealthInterval pipeline.Duration `yaml:"health_interval" doc:"how often the plugin is health-checked"`
+	StallTimeout   pipeline.Duration `yaml:"stall_timeout" doc:"a plugin that leaves a send blocked, or a health check unanswered, this long is hung: it is killed and restarted"`
+	Backoff        pipeline.Duration `yaml:"backoff" doc:"delay before the first restart; it doubles with each consecutive failure, up to max_backoff"`
+	MaxBackoff     pipeline.Duration `yaml:"max_backoff" doc:"longest delay between two restarts"`
+	MaxRestarts    int               `yaml:"max_restarts" doc:"consecutive failures after which the plugin is disabled (the router goes on without it)"`
+	StableAfter    pipeline.Duration `yaml:"stable_after" doc:"a plugin that ran this long counts as recovered: its failures are forgotten"`
+	StopTimeout    pipeline.Duration `yaml:"stop_timeout" doc:"at shutdown, how long the plugin may finish its work before it is killed"`
+	MaxResultSize  int               `yaml:"max_result_size" doc:"largest data of one result, in bytes"`
 }
 
 // DefaultSettings are the settings a plugin stage starts from.

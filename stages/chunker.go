@@ -20,20 +20,14 @@ import (
 // ChunkerKind is the bite chunker's kind name.
 const ChunkerKind = "bite-chunker"
 
-// ChunkerSettings control where bites are cut.
+// ChunkerSettings control where bites are cut. Each field's doc tag is its
+// documentation, the comment router -print-pipeline writes above it.
 type ChunkerSettings struct {
-	// Format is the bite encoding: "ogg-opus" (a complete Ogg Opus stream
-	// per bite) or "rtp" (the original router's one raw RTP packet per bite).
-	Format string `yaml:"format"`
-	// ThresholdDBov: packets quieter than this (RFC 6464 level) are silence.
-	ThresholdDBov int `yaml:"threshold_dbov"`
-	// Silence is how long a silence must last to end a bite. A gap in the
-	// RTP timestamps (DTX) of this length ends a bite too.
-	Silence pipeline.Duration `yaml:"silence"`
-	// Preroll is the audio kept before speech starts, and after it ends.
-	Preroll pipeline.Duration `yaml:"preroll"`
-	// MaxDuration ends a bite that grows this long, measured on RTP time.
-	MaxDuration pipeline.Duration `yaml:"max_duration"`
+	Format        string            `yaml:"format" doc:"bite encoding: \"ogg-opus\", a complete Ogg Opus stream per bite, or \"rtp\", the original router's one raw RTP packet per bite"`
+	ThresholdDBov int               `yaml:"threshold_dbov" doc:"packets quieter than this RFC 6464 audio level (dBov, -127 to 0) are silence"`
+	Silence       pipeline.Duration `yaml:"silence" doc:"this much silence, or a gap in the RTP timestamps (DTX) this long, ends a bite"`
+	Preroll       pipeline.Duration `yaml:"preroll" doc:"audio kept before speech starts and after it ends"`
+	MaxDuration   pipeline.Duration `yaml:"max_duration" doc:"longest bite, in RTP time: a longer utterance is cut into several bites"`
 }
 
 var chunkerKind = pipeline.Define(ChunkerKind,

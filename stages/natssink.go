@@ -23,29 +23,17 @@ import (
 // NATSSinkKind is the NATS sink's kind name.
 const NATSSinkKind = "nats-sink"
 
-// NATSSinkSettings configure where bites go.
+// NATSSinkSettings configure where bites go. Each field's doc tag is its
+// documentation, the comment router -print-pipeline writes above it.
 type NATSSinkSettings struct {
-	// BiteSubject carries a beep.Bite per bite.
-	BiteSubject string `yaml:"bite_subject"`
-	// StoreSubject carries beep.Store{type:"bite"} per bite; "" disables it.
-	StoreSubject string `yaml:"store_subject"`
-	// Queue is how many bites may wait for the publisher; more are
-	// dropped, counted.
-	Queue int `yaml:"queue"`
-	// SpoolBytes bounds the messages held while NATS is unreachable; they
-	// are sent, in order, when it returns. Past it new bites are dropped,
-	// counted and logged.
-	SpoolBytes int `yaml:"spool_bytes"`
-	// SpoolDir keeps the spool in this directory instead of memory, so that
-	// it survives a restart; "" spools in memory.
-	SpoolDir string `yaml:"spool_dir"`
-	// JetStream publishes with acknowledgement: a bite leaves the spool only
-	// once a JetStream stream holds it. The streams must exist.
-	JetStream bool `yaml:"jetstream"`
-	// AckTimeout bounds the wait for one JetStream acknowledgement.
-	AckTimeout pipeline.Duration `yaml:"ack_timeout"`
-	// Retry is how often a non-empty spool tries NATS again.
-	Retry pipeline.Duration `yaml:"retry"`
+	BiteSubject  string            `yaml:"bite_subject" doc:"NATS subject of a beep.Bite per bite"`
+	StoreSubject string            `yaml:"store_subject" doc:"NATS subject of a beep.Store{type: \"bite\"} per bite; \"\" sends none"`
+	Queue        int               `yaml:"queue" doc:"bites that may wait for the publisher; more are dropped and counted"`
+	SpoolBytes   int               `yaml:"spool_bytes" doc:"bytes of bites held while NATS is unreachable (64 MiB), sent in order when it returns; past it new bites are dropped, counted and logged"`
+	SpoolDir     string            `yaml:"spool_dir" doc:"spool in this directory instead of memory, so that held bites survive a restart; \"\": in memory"`
+	JetStream    bool              `yaml:"jetstream" doc:"publish with acknowledgement: a bite leaves the spool only once a JetStream stream holds it (at-least-once); the streams must exist"`
+	AckTimeout   pipeline.Duration `yaml:"ack_timeout" doc:"longest wait for one JetStream acknowledgement"`
+	Retry        pipeline.Duration `yaml:"retry" doc:"how often a non-empty spool tries NATS again"`
 }
 
 var natsSinkKind = pipeline.Define(NATSSinkKind,

@@ -239,8 +239,9 @@ func TestBinary(t *testing.T) {
 
 	t.Run("print pipeline", func(t *testing.T) {
 		out, err := exec.Command(bin, "-print-pipeline").Output()
-		if err != nil || !strings.Contains(string(out), "bite-chunker") {
-			t.Fatalf("%v: %s", err, out)
+		want, werr := defaultPipeline(registry()) // TestPrintPipeline checks it
+		if err != nil || werr != nil || string(out) != string(want) {
+			t.Fatalf("%v, %v: printed\n%s\nwant\n%s", err, werr, out, want)
 		}
 	})
 

@@ -25,7 +25,7 @@ func main() { os.Exit(run()) }
 
 func run() int {
 	dev := flag.Bool("dev", false, "local demo: listen on :8080, embedded NATS, allow-all permissions, identity from query parameters; refuses PERMISSIONS_HOST and AUTH_JWT_PUBLIC_KEY")
-	printPipeline := flag.Bool("print-pipeline", false, "print the default pipeline YAML (every stage and its default settings) and exit")
+	printPipeline := flag.Bool("print-pipeline", false, "print the default pipeline YAML (every stage and setting with its default, commented) and exit")
 	envFile := flag.String("env-file", ".env", "file of KEY=value lines that fill in settings the environment lacks; a missing .env is ignored, a missing file named with -env-file is an error")
 	flag.Parse()
 	envFileGiven := false
@@ -42,12 +42,9 @@ func run() int {
 		return 2
 	}
 	if *printPipeline {
-		c, err := pipelineConfig("", registry())
+		b, err := defaultPipeline(registry())
 		if err == nil {
-			var b []byte
-			if b, err = c.Marshal(); err == nil {
-				_, err = os.Stdout.Write(b)
-			}
+			_, err = os.Stdout.Write(b)
 		}
 		if err != nil {
 			fail("%v", err)
