@@ -55,15 +55,35 @@ func (p *Pipeline) Names() []string {
 
 // Open returns the chain of processors for one published track.
 func (p *Pipeline) Open(t *room.Track) (rtc.TrackSink, error) {
-	c := &Chain{track: t, procs: make([]Processor, len(p.stages))}
-	if len(p.stages) > 0 && p.stages[0].timing != nil {
-		c.timing = make([]prometheus.Observer, len(p.stages))
-		for i, s := range p.stages {
+	return open(t, p.stages)
+}
+
+// OpenRelayed returns the chain of processors for a track relayed from
+// another router (room.Manager.AddRemoteTrack): only the stages that run on
+// relayed tracks (Relayed: the gate, the forwarder). The others (bites,
+// plugins) run on the router the publisher is connected to, so that what
+// they make is made once in the cluster.
+func (p *Pipeline) OpenRelayed(t *room.Track) (rtc.TrackSink, error) {
+	var relayed []named
+	for _, s := range p.stages {
+		if r, ok := s.stage.(Relayed); ok && r.Relayed() {
+			relayed = append(relayed, s)
+		}
+	}
+	return open(t, relayed)
+}
+
+// open returns the chain of stages for t.
+func open(t *room.Track, stages []named) (rtc.TrackSink, error) {
+	c := &Chain{track: t, procs: make([]Processor, len(stages))}
+	if len(stages) > 0 && stages[0].timing != nil {
+		c.timing = make([]prometheus.Observer, len(stages))
+		for i, s := range stages {
 			c.timing[i] = s.timing
 		}
 	}
 	c.pkt.Track = t
-	for i, s := range p.stages {
+	for i, s := range stages {
 		proc, err := s.stage.Open(t, c.emitter(i+1))
 		if err != nil {
 			for _, opened := range c.procs[:i] {

@@ -52,3 +52,12 @@ func (Nop) Close() {}
 type Stats interface {
 	Stats() map[string]uint64
 }
+
+// Relayed is implemented by the stages that also run on tracks relayed
+// from another router of a cluster (Pipeline.OpenRelayed): those that
+// deliver to this router's own listeners (the gate, the forwarder). Stages
+// that make something once per publisher (bites, recordings) do not
+// implement it: they run only where the publisher is connected.
+type Relayed interface {
+	Relayed() bool
+}

@@ -57,6 +57,17 @@ type Config struct {
 	// closed instead. It is called with Manager.mu held and must not block.
 	// Nil means DefaultPeerGone.
 	PeerGone func(*rtc.Peer) bool
+	// Membership, if set, shares memberships with the other routers of a
+	// cluster (package cluster): Join tells it of every join made here,
+	// and a device of a user who is a member of no conversation here takes
+	// the membership it names. Nil: memberships are this router's own.
+	Membership Membership
+	// Changed, if set, is called whenever the conversations in which a
+	// device of this router listens may have changed (a join, a leave, a
+	// device connected or gone), for the cluster's interest in relayed
+	// media (Listening). It is called with Manager.mu held and must not
+	// block.
+	Changed func()
 }
 
 // DefaultMembershipTTL is the default Config.MembershipTTL.
@@ -183,6 +194,7 @@ func (m *Manager) expire(now time.Time) {
 		if c := u.conv.Swap(nil); c != nil {
 			m.leave(u, c)
 			m.log.Info(why, "user", u.ID, "conversation", c.ID, "ttl", ttl)
+			m.changed()
 		}
 		delete(m.users, u.ID)
 	}
@@ -218,6 +230,9 @@ func (m *Manager) Join(userID, convID string) error {
 	closePeers(evicted)
 	if c != nil {
 		c.sync()
+	}
+	if err == nil && m.cfg.Membership != nil {
+		m.cfg.Membership.Joined(userID, convID)
 	}
 	return err
 }
@@ -278,6 +293,7 @@ func (m *Manager) join(userID, convID string) (*Conversation, []*rtc.Peer, error
 		m.leave(u, old)
 	}
 	c.add(u, u.connectedDevices(), u.tracks())
+	m.changed()
 	m.log.Info("joined conversation", "user", userID, "conversation", convID)
 	return c, evicted, nil
 }
@@ -292,6 +308,7 @@ func (m *Manager) Leave(userID string) {
 	}
 	if old := u.conv.Swap(nil); old != nil {
 		m.leave(u, old)
+		m.changed()
 	}
 	m.forget(u)
 }
@@ -390,6 +407,7 @@ func (m *Manager) NewPeer(c claim.Claim) (*rtc.Peer, error) {
 	m.mu.Unlock()
 
 	closePeers(evicted)
+	m.adoptMembership(u)
 
 	if old != nil {
 		old.peer.CloseWith(ErrReplaced) // logged by the peer
@@ -480,6 +498,7 @@ func (m *Manager) evict(g []goneDevice) []*rtc.Peer {
 			c.removeDevice(e.d)
 		}
 		peers = append(peers, e.d.peer)
+		m.changed()
 		m.log.Info("gone device evicted to make room for another", "user", e.u.ID, "client", e.id)
 	}
 	return peers
@@ -535,6 +554,7 @@ func (m *Manager) connected(d *device) *Conversation {
 	c := u.conv.Load()
 	if c != nil {
 		c.add(u, []*device{d}, nil)
+		m.changed()
 	}
 	return c
 }
@@ -556,6 +576,7 @@ func (m *Manager) deviceClosed(d *device) {
 	}
 	if c := u.conv.Load(); c != nil {
 		c.removeDevice(d)
+		m.changed()
 	}
 	m.forget(u)
 }

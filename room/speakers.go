@@ -73,13 +73,13 @@ func assign(d *device, ranked []*Track, byUp map[*rtc.UpTrack]*Track, now int64)
 	}
 	for _, s := range slots {
 		if up := s.Source(); up != nil {
-			if t := byUp[up]; t == nil || t.User() == d.user {
+			if t := byUp[up]; t == nil || t.ownedBy(d.user) {
 				s.SetSource(nil)
 			}
 		}
 	}
 	for _, t := range ranked {
-		if t.User() == d.user || owns(t) {
+		if t.ownedBy(d.user) || owns(t) {
 			continue
 		}
 		active := t.Active(now)

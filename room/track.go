@@ -18,8 +18,11 @@ type Track struct {
 	// member is the membership the track's packets follow: its Beep user's
 	// conversation, or its participant's.
 	member *atomic.Pointer[Conversation]
-	user   *User        // nil for a participant's track
+	user   *User        // nil for a participant's or a remote track
 	part   *Participant // nil for a Beep device's track
+	// remoteUser is the publishing user of a track relayed from another
+	// router (AddRemoteTrack); "" for a local track.
+	remoteUser string
 
 	// activeUntil is when the speaker stops counting as active (unix ns):
 	// the last loud packet plus the forwarder's hangover. Zero: never loud.

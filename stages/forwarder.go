@@ -20,18 +20,13 @@ import (
 // ForwarderKind is the forwarder's kind name.
 const ForwarderKind = "forwarder"
 
-// ForwarderSettings tune speaker selection.
+// ForwarderSettings tune speaker selection. Each field's doc tag is its
+// documentation, the comment router -print-pipeline writes above it.
 type ForwarderSettings struct {
-	// ThresholdDBov: a packet at least this loud (RFC 6464 level) is speech.
-	ThresholdDBov int `yaml:"threshold_dbov"`
-	// Hangover keeps a speaker active this long after its last loud packet,
-	// so that slots do not flap between speakers at every pause.
-	Hangover pipeline.Duration `yaml:"hangover"`
-	// Retry is how often a speaker waiting for a slot asks again.
-	Retry pipeline.Duration `yaml:"retry"`
-	// ShardMin: a packet for at least twice this many slots is written by
-	// idle cores in parts of at least this many (fanout.go); 0: never.
-	ShardMin int `yaml:"shard_min"`
+	ThresholdDBov int               `yaml:"threshold_dbov" doc:"a packet at least this loud (RFC 6464 audio level, dBov, -127 to 0) is speech"`
+	Hangover      pipeline.Duration `yaml:"hangover" doc:"a speaker stays active this long after its last loud packet, so that slots do not flap between speakers at every pause"`
+	Retry         pipeline.Duration `yaml:"retry" doc:"how often a speaker waiting for a free slot asks again"`
+	ShardMin      int               `yaml:"shard_min" doc:"a packet for at least twice this many slots is written by idle cores in parts of at least this many; 0: never"`
 }
 
 var forwarderKind = pipeline.Define(ForwarderKind,
@@ -208,3 +203,7 @@ func (fp *forwarderProc) Close() {
 	f.closed.failed.Add(fp.count.failed.Load())
 	f.closed.sharded.Add(fp.count.sharded.Load())
 }
+
+// Relayed implements pipeline.Relayed: the forwarder also runs on tracks
+// relayed from another router.
+func (*Forwarder) Relayed() bool { return true }

@@ -17,7 +17,7 @@ type GateSettings struct{}
 
 var gateKind = func() pipeline.Kind {
 	k := pipeline.Define(GateKind,
-		"drops the packets of users who are not members of a conversation",
+		"drops the packets of users who are not members of a conversation; the first stage of every pipeline, no settings",
 		GateSettings{},
 		func(env pipeline.Env, name string, s *GateSettings) (pipeline.Stage, error) {
 			return &Gate{}, nil
@@ -61,3 +61,7 @@ func (gp gateProc) HandlePacket(p *pipeline.Packet) bool {
 
 func (gateProc) HandleBite(*pipeline.Bite) {}
 func (gateProc) Close()                    {}
+
+// Relayed implements pipeline.Relayed: the gate also runs on tracks
+// relayed from another router.
+func (*Gate) Relayed() bool { return true }

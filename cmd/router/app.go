@@ -19,6 +19,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/cluster"
 	"github.com/beepvoice/router/internal/origin"
 	"github.com/beepvoice/router/metrics"
 	"github.com/beepvoice/router/permissions"
@@ -43,6 +44,7 @@ type app struct {
 	nc      *nats.Conn
 	pipe    *pipeline.Pipeline
 	rooms   *room.Manager
+	cluster *cluster.Node // with CLUSTER on, else nil
 	devices *devices.Service
 	demo    *demo.Server // -dev only
 	sylk    *sylk.Server
@@ -126,7 +128,7 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 		}
 		return nil, fmt.Errorf("PIPELINE %s: %w", cfg.Pipeline, err)
 	}
-	a.rooms, err = room.New(room.Config{
+	roomsCfg := room.Config{
 		Media: rtc.Config{
 			ICEIPs:              cfg.ICEIPs,
 			PublicIPs:           cfg.PublicIPs,
@@ -151,9 +153,36 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 		MaxConversations:        cfg.MaxConvs,
 		MembershipTTL:           cfg.MembershipTTL,
 		IdleMembershipTTL:       cfg.IdleTTL,
-	})
+	}
+	if cfg.Cluster {
+		// Memberships shared and media relayed with the other routers
+		// on this NATS (package cluster).
+		a.cluster, err = cluster.New(cluster.Config{
+			NATS:          a.nc,
+			Logger:        log,
+			Replicas:      cfg.MembershipReplicas,
+			MembershipTTL: cfg.MembershipTTL,
+			Heartbeat:     cfg.ClusterHeartbeat,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+		if err := a.cluster.Metrics(promReg); err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+		roomsCfg.Sink = a.cluster.Sink(a.pipe)
+		roomsCfg.Membership = a.cluster
+		roomsCfg.Changed = a.cluster.Changed
+	}
+	a.rooms, err = room.New(roomsCfg)
 	if err != nil {
 		return nil, fmt.Errorf("media: %w", err)
+	}
+	if a.cluster != nil {
+		if err := a.cluster.Start(a.rooms, a.pipe); err != nil {
+			return nil, err
+		}
+		log.Info("cluster: relaying with the routers on this NATS", "router", a.cluster.ID())
 	}
 
 	var perms permissions.Checker = permissions.AllowAll{}
@@ -483,6 +512,10 @@ func (a *app) shutdown(ctx context.Context) error {
 		if err := a.rooms.Close(ctx); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	// After the rooms: the end of their tracks is still relayed.
+	if a.cluster != nil {
+		a.cluster.Close()
 	}
 	if a.turnSrv != nil {
 		if err := a.turnSrv.Close(); err != nil {

@@ -63,6 +63,10 @@ type config struct {
 	ArbiterOrigins         []string
 	ArbiterMaxParticipants int
 	ArbiterReplicas        int
+	// Scale-out across routers on one NATS (package cluster).
+	Cluster            bool
+	ClusterHeartbeat   time.Duration
+	MembershipReplicas int
 	// The Sylk API (signal/sylk).
 	SylkAccounts            string
 	SylkRingTimeout         time.Duration
@@ -135,6 +139,9 @@ var settings = []setting{
 	{"CONNECT_MAX_PENDING_PER_ADDR", "16", "most /connect sockets of one client address that have not sent their offer yet; past it 429 before the upgrade; 0: no limit"},
 	{"CONNECT_MAX_PENDING", "1000", "most /connect sockets of all clients that have not sent their offer yet; past it 503; 0: no limit"},
 	{"NATS_STORE_DIR", "", "with NATS=embedded, the directory of the embedded JetStream store (the Arbiter rooms), kept across restarts; empty: a temporary directory removed at exit"},
+	{"CLUSTER", "auto", "`on`: share memberships (JetStream bucket) and relay media with the other routers on the same NATS; `off`: this router alone; `auto`: on with an external NATS, off with `embedded`"},
+	{"CLUSTER_HEARTBEAT", "500ms", "how often a router announces the conversations it listens in; a router silent for three heartbeats is no longer relayed to"},
+	{"MEMBERSHIP_REPLICAS", "1", "replicas of the shared memberships' JetStream bucket (3 on a 3-node NATS cluster)"},
 	{"ARBITER_MAX_ROOMS", "10000", "most Arbiter rooms (PUT/POST /createRoom answers 503 past it); 0: no limit"},
 	{"ARBITER_IDLE_ROOMS", "0", "unclaimed Arbiter rooms kept ready (made at start and after each claim)"},
 	{"ARBITER_ORIGINS", "*", "comma list of origins allowed to use the Arbiter API and gateway (CORS and the WebSocket Origin check); * allows all"},
@@ -312,6 +319,17 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 	c.ArbiterIdleRooms = integer("ARBITER_IDLE_ROOMS", 0, 1<<16)
 	c.ArbiterMaxParticipants = integer("ARBITER_MAX_PARTICIPANTS", 0, 1<<20)
 	c.ArbiterReplicas = integer("ARBITER_REPLICAS", 1, 5)
+	switch v := get("CLUSTER"); v {
+	case "on":
+		c.Cluster = true
+	case "off":
+	case "auto":
+		c.Cluster = c.NATS != nil
+	default:
+		bad("CLUSTER", errors.New("want on, off or auto"))
+	}
+	c.ClusterHeartbeat = duration("CLUSTER_HEARTBEAT")
+	c.MembershipReplicas = integer("MEMBERSHIP_REPLICAS", 1, 5)
 	for _, o := range splitList(get("ARBITER_ORIGINS")) {
 		if u, err := url.Parse(o); o != "*" && (err != nil || u.Scheme == "" || u.Host == "") {
 			bad("ARBITER_ORIGINS", fmt.Errorf("%q is not an origin such as https://app.example.org", o))

@@ -47,6 +47,28 @@ func TestLoadConfig(t *testing.T) {
 		{name: "bad duration", env: map[string]string{"CONNECT_TIMEOUT": "soon"}, wantErr: "CONNECT_TIMEOUT"},
 		{name: "negative duration", env: map[string]string{"PERMISSIONS_TIMEOUT": "-1s"}, wantErr: "PERMISSIONS_TIMEOUT"},
 		{name: "bad log format", env: map[string]string{"LOG_FORMAT": "xml"}, wantErr: "LOG_FORMAT"},
+		{name: "cluster auto: off with embedded NATS", check: func(t *testing.T, c config) {
+			if c.Cluster {
+				t.Fatal("CLUSTER=auto is on with embedded NATS")
+			}
+		}},
+		{name: "cluster auto: on with external NATS", env: map[string]string{"NATS": "nats://a:4222"}, check: func(t *testing.T, c config) {
+			if !c.Cluster || c.ClusterHeartbeat != 500*time.Millisecond || c.MembershipReplicas != 1 {
+				t.Fatalf("cluster: %v %v %v", c.Cluster, c.ClusterHeartbeat, c.MembershipReplicas)
+			}
+		}},
+		{name: "cluster off", env: map[string]string{"NATS": "nats://a:4222", "CLUSTER": "off"}, check: func(t *testing.T, c config) {
+			if c.Cluster {
+				t.Fatal("CLUSTER=off is on")
+			}
+		}},
+		{name: "cluster on with embedded NATS", env: map[string]string{"CLUSTER": "on"}, check: func(t *testing.T, c config) {
+			if !c.Cluster {
+				t.Fatal("CLUSTER=on is off")
+			}
+		}},
+		{name: "bad cluster", env: map[string]string{"CLUSTER": "maybe"}, wantErr: "CLUSTER"},
+		{name: "bad membership replicas", env: map[string]string{"MEMBERSHIP_REPLICAS": "9"}, wantErr: "MEMBERSHIP_REPLICAS"},
 		{name: "bad log level", env: map[string]string{"LOG_LEVEL": "loud"}, wantErr: "LOG_LEVEL"},
 		{name: "bad slots", env: map[string]string{"MAX_SLOTS": "0"}, wantErr: "MAX_SLOTS"},
 		{name: "two errors at once", env: map[string]string{"UDP_PORT": "x", "LOG_FORMAT": "xml"}, wantErr: "UDP_PORT"},

@@ -1,0 +1,133 @@
+package cluster
+
+import (
+	"encoding/binary"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/beepvoice/router/internal/testutil"
+)
+
+// BenchmarkRelaySend is the publisher's side on the track's goroutine: the
+// relay's check of interest, the frame's encoding into a free frame and
+// its queueing for a sender goroutine, which publishes it on a real NATS
+// connection (its allocations count too: -benchmem measures the process).
+func BenchmarkRelaySend(b *testing.B) {
+	ns := testutil.StartNATS(b, testutil.JetStream)
+	a := newRouter(b, ns.URL())
+	if err := a.rooms.Join("alice", "c-1"); err != nil {
+		b.Fatal(err)
+	}
+	a.node.interest.set("other", []string{"c-1"}, time.Now(), time.Hour)
+	tr := openRelay(b, a, "alice")
+	pkt := rtpPacket(1)
+	now := time.Now()
+	// Paced as a busy router is: a burst of 64 packets, then the senders
+	// catch up, so that the figure is the cost of relaying, not of drops.
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		binary.BigEndian.PutUint16(pkt[2:4], uint16(i))
+		if err := tr.WriteRTP(pkt, now); err != nil {
+			b.Fatal(err)
+		}
+		if i%64 == 63 {
+			waitIdle(a.node)
+		}
+	}
+	waitIdle(a.node)
+	b.StopTimer()
+	s := a.node.Stats()
+	b.ReportMetric(float64(s.DropQueue)/float64(b.N), "drops/op")
+	tr.Close()
+}
+
+// waitIdle waits until every frame of n is back in its free list.
+func waitIdle(n *Node) {
+	for _, s := range n.shards {
+		for len(s.free) != cap(s.free) {
+			runtime.Gosched()
+		}
+	}
+}
+
+// BenchmarkRelayReceive is the receiving side past NATS: a frame's parsing,
+// the remote track's lookup, its packet cache and its relayed pipeline
+// chain (gate and forwarder; no slot listens, so no fan-out).
+func BenchmarkRelayReceive(b *testing.B) {
+	ns := testutil.StartNATS(b, testutil.JetStream)
+	r := newRouter(b, ns.URL())
+	if err := r.rooms.Join("bob", "c-1"); err != nil { // c-1 exists here
+		b.Fatal(err)
+	}
+	s := &relaySub{n: r.node, conv: "c-1", tracks: make(map[uint64]*remoteTrack)}
+	defer s.close0()
+	frame := appendFrame(nil, kindPacket, 1, 99, 7, time.Now().UnixNano(), "alice", "alice-phone", rtpPacket(1))
+	raw := frame[len(frame)-len(rtpPacket(1)):]
+	now := time.Now()
+	s.handle(frame, now)
+	if r.node.Stats().RemoteTracks != 1 {
+		b.Fatal("no remote track")
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		binary.BigEndian.PutUint16(raw[2:4], uint16(i+2))
+		s.handle(frame, now)
+	}
+}
+
+// BenchmarkRelayReceiveNATS is the receiving side with nats.go's delivery:
+// frames published on one connection, handled by a relay subscription of
+// another. nats.go allocates its Msg per message: that is its cost, not
+// the relay's (BenchmarkRelayReceive).
+func BenchmarkRelayReceiveNATS(b *testing.B) {
+	ns := testutil.StartNATS(b, testutil.JetStream)
+	r := newRouter(b, ns.URL())
+	if err := r.rooms.Join("bob", "c-1"); err != nil {
+		b.Fatal(err)
+	}
+	s := &relaySub{n: r.node, conv: "c-1", tracks: make(map[uint64]*remoteTrack)}
+	defer s.close0()
+	done := make(chan struct{})
+	want := uint64(b.N)
+	sub, err := r.nc.Subscribe("bench.relay", func(m *nats.Msg) {
+		s.onMsg(m)
+		if r.node.count.in.Load() == want {
+			close(done)
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	_ = sub.SetPendingLimits(-1, -1)
+	if err := r.nc.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	pub := connect(b, ns.URL())
+	frame := appendFrame(nil, kindPacket, 1, 99, 7, time.Now().UnixNano(), "alice", "alice-phone", rtpPacket(1))
+	raw := frame[len(frame)-len(rtpPacket(1)):]
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		binary.BigEndian.PutUint16(raw[2:4], uint16(i))
+		if err := pub.Publish("bench.relay", frame); err != nil {
+			b.Fatal(err)
+		}
+	}
+	<-done
+}
+
+// close0 ends the subscription's tracks when it has no NATS subscription.
+func (s *relaySub) close0() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, rt := range s.tracks {
+		delete(s.tracks, k)
+		s.end(rt)
+	}
+}

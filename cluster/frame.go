@@ -1,0 +1,179 @@
+package cluster
+
+import (
+	"encoding/binary"
+	"errors"
+	"strings"
+)
+
+// The relay frame: one RTP packet of a publisher, or the end of its track,
+// as one core NATS message. Fixed header, big endian, then the ids and the
+// packet; no protobuf, and neither side allocates per frame.
+//
+//	0      version (frameVersion)
+//	1      kind: kindPacket or kindEnd
+//	2      the publisher's audio level extension id (RFC 6464), 0: none
+//	3      length of the user id (U)
+//	4      length of the client id (C)
+//	5..7   reserved, 0
+//	8..15  track key: names the relayed track on its router
+//	16..23 arrival at the publisher's router, unix ns
+//	24..31 origin: the publisher's router (a router's own subscriptions
+//	       receive its own frames: it skips them)
+//	32..   user id, client id, then (kindPacket) the RTP packet as received,
+//	       after SRTP decryption, header extensions (the audio level) included
+//
+// The ids travel in every frame, so that a router that starts listening
+// mid-stream can make the remote track from any frame; they cost a few
+// tens of bytes beside the packet.
+const (
+	frameVersion = 1
+	headerLen    = 32
+	kindPacket   = 1
+	kindEnd      = 2
+	// maxID bounds the user and client ids a frame carries.
+	maxID = 255
+)
+
+// Frame errors (static: the receive path allocates nothing, even for bad
+// frames).
+var (
+	errShort    = errors.New("relay frame: short")
+	errVersion  = errors.New("relay frame: unknown version")
+	errKind     = errors.New("relay frame: unknown kind")
+	errNoPacket = errors.New("relay frame: packet missing or not RTP")
+)
+
+// frame is a parsed relay frame; its slices alias the message.
+type frame struct {
+	kind    byte
+	ext     uint8
+	key     uint64
+	origin  uint64
+	arrival int64
+	user    []byte
+	client  []byte
+	raw     []byte // kindPacket: the RTP packet
+}
+
+// appendFrame appends a frame to dst.
+func appendFrame(dst []byte, kind, ext byte, origin, key uint64, arrival int64, user, client string, raw []byte) []byte {
+	var h [headerLen]byte
+	h[0], h[1], h[2], h[3], h[4] = frameVersion, kind, ext, byte(len(user)), byte(len(client))
+	binary.BigEndian.PutUint64(h[8:16], key)
+	binary.BigEndian.PutUint64(h[16:24], uint64(arrival))
+	binary.BigEndian.PutUint64(h[24:32], origin)
+	dst = append(dst, h[:]...)
+	dst = append(dst, user...)
+	dst = append(dst, client...)
+	return append(dst, raw...)
+}
+
+// parseFrame parses b without copying.
+func parseFrame(b []byte) (frame, error) {
+	if len(b) < headerLen {
+		return frame{}, errShort
+	}
+	if b[0] != frameVersion {
+		return frame{}, errVersion
+	}
+	f := frame{
+		kind:    b[1],
+		ext:     b[2],
+		key:     binary.BigEndian.Uint64(b[8:16]),
+		arrival: int64(binary.BigEndian.Uint64(b[16:24])),
+		origin:  binary.BigEndian.Uint64(b[24:32]),
+	}
+	u, c := int(b[3]), int(b[4])
+	if len(b) < headerLen+u+c {
+		return frame{}, errShort
+	}
+	f.user = b[headerLen : headerLen+u]
+	f.client = b[headerLen+u : headerLen+u+c]
+	f.raw = b[headerLen+u+c:]
+	switch f.kind {
+	case kindPacket:
+		if len(f.raw) < 12 || f.raw[0]>>6 != 2 || u == 0 {
+			return frame{}, errNoPacket
+		}
+	case kindEnd:
+	default:
+		return frame{}, errKind
+	}
+	return f, nil
+}
+
+// token escapes id into one NATS subject token or JetStream key token:
+// ASCII letters, digits, '-' and '_' stay, every other byte becomes =XX
+// ('=' included, so the mapping is injective); "" becomes "=".
+func token(id string) string {
+	if id == "" {
+		return "="
+	}
+	clean := true
+	for i := 0; i < len(id) && clean; i++ {
+		clean = safe(id[i])
+	}
+	if clean {
+		return id
+	}
+	const hexdig = "0123456789ABCDEF"
+	var b strings.Builder
+	b.Grow(len(id) * 3)
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if safe(c) {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('=')
+		b.WriteByte(hexdig[c>>4])
+		b.WriteByte(hexdig[c&15])
+	}
+	return b.String()
+}
+
+func safe(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_'
+}
+
+// untoken reverses token; ok is false for a string token never returns.
+func untoken(s string) (string, bool) {
+	if s == "" {
+		return "", false
+	}
+	if s == "=" {
+		return "", true
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != '=' {
+			if !safe(c) {
+				return "", false
+			}
+			b.WriteByte(c)
+			continue
+		}
+		if i+2 >= len(s) {
+			return "", false
+		}
+		hi, lo := unhex(s[i+1]), unhex(s[i+2])
+		if hi < 0 || lo < 0 {
+			return "", false
+		}
+		b.WriteByte(byte(hi<<4 | lo))
+		i += 2
+	}
+	return b.String(), true
+}
+
+func unhex(c byte) int {
+	switch {
+	case '0' <= c && c <= '9':
+		return int(c - '0')
+	case 'A' <= c && c <= 'F':
+		return int(c-'A') + 10
+	}
+	return -1
+}

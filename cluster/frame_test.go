@@ -1,0 +1,80 @@
+package cluster
+
+import (
+	"bytes"
+	"testing"
+)
+
+func TestFrameRoundTrip(t *testing.T) {
+	raw := []byte{0x90, 111, 0, 7, 0, 0, 3, 0xc0, 0xde, 0xad, 0xbe, 0xef, 0xf8, 0xff, 0xfe}
+	b := appendFrame(nil, kindPacket, 1, 42, 7, 1234567890, "alice", "phone", raw)
+	f, err := parseFrame(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.kind != kindPacket || f.ext != 1 || f.origin != 42 || f.key != 7 || f.arrival != 1234567890 ||
+		string(f.user) != "alice" || string(f.client) != "phone" || !bytes.Equal(f.raw, raw) {
+		t.Fatalf("parsed %+v", f)
+	}
+	end, err := parseFrame(appendFrame(nil, kindEnd, 0, 42, 7, 1, "alice", "phone", nil))
+	if err != nil || end.kind != kindEnd || end.key != 7 {
+		t.Fatalf("end frame: %+v %v", end, err)
+	}
+	for name, bad := range map[string][]byte{
+		"short":       b[:headerLen-1],
+		"ids cut":     b[:headerLen+3],
+		"no packet":   appendFrame(nil, kindPacket, 1, 42, 7, 1, "alice", "phone", raw[:11]),
+		"not RTP":     appendFrame(nil, kindPacket, 1, 42, 7, 1, "alice", "phone", append([]byte{0x10}, raw[1:]...)),
+		"no user":     appendFrame(nil, kindPacket, 1, 42, 7, 1, "", "phone", raw),
+		"kind":        appendFrame(nil, 9, 1, 42, 7, 1, "alice", "phone", raw),
+		"version":     append([]byte{2}, b[1:]...),
+		"empty":       nil,
+		"header only": b[:headerLen],
+	} {
+		if _, err := parseFrame(bad); err == nil {
+			t.Errorf("%s: parsed", name)
+		}
+	}
+}
+
+func TestTokenIsInjectiveAndReversible(t *testing.T) {
+	seen := map[string]string{}
+	for _, id := range []string{"", "=", "a", "a.b", "a=2Eb", "conv-1", "u_1", "é", "a b", "*", ">", "%41", "A"} {
+		tok := token(id)
+		for i := 0; i < len(tok); i++ {
+			if !safe(tok[i]) && tok[i] != '=' {
+				t.Fatalf("token(%q) = %q has %q", id, tok, tok[i])
+			}
+		}
+		if other, dup := seen[tok]; dup {
+			t.Fatalf("token(%q) = token(%q) = %q", id, other, tok)
+		}
+		seen[tok] = id
+		back, ok := untoken(tok)
+		if !ok || back != id {
+			t.Fatalf("untoken(token(%q)) = %q, %v", id, back, ok)
+		}
+	}
+	for _, bad := range []string{"", "=4", "=ZZ", "a.b", "=4x"} {
+		if _, ok := untoken(bad); ok {
+			t.Errorf("untoken(%q) accepted", bad)
+		}
+	}
+}
+
+// FuzzParseFrame: no frame makes the parser panic, and what it accepts
+// encodes back to the same bytes.
+func FuzzParseFrame(f *testing.F) {
+	f.Add(appendFrame(nil, kindPacket, 1, 42, 7, 1, "alice", "phone", []byte{0x80, 111, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9}))
+	f.Add(appendFrame(nil, kindEnd, 0, 42, 7, 1, "alice", "phone", nil))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fr, err := parseFrame(b)
+		if err != nil {
+			return
+		}
+		again := appendFrame(nil, fr.kind, fr.ext, fr.origin, fr.key, fr.arrival, string(fr.user), string(fr.client), fr.raw)
+		if !bytes.Equal(again[:4], b[:4]) || !bytes.Equal(again[8:], b[8:]) {
+			t.Fatalf("re-encoded differently:\n%x\n%x", b, again)
+		}
+	})
+}

@@ -1,0 +1,248 @@
+package cluster
+
+import (
+	"encoding/json"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Interest: which other routers listen in which conversation. Every router
+// publishes on <prefix>interest the whole list of conversations it has
+// listening devices in, every heartbeat and at once when it changes; a
+// router not heard from for three of its heartbeats, or that said goodbye,
+// listens nowhere. A publisher's track reads the number of routers
+// interested in its conversation from an entry it holds, with one atomic
+// load per packet.
+
+// Interest operations.
+const (
+	opHeartbeat = "hb"   // the sender listens in Convs (a full list)
+	opBye       = "bye"  // the sender is closing
+	opSync      = "sync" // the sender started: please announce now
+)
+
+// interestMsg is published on <prefix>interest.
+type interestMsg struct {
+	Op     string   `json:"op"`
+	Router string   `json:"r"`
+	Convs  []string `json:"c,omitempty"`
+	// Beat is the sender's heartbeat in ms, so that routers with different
+	// heartbeats expire each other correctly.
+	Beat int64 `json:"hb,omitempty"`
+}
+
+// interest is what this router knows of the others' interest.
+type interest struct {
+	mu      sync.Mutex
+	entries map[string]*interestEntry // by conversation
+	routers map[string]*remoteRouter  // by router id
+}
+
+// interestEntry counts the routers interested in one conversation.
+type interestEntry struct {
+	conv string
+	// routers is read on the packet path.
+	routers atomic.Int32
+	// Guarded by interest.mu: the routers, and the tracks holding the
+	// entry (it is forgotten once neither has any).
+	set   map[string]struct{}
+	holds int
+}
+
+// remoteRouter is another router's last announcement.
+type remoteRouter struct {
+	convs  []string
+	seen   time.Time
+	expiry time.Duration
+}
+
+func (in *interest) init() {
+	in.entries = make(map[string]*interestEntry)
+	in.routers = make(map[string]*remoteRouter)
+}
+
+// entryLocked returns conv's entry, making it. Callers hold in.mu.
+func (in *interest) entryLocked(conv string) *interestEntry {
+	e := in.entries[conv]
+	if e == nil {
+		e = &interestEntry{conv: conv, set: make(map[string]struct{})}
+		in.entries[conv] = e
+	}
+	return e
+}
+
+// forgetLocked drops e once nothing refers to it. Callers hold in.mu.
+func (in *interest) forgetLocked(e *interestEntry) {
+	if e.holds == 0 && len(e.set) == 0 && in.entries[e.conv] == e {
+		delete(in.entries, e.conv)
+	}
+}
+
+// hold returns conv's entry for a track to read until release.
+func (in *interest) hold(conv string) *interestEntry {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	e := in.entryLocked(conv)
+	e.holds++
+	return e
+}
+
+// release lets go of an entry of hold.
+func (in *interest) release(e *interestEntry) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	e.holds--
+	in.forgetLocked(e)
+}
+
+// set records that router listens in convs (nil: nowhere).
+func (in *interest) set(router string, convs []string, now time.Time, expiry time.Duration) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	r := in.routers[router]
+	var old []string
+	if r != nil {
+		old = r.convs
+	}
+	for _, c := range old {
+		if !slices.Contains(convs, c) {
+			e := in.entries[c]
+			if e == nil {
+				continue
+			}
+			delete(e.set, router)
+			e.routers.Store(int32(len(e.set)))
+			in.forgetLocked(e)
+		}
+	}
+	for _, c := range convs {
+		e := in.entryLocked(c)
+		if _, ok := e.set[router]; !ok {
+			e.set[router] = struct{}{}
+			e.routers.Store(int32(len(e.set)))
+		}
+	}
+	if convs == nil {
+		delete(in.routers, router)
+		return
+	}
+	if r == nil {
+		r = &remoteRouter{}
+		in.routers[router] = r
+	}
+	r.convs, r.seen, r.expiry = convs, now, expiry
+}
+
+// expire forgets the routers not heard from in time.
+func (in *interest) expire(now time.Time) (gone []string) {
+	in.mu.Lock()
+	for id, r := range in.routers {
+		if now.Sub(r.seen) > r.expiry {
+			gone = append(gone, id)
+		}
+	}
+	in.mu.Unlock()
+	for _, id := range gone {
+		in.set(id, nil, now, 0)
+	}
+	return gone
+}
+
+// relayed returns the number of conversations relayed out (some other
+// router listens in them) and of routers heard from.
+func (in *interest) relayed() (convs, routers int) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for _, e := range in.entries {
+		if len(e.set) > 0 {
+			convs++
+		}
+	}
+	return convs, len(in.routers)
+}
+
+// onInterest handles another router's announcement.
+func (n *Node) onInterest(m *nats.Msg) {
+	var im interestMsg
+	if err := json.Unmarshal(m.Data, &im); err != nil || im.Router == "" || im.Router == n.cfg.ID {
+		return
+	}
+	switch im.Op {
+	case opHeartbeat:
+		beat := time.Duration(im.Beat) * time.Millisecond
+		if beat <= 0 {
+			beat = DefaultHeartbeat
+		}
+		convs := im.Convs
+		if convs == nil {
+			convs = []string{}
+		}
+		n.interest.set(im.Router, convs, time.Now(), 3*beat)
+	case opBye:
+		n.interest.set(im.Router, nil, time.Now(), 0)
+		n.log.Info("cluster: router left", "peer", im.Router)
+	case opSync:
+		n.forceAnnounce.Store(true)
+		n.Changed()
+	}
+}
+
+// publishInterest announces this router's interest.
+func (n *Node) publishInterest(op string, convs []string) {
+	b, err := json.Marshal(interestMsg{Op: op, Router: n.cfg.ID, Convs: convs, Beat: n.cfg.Heartbeat.Milliseconds()})
+	if err != nil {
+		return
+	}
+	if err := n.nc.Publish(n.cfg.Prefix+"interest", b); err != nil {
+		n.log.Debug("cluster: interest not announced", "err", err)
+	}
+}
+
+// loop follows the conversations this router listens in: it subscribes to
+// their relay subjects, leaves those it no longer listens in, announces
+// them, and expires silent routers and idle remote tracks.
+func (n *Node) loop() {
+	defer n.bg.Done()
+	t := time.NewTicker(n.cfg.Heartbeat)
+	defer t.Stop()
+	var last []string
+	for {
+		beat := false
+		select {
+		case <-n.quit:
+			return
+		case <-n.kick:
+		case now := <-t.C:
+			beat = true
+			for _, id := range n.interest.expire(now) {
+				n.log.Info("cluster: router silent: no longer relayed to", "peer", id)
+			}
+			n.expireRemote(now)
+		}
+		convs := n.rooms.Listening()
+		slices.Sort(convs)
+		n.follow(convs)
+		if beat || n.forceAnnounce.Swap(false) || !slices.Equal(convs, last) {
+			if convs == nil {
+				convs = []string{}
+			}
+			n.publishInterest(opHeartbeat, convs)
+			last = convs
+		}
+	}
+}
+
+// Relaying returns the number of other routers this router relays
+// conversation conv to now (those listening in it).
+func (n *Node) Relaying(conv string) int {
+	n.interest.mu.Lock()
+	defer n.interest.mu.Unlock()
+	if e := n.interest.entries[conv]; e != nil {
+		return len(e.set)
+	}
+	return 0
+}

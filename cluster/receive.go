@@ -1,0 +1,207 @@
+package cluster
+
+import (
+	"encoding/binary"
+	"errors"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/room"
+	"github.com/beepvoice/router/rtc"
+)
+
+// The receiving side: one subscription per conversation this router
+// listens in, and in it one remote track per relayed publisher.
+
+// Bounds of one relay subscription's queue in nats.go (its own goroutine
+// delivers in order); past them nats.go drops and counts (Dropped).
+const (
+	subPendingMsgs  = 4096
+	subPendingBytes = 4 << 20
+)
+
+// relaySub receives one conversation's relayed media.
+type relaySub struct {
+	n    *Node
+	conv string
+	sub  *nats.Subscription
+
+	// mu guards tracks: the subscription's goroutine and the expiry take
+	// it, nothing else.
+	mu     sync.Mutex
+	tracks map[uint64]*remoteTrack
+	closed bool
+}
+
+// remoteTrack is a publisher of another router, as fed here.
+type remoteTrack struct {
+	t    *room.Track // nil: refused (retried after a while)
+	sink rtc.TrackSink
+	last int64 // unix ns of its last frame, or of the refusal
+}
+
+// follow subscribes to the relay subjects of convs (sorted) and leaves
+// the others.
+func (n *Node) follow(convs []string) {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return
+	}
+	var gone []*relaySub
+	for c, s := range n.subs {
+		if _, ok := slices.BinarySearch(convs, c); !ok {
+			gone = append(gone, s)
+			delete(n.subs, c)
+		}
+	}
+	for _, c := range convs {
+		if n.subs[c] != nil {
+			continue
+		}
+		s := &relaySub{n: n, conv: c, tracks: make(map[uint64]*remoteTrack)}
+		sub, err := n.nc.Subscribe(n.relaySubject(c), s.onMsg)
+		if err != nil {
+			n.log.Warn("cluster: cannot subscribe to a relay", "conversation", c, "err", err)
+			continue
+		}
+		_ = sub.SetPendingLimits(subPendingMsgs, subPendingBytes)
+		s.sub = sub
+		n.subs[c] = s
+	}
+	n.mu.Unlock()
+	for _, s := range gone {
+		s.close()
+	}
+}
+
+// onMsg handles one relay frame, on the subscription's goroutine.
+func (s *relaySub) onMsg(m *nats.Msg) {
+	s.handle(m.Data, time.Now())
+}
+
+// handle feeds one frame into its remote track.
+func (s *relaySub) handle(b []byte, now time.Time) {
+	n := s.n
+	f, err := parseFrame(b)
+	if err != nil {
+		n.count.malformed.Add(1)
+		return
+	}
+	if f.origin == n.origin {
+		return // this router's own, echoed by NATS
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	rt := s.tracks[f.key]
+	if f.kind == kindEnd {
+		if rt != nil {
+			delete(s.tracks, f.key)
+			s.end(rt)
+		}
+		return
+	}
+	n.count.in.Add(1)
+	if rt == nil {
+		rt = s.open(f, now)
+		s.tracks[f.key] = rt
+	}
+	if rt.t == nil {
+		if now.UnixNano()-rt.last > int64(time.Second) {
+			delete(s.tracks, f.key) // retried at the next frame
+		}
+		n.count.dropNoTrack.Add(1)
+		return
+	}
+	rt.last = now.UnixNano()
+	rt.t.Cache(f.raw)
+	// The speaker policy runs on this router's clock: the chain sees the
+	// local arrival; the publisher's (f.arrival) measures the hop.
+	if n.hop != nil && f.arrival > 0 {
+		n.hop.Observe(float64(now.UnixNano()-f.arrival) / 1e9)
+	}
+	if err := rt.sink.WriteRTP(f.raw, now); err != nil {
+		n.count.malformed.Add(1)
+	}
+}
+
+// open makes the remote track of f's publisher. Callers hold s.mu.
+func (s *relaySub) open(f frame, now time.Time) *remoteTrack {
+	n := s.n
+	user, client := string(f.user), string(f.client)
+	up := rtc.NewUpTrack(claim.Claim{UserID: user, ClientID: client}, binary.BigEndian.Uint32(f.raw[8:12]), f.ext)
+	rt := &remoteTrack{last: now.UnixNano()}
+	t, err := n.rooms.AddRemoteTrack(s.conv, user, up)
+	if err != nil {
+		if !errors.Is(err, room.ErrNoConversation) {
+			n.log.Warn("cluster: remote track refused", "conversation", s.conv, "user", user, "err", err)
+		}
+		return rt
+	}
+	sink, err := n.relayed.OpenRelayed(t)
+	if err != nil {
+		n.rooms.RemoveRemoteTrack(t)
+		n.log.Warn("cluster: remote track's pipeline", "conversation", s.conv, "user", user, "err", err)
+		return rt
+	}
+	rt.t, rt.sink = t, sink
+	n.count.remoteTracks.Add(1)
+	n.log.Info("cluster: remote track started", "conversation", s.conv, "user", user, "client", client, "track", up.ID)
+	return rt
+}
+
+// end ends a remote track. Callers hold s.mu.
+func (s *relaySub) end(rt *remoteTrack) {
+	if rt.t == nil {
+		return
+	}
+	s.n.rooms.RemoveRemoteTrack(rt.t)
+	rt.sink.Close()
+	s.n.count.remoteTracks.Add(-1)
+	s.n.log.Info("cluster: remote track ended", "conversation", s.conv, "track", rt.t.ID)
+	rt.t = nil
+}
+
+// expire ends the remote tracks silent since before now-idle.
+func (s *relaySub) expire(now time.Time, idle time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, rt := range s.tracks {
+		if now.UnixNano()-rt.last > int64(idle) {
+			delete(s.tracks, k)
+			s.end(rt)
+		}
+	}
+}
+
+// close unsubscribes and ends every remote track.
+func (s *relaySub) close() {
+	_ = s.sub.Unsubscribe()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for k, rt := range s.tracks {
+		delete(s.tracks, k)
+		s.end(rt)
+	}
+}
+
+// expireRemote ends the idle remote tracks of every subscription.
+func (n *Node) expireRemote(now time.Time) {
+	n.mu.Lock()
+	subs := make([]*relaySub, 0, len(n.subs))
+	for _, s := range n.subs {
+		subs = append(subs, s)
+	}
+	n.mu.Unlock()
+	for _, s := range subs {
+		s.expire(now, n.cfg.RemoteIdle)
+	}
+}
