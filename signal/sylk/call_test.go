@@ -101,7 +101,7 @@ func TestCallMediaBothWays(t *testing.T) {
 	}{{"alice←bob", caller}, {"bob←alice", callee}} {
 		side.p.untilMedia(ctx, side.name, 60, 50)
 		n, errs, mime := side.p.decodeVideo()
-		_, audio := side.p.counts()
+		_, audio := side.p.Counts()
 		t.Logf("call %s: %d VP8 frames decoded, %d audio packets", side.name, n, audio)
 		if !strings.EqualFold(mime, webrtc.MimeTypeVP8) || n < 50 || len(errs) > 0 {
 			t.Errorf("call %s: %s, %d frames decoded, want VP8 and ≥ 50; errors %q", side.name, mime, n, errs)

@@ -1,6 +1,7 @@
 package sylk
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -29,6 +30,12 @@ type conn struct {
 	quit chan struct{} // closed once the socket is torn down
 	wg   sync.WaitGroup
 
+	// regMu orders the registration changes of this socket (register,
+	// unregister, remove, a SIP outcome, teardown) so that a SIP outcome
+	// never registers an account unregistered meanwhile. Taken before mu
+	// and Server.mu.
+	regMu sync.Mutex
+
 	mu       sync.Mutex
 	closed   bool
 	accounts map[string]*account // by address of record
@@ -43,6 +50,7 @@ type account struct {
 	ha1         string
 	displayName string
 	registered  bool
+	sip         *sipReg // the account's SIP registration, running or done
 }
 
 // message is one outgoing JSON object.
@@ -194,6 +202,14 @@ func (c *conn) handle(data []byte) (ok bool) {
 		c.feedAnswer(r)
 	case reqFeedDetach:
 		c.feedDetach(r)
+	case reqRoomConfigure:
+		c.roomConfigure(r)
+	case reqRoomInvite:
+		c.roomInvite(r)
+	case reqRoomToggleHand:
+		c.roomToggleHand(r)
+	case reqRoomMuteAudio:
+		c.roomMuteAudio(r)
 	default: // validators and this switch disagree
 		c.fail(r.Transaction, "unknown request "+r.Type)
 	}
@@ -220,6 +236,7 @@ func (c *conn) goroutine(f func()) bool {
 // told), its room sessions leave, its registrations end. Then the writer
 // stops and the socket closes.
 func (c *conn) teardown() {
+	c.regMu.Lock()
 	c.mu.Lock()
 	c.closed = true
 	sessions := make([]any, 0, len(c.sessions))
@@ -231,11 +248,16 @@ func (c *conn) teardown() {
 		if a.registered {
 			registered = append(registered, aor)
 		}
+		if a.sip != nil {
+			a.sip.stop() // its goroutine unregisters; waited for below
+			a.sip = nil
+		}
 	}
 	c.mu.Unlock()
 	for _, aor := range registered {
 		c.s.unregister(c, aor)
 	}
+	c.regMu.Unlock()
 	for _, v := range sessions {
 		switch v := v.(type) {
 		case *callSide:
@@ -360,16 +382,22 @@ func (c *conn) accountAdd(r *Request) {
 
 func (c *conn) accountRemove(r *Request) {
 	aor := normalizeAOR(r.Account)
+	c.regMu.Lock()
 	c.mu.Lock()
 	a, ok := c.accounts[aor]
 	delete(c.accounts, aor)
+	if ok && a.sip != nil {
+		a.sip.stop()
+		a.sip = nil
+	}
 	c.mu.Unlock()
+	if ok && a.registered {
+		c.s.unregister(c, aor)
+	}
+	c.regMu.Unlock()
 	if !ok {
 		c.fail(r.Transaction, "unknown account")
 		return
-	}
-	if a.registered {
-		c.s.unregister(c, aor)
 	}
 	c.ack(r.Transaction)
 }
@@ -383,6 +411,10 @@ func (c *conn) accountRegister(r *Request) {
 	}
 	c.ack(r.Transaction)
 	c.registrationState(aor, "registering", "")
+	if c.s.sip != nil {
+		c.sipRegister(aor, ha1)
+		return
+	}
 	reason := c.s.checkRegistration(aor, ha1)
 	if reason == "" && !c.s.register(c, aor) {
 		reason = "403 Forbidden (too many registrations of this account)"
@@ -401,13 +433,101 @@ func (c *conn) accountRegister(r *Request) {
 
 func (c *conn) accountUnregister(r *Request) {
 	aor := normalizeAOR(r.Account)
-	if _, ok := c.ha1(aor); !ok {
+	c.regMu.Lock()
+	c.mu.Lock()
+	a, ok := c.accounts[aor]
+	if ok {
+		a.registered = false
+		if a.sip != nil {
+			a.sip.stop() // its goroutine sends the REGISTER with Expires: 0
+			a.sip = nil
+		}
+	}
+	c.mu.Unlock()
+	if ok {
+		c.s.unregister(c, aor)
+	}
+	c.regMu.Unlock()
+	if !ok {
 		c.fail(r.Transaction, "unknown account")
 		return
 	}
-	c.setRegistered(aor, false)
-	c.s.unregister(c, aor)
 	c.ack(r.Transaction)
+}
+
+// sipRegister registers aor with the SIP registrar on a goroutine of the
+// socket; the outcome comes as registration-state. A registration already
+// running or done is kept (registered is said again).
+func (c *conn) sipRegister(aor, ha1 string) {
+	c.regMu.Lock()
+	defer c.regMu.Unlock()
+	c.mu.Lock()
+	a, ok := c.accounts[aor]
+	if !ok || c.closed {
+		c.mu.Unlock()
+		return
+	}
+	if a.sip != nil {
+		registered := a.registered
+		c.mu.Unlock()
+		if registered {
+			c.registrationState(aor, "registered", "")
+		}
+		return // running: its outcome is coming
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	reg := &sipReg{stop: stop}
+	a.sip = reg
+	c.mu.Unlock()
+	started := c.goroutine(func() {
+		defer stop()
+		c.s.sip.Register(ctx, aor, ha1, func(ok bool, reason string) { c.sipOutcome(aor, reg, ok, reason) })
+	})
+	if !started {
+		stop()
+	}
+}
+
+// sipOutcome applies an outcome of reg, aor's SIP registration on this
+// socket, unless reg was stopped meanwhile (unregistered, removed, socket
+// closed).
+func (c *conn) sipOutcome(aor string, reg *sipReg, ok bool, reason string) {
+	c.regMu.Lock()
+	defer c.regMu.Unlock()
+	c.mu.Lock()
+	a := c.accounts[aor]
+	current := a != nil && a.sip == reg && !c.closed
+	c.mu.Unlock()
+	if !current {
+		return
+	}
+	if ok && !c.s.register(c, aor) {
+		ok, reason = false, "403 Forbidden (too many registrations of this account)"
+	}
+	if !ok {
+		reg.stop()
+		c.mu.Lock()
+		a.sip, a.registered = nil, false
+		c.mu.Unlock()
+		c.s.unregister(c, aor)
+		c.s.count.regFailed.Add(1)
+		c.log.Info("sylk registration refused", "account", aor, "reason", reason)
+		c.registrationState(aor, "failed", reason)
+		return
+	}
+	c.setRegistered(aor, true)
+	c.s.count.registered.Add(1)
+	c.log.Info("sylk account registered with the SIP registrar", "account", aor)
+	c.registrationState(aor, "registered", "")
+}
+
+// sipRegistered reports whether aor's registration on this socket is the
+// SIP registrar's.
+func (c *conn) sipRegistered(aor string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a, ok := c.accounts[aor]
+	return ok && a.sip != nil
 }
 
 // Reasons an account may not call or join a room.

@@ -19,9 +19,8 @@ import (
 
 	"github.com/gorilla/mux"
 	"github.com/gorilla/websocket"
-	"go.uber.org/goleak"
 
-	"github.com/beepvoice/router/internal/testmedia"
+	"github.com/beepvoice/router/internal/testpeer"
 	"github.com/beepvoice/router/internal/testutil"
 	"github.com/beepvoice/router/permissions"
 	"github.com/beepvoice/router/pipeline"
@@ -33,12 +32,7 @@ import (
 
 // TestMain fails the run if a goroutine (a socket, a peer, a client)
 // outlives the tests, and removes the media fixtures.
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
-		testmedia.Cleanup()
-		os.Exit(code)
-	}))
-}
+func TestMain(m *testing.M) { testpeer.VerifyTestMain(m) }
 
 // waitLong bounds every wait: generous, for -race on a busy machine.
 const waitLong = 20 * time.Second

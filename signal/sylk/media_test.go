@@ -4,60 +4,28 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/pion/ice/v2"
-	"github.com/pion/interceptor"
-	"github.com/pion/rtcp"
-	"github.com/pion/rtp"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v3"
-	"github.com/pion/webrtc/v3/pkg/media"
 
 	"github.com/beepvoice/router/internal/testmedia"
-	"github.com/beepvoice/router/internal/testutil"
+	"github.com/beepvoice/router/internal/testpeer"
 )
-
-// clientAPI returns the pion API of a test client: pion's default codecs
-// and interceptors, ICE on 127.0.0.1 over UDP4 only, without mDNS.
-func clientAPI(t *testing.T) *webrtc.API {
-	t.Helper()
-	m := &webrtc.MediaEngine{}
-	if err := m.RegisterDefaultCodecs(); err != nil {
-		t.Fatal(err)
-	}
-	reg := &interceptor.Registry{}
-	if err := webrtc.RegisterDefaultInterceptors(m, reg); err != nil {
-		t.Fatal(err)
-	}
-	s := webrtc.SettingEngine{}
-	s.SetIncludeLoopbackCandidate(true)
-	s.SetIPFilter(func(ip net.IP) bool { return ip.Equal(loopback) })
-	s.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
-	s.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(s))
-}
 
 // peer is a pion client behaving as sylkrtc.js does on the wire: its SDP
 // carries no candidates, which it trickles one per request after the
 // request that carried the SDP, then an empty list. It may send the VP8
-// fixture at 30 frames a second and silent Opus every 20 ms, and records
-// what it receives.
+// fixture at 30 frames a second and silent Opus every 20 ms (audio first),
+// and records what it receives (testpeer.Peer).
 type peer struct {
+	*testpeer.Peer
 	t  *testing.T
-	pc *webrtc.PeerConnection
-
-	video, audio *webrtc.TrackLocalStaticSample
-	frames       []testmedia.Frame
-	keyframe     chan struct{}
-	connected    chan struct{}
-	sent         atomic.Int64
+	pc *webrtc.PeerConnection // Peer.PC
 
 	// Trickle.
 	tmu     sync.Mutex
@@ -67,74 +35,35 @@ type peer struct {
 	pending []webrtc.ICECandidateInit
 	ended   bool
 	txs     []string
-
-	mu         sync.Mutex
-	closing    bool
-	videoPkts  []*rtp.Packet
-	videoMime  string
-	videoFrame int
-	audioPkts  int
-
-	stop      chan struct{}
-	closeOnce sync.Once
-	wg        sync.WaitGroup
 }
 
 // newPeer makes a client peer; with frames, it has VP8 and Opus tracks to
 // send (added by addTracks).
 func newPeer(t *testing.T, frames []testmedia.Frame) *peer {
 	t.Helper()
-	pc, err := clientAPI(t).NewPeerConnection(webrtc.Configuration{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &peer{t: t, pc: pc, frames: frames, keyframe: make(chan struct{}, 1), connected: make(chan struct{}), stop: make(chan struct{})}
-	t.Cleanup(p.close)
-	var once sync.Once
-	pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
-		if s == webrtc.PeerConnectionStateConnected {
-			once.Do(func() { close(p.connected) })
-		}
-	})
-	pc.OnICECandidate(p.candidate)
-	pc.OnTrack(p.read)
+	var o testpeer.Options
 	if frames != nil {
-		if p.video, err = webrtc.NewTrackLocalStaticSample(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000}, "video", "stream"); err != nil {
+		m, err := testpeer.NewMedia(testpeer.MediaConfig{Frames: frames, StreamID: "stream", AudioFirst: true})
+		if err != nil {
 			t.Fatal(err)
 		}
-		if p.audio, err = webrtc.NewTrackLocalStaticSample(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2}, "audio", "stream"); err != nil {
-			t.Fatal(err)
-		}
+		o.Media = m
 	}
+	tp := testpeer.Open(t, o)
+	p := &peer{Peer: tp, t: t, pc: tp.PC}
+	p.pc.OnICECandidate(p.candidate)
 	return p
 }
 
 // addTracks adds the peer's tracks on new transceivers of direction dir,
 // or, when dir is zero, with AddTrack (onto the transceivers of an offer
-// already applied).
+// already applied); they send once the peer is connected.
 func (p *peer) addTracks(dir webrtc.RTPTransceiverDirection) {
 	p.t.Helper()
-	for _, track := range []*webrtc.TrackLocalStaticSample{p.audio, p.video} {
-		var sender *webrtc.RTPSender
-		if dir == 0 {
-			s, err := p.pc.AddTrack(track)
-			if err != nil {
-				p.t.Fatal(err)
-			}
-			sender = s
-		} else {
-			tr, err := p.pc.AddTransceiverFromTrack(track, webrtc.RTPTransceiverInit{Direction: dir})
-			if err != nil {
-				p.t.Fatal(err)
-			}
-			sender = tr.Sender()
-		}
-		p.wg.Add(1)
-		go p.readRTCP(sender)
+	if err := p.AddTracks(dir); err != nil {
+		p.t.Fatal(err)
 	}
-	p.wg.Add(2)
-	go p.sendVideo()
-	go p.sendAudio()
+	p.Media.Start(p.Connected())
 }
 
 // offer makes the peer's offer; its SDP has no candidates.
@@ -160,7 +89,7 @@ func (p *peer) answer(offer string) string {
 	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
 		p.t.Fatalf("apply the router's offer: %v", err)
 	}
-	if p.audio != nil {
+	if p.Media != nil {
 		p.addTracks(0)
 	}
 	a, err := p.pc.CreateAnswer(nil)
@@ -249,132 +178,18 @@ func (p *peer) checkTrickles() {
 func (p *peer) waitConnected(ctx context.Context, what string) {
 	p.t.Helper()
 	select {
-	case <-p.connected:
+	case <-p.Connected():
 	case <-ctx.Done():
 		p.t.Fatalf("%s: not connected", what)
 	}
-}
-
-func (p *peer) readRTCP(s *webrtc.RTPSender) {
-	defer p.wg.Done()
-	for {
-		pkts, _, err := s.ReadRTCP()
-		if err != nil {
-			return
-		}
-		for _, pk := range pkts {
-			switch pk.(type) {
-			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
-				select {
-				case p.keyframe <- struct{}{}:
-				default:
-				}
-			}
-		}
-	}
-}
-
-// sendVideo sends the fixture once connected, looped; a keyframe request
-// makes the next frame a keyframe, as an encoder would.
-func (p *peer) sendVideo() {
-	defer p.wg.Done()
-	select {
-	case <-p.connected:
-	case <-p.stop:
-		return
-	}
-	tick := time.NewTicker(time.Second / 30)
-	defer tick.Stop()
-	i := 0
-	for {
-		select {
-		case <-p.stop:
-			return
-		case <-tick.C:
-		}
-		select {
-		case <-p.keyframe:
-			for !p.frames[i].Keyframe {
-				i = (i + 1) % len(p.frames)
-			}
-		default:
-		}
-		f := p.frames[i]
-		i = (i + 1) % len(p.frames)
-		if err := p.video.WriteSample(media.Sample{Data: f.Data, Duration: f.Duration}); err == nil {
-			p.sent.Add(1)
-		}
-	}
-}
-
-// silence is an Opus frame of 20 ms of silence.
-var silence = []byte{0xf8, 0xff, 0xfe}
-
-func (p *peer) sendAudio() {
-	defer p.wg.Done()
-	select {
-	case <-p.connected:
-	case <-p.stop:
-		return
-	}
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-p.stop:
-			return
-		case <-tick.C:
-		}
-		_ = p.audio.WriteSample(media.Sample{Data: silence, Duration: 20 * time.Millisecond})
-	}
-}
-
-// read records one received track until it ends.
-func (p *peer) read(tr *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
-	p.mu.Lock()
-	if p.closing {
-		p.mu.Unlock()
-		return
-	}
-	p.wg.Add(1)
-	p.mu.Unlock()
-	defer p.wg.Done()
-	video := tr.Kind() == webrtc.RTPCodecTypeVideo
-	for {
-		pkt, _, err := tr.ReadRTP()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		if video {
-			p.videoMime = tr.Codec().MimeType
-			p.videoPkts = append(p.videoPkts, pkt.Clone())
-			if pkt.Marker {
-				p.videoFrame++
-			}
-		} else {
-			p.audioPkts++
-		}
-		p.mu.Unlock()
-	}
-}
-
-// counts returns the video frames and audio packets received.
-func (p *peer) counts() (frames, audio int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.videoFrame, p.audioPkts
 }
 
 // untilMedia waits until the peer received frames video frames and audio
 // audio packets.
 func (p *peer) untilMedia(ctx context.Context, what string, frames, audio int) {
 	p.t.Helper()
-	if err := testutil.Until(ctx, func() bool {
-		f, a := p.counts()
-		return f >= frames && a >= audio
-	}); err != nil {
-		f, a := p.counts()
+	if err := p.UntilMedia(ctx, frames, audio); err != nil {
+		f, a := p.Counts()
 		p.t.Fatalf("%s: received %d video frames and %d audio packets, want %d and %d", what, f, a, frames, audio)
 	}
 }
@@ -383,29 +198,9 @@ func (p *peer) untilMedia(ctx context.Context, what string, frames, audio int) {
 // frame) with libvpx and returns the frames decoded and the errors.
 func (p *peer) decodeVideo() (frames int, errs []string, mime string) {
 	p.t.Helper()
-	p.mu.Lock()
-	pkts := slices.Clone(p.videoPkts)
-	mime = p.videoMime
-	p.mu.Unlock()
-	for i := len(pkts) - 1; i >= 0; i-- {
-		if pkts[i].Marker {
-			pkts = pkts[:i+1]
-			break
-		}
-	}
-	frames, errs = testmedia.DecodeVP8(p.t, pkts)
+	mime = p.VideoMime()
+	frames, errs = testmedia.DecodeVP8(p.t, testpeer.ThroughMarker(p.VideoPackets()))
 	return frames, errs, mime
-}
-
-func (p *peer) close() {
-	p.closeOnce.Do(func() {
-		p.mu.Lock()
-		p.closing = true
-		p.mu.Unlock()
-		close(p.stop)
-		_ = p.pc.Close()
-		p.wg.Wait()
-	})
 }
 
 // ssrcInEveryMedia checks that every m-section of offer has a=ssrc lines.

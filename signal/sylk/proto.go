@@ -37,6 +37,10 @@ const (
 	reqFeedAttach        = "videoroom-feed-attach"
 	reqFeedAnswer        = "videoroom-feed-answer"
 	reqFeedDetach        = "videoroom-feed-detach"
+	reqRoomConfigure     = "videoroom-configure"
+	reqRoomInvite        = "videoroom-invite"
+	reqRoomToggleHand    = "videoroom-toggle-hand"
+	reqRoomMuteAudio     = "videoroom-mute-audio-participants"
 )
 
 // v1Names maps the sylkRTC-1 request names of the seed document to their
@@ -54,27 +58,23 @@ var v1Names = map[string]string{
 // not implement: each gets an error reply "not supported", which the
 // client takes as harmless.
 var notSupported = map[string]bool{
-	"account-devicetoken":               true,
-	"account-message":                   true,
-	"account-disposition-notification":  true,
-	"account-sync-conversations":        true,
-	"account-mark-conversation-read":    true,
-	"account-remove-message":            true,
-	"account-remove-conversation":       true,
-	"account-fetch-addressbook":         true,
-	"account-update-addressbook":        true,
-	"lookup-public-key":                 true,
-	"session-update":                    true,
-	"session-message":                   true,
-	"session-dtmf-info":                 true,
-	"session-keypress":                  true,
-	"videoroom-configure":               true,
-	"videoroom-invite":                  true,
-	"videoroom-toggle-hand":             true,
-	"videoroom-mute-audio-participants": true,
-	"videoroom-message":                 true,
-	"videoroom-composing-indication":    true,
-	"videoroom-session-update":          true,
+	"account-devicetoken":              true,
+	"account-message":                  true,
+	"account-disposition-notification": true,
+	"account-sync-conversations":       true,
+	"account-mark-conversation-read":   true,
+	"account-remove-message":           true,
+	"account-remove-conversation":      true,
+	"account-fetch-addressbook":        true,
+	"account-update-addressbook":       true,
+	"lookup-public-key":                true,
+	"session-update":                   true,
+	"session-message":                  true,
+	"session-dtmf-info":                true,
+	"session-keypress":                 true,
+	"videoroom-message":                true,
+	"videoroom-composing-indication":   true,
+	"videoroom-session-update":         true,
 }
 
 // Bounds of the fields of one request, besides MAX_MESSAGE for the whole.
@@ -85,6 +85,8 @@ const (
 	maxDisplayName   = 256
 	maxUserAgent     = 512
 	maxCandidateLine = 1024
+	maxActive        = 2  // active_participants of videoroom-configure
+	maxInvitees      = 32 // participants of one videoroom-invite
 )
 
 // Candidate is one trickled ICE candidate, an RTCIceCandidate in JSON.
@@ -121,6 +123,14 @@ type Request struct {
 	Audio     *bool       `json:"audio"`
 	Video     *bool       `json:"video"`
 	Cands     []Candidate `json:"candidates"`
+
+	// Active is videoroom-configure's active_participants (publisher ids).
+	Active []string `json:"active_participants"`
+	// Participants is videoroom-invite's list of accounts.
+	Participants []string `json:"participants"`
+	// SessionID is videoroom-toggle-hand's optional publisher id whose
+	// hand is toggled (default: the requester's).
+	SessionID string `json:"session_id"`
 }
 
 // envelope is what every message has.
@@ -272,6 +282,44 @@ var validators = map[string]func(*Request) error{
 	},
 	reqFeedAnswer: func(r *Request) error { return all(needSession(r), needFeed(r), needSDP(r)) },
 	reqFeedDetach: func(r *Request) error { return all(needSession(r), needFeed(r)) },
+	reqRoomConfigure: func(r *Request) error {
+		if err := needSession(r); err != nil {
+			return err
+		}
+		if r.Active == nil || len(r.Active) > maxActive {
+			return fmt.Errorf("active_participants must be a list of at most %d ids", maxActive)
+		}
+		for _, id := range r.Active {
+			if !validID(id, maxID) {
+				return errors.New("active_participants: invalid id")
+			}
+		}
+		return nil
+	},
+	reqRoomInvite: func(r *Request) error {
+		if err := needSession(r); err != nil {
+			return err
+		}
+		if len(r.Participants) == 0 || len(r.Participants) > maxInvitees {
+			return fmt.Errorf("participants must list 1 to %d accounts", maxInvitees)
+		}
+		for _, p := range r.Participants {
+			if err := needURI("participants", p); err != nil {
+				return err
+			}
+		}
+		return nil
+	},
+	reqRoomToggleHand: func(r *Request) error {
+		if err := needSession(r); err != nil {
+			return err
+		}
+		if r.SessionID != "" && !validID(r.SessionID, maxID) {
+			return errors.New("session_id invalid")
+		}
+		return nil
+	},
+	reqRoomMuteAudio: needSession,
 }
 
 // all returns the first error of errs.

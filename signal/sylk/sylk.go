@@ -58,6 +58,21 @@ type Config struct {
 	// Dev lets any account register without a password check when there
 	// is no AccountsFile (logged loudly). Never in production.
 	Dev bool
+	// SIPRegistrar, when set, is the SIP registrar that decides and keeps
+	// registrations instead of the local accounts:
+	// sip:host[:port][;transport=udp]. account-register then sends a real
+	// REGISTER for the account, answering the digest challenge from its
+	// HA1, refreshes it, and unregisters it when the client does, its
+	// socket closes or the Server closes.
+	SIPRegistrar string
+	// SIPTimeout bounds one SIP transaction (408 Request Timeout past it).
+	SIPTimeout time.Duration
+	// SIPExpires is the registration lifetime asked of the registrar; a
+	// registration is refreshed at half the lifetime granted.
+	SIPExpires time.Duration
+	// SIPMaxInFlight bounds the REGISTER transactions in flight; past it a
+	// registration fails with 503.
+	SIPMaxInFlight int
 	// Logger is the structured logger; nil means slog.Default().
 	Logger *slog.Logger
 	// CheckOrigin decides whether a WebSocket's Origin is accepted; nil
@@ -153,6 +168,7 @@ type Server struct {
 	log      *slog.Logger
 	upgrader websocket.Upgrader
 	accounts atomic.Pointer[Accounts]
+	sip      registrar // nil: local accounts decide registrations
 	count    counters
 	open     atomic.Int64
 
@@ -201,6 +217,8 @@ func New(cfg Config) (*Server, error) {
 		{&cfg.PermissionTimeout, DefaultPermissionTimeout},
 		{&cfg.RingTimeout, DefaultRingTimeout},
 		{&cfg.IdleTimeout, DefaultIdleTimeout},
+		{&cfg.SIPTimeout, DefaultSIPTimeout},
+		{&cfg.SIPExpires, DefaultSIPExpires},
 	} {
 		if *d.v <= 0 {
 			*d.v = d.def
@@ -243,9 +261,18 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.accounts.Store(a)
 		s.log.Info("sylk local accounts loaded", "file", cfg.AccountsFile, "accounts", a.Len())
-	} else if cfg.Dev {
+	}
+	switch {
+	case cfg.SIPRegistrar != "":
+		r, err := newSIPRegistrar(cfg.SIPRegistrar, cfg.SIPTimeout, cfg.SIPExpires, cfg.SIPMaxInFlight, s.log)
+		if err != nil {
+			return nil, err
+		}
+		s.sip = r
+	case cfg.AccountsFile != "":
+	case cfg.Dev:
 		s.log.Warn("DEV MODE: sylk accepts every account's registration without a password check")
-	} else {
+	default:
 		s.log.Info("sylk registration disabled: no local accounts file")
 	}
 	return s, nil
@@ -278,6 +305,9 @@ func (s *Server) ReloadAccounts() error {
 	var stale []reg
 	for aor, cs := range s.regs {
 		for _, c := range cs {
+			if c.sipRegistered(aor) {
+				continue // the registrar decides it
+			}
 			if ha1, ok := c.ha1(aor); !ok || !a.Check(aor, ha1) {
 				stale = append(stale, reg{c, aor})
 			}
@@ -324,7 +354,12 @@ func (s *Server) Close() {
 	for _, c := range conns {
 		_ = c.ws.Close()
 	}
-	s.wg.Wait()
+	s.wg.Wait() // their SIP registrations are unregistered by then
+	if s.sip != nil {
+		if err := s.sip.Close(); err != nil {
+			s.log.Warn("sylk SIP registrar closed with an error", "err", err)
+		}
+	}
 }
 
 // chooseProtocol returns the subprotocol to speak, sylkRTC-2 first, or ""
@@ -461,8 +496,10 @@ func (s *Server) local(aor string) bool {
 	return a.Has(aor) || a == nil && s.cfg.Dev
 }
 
-// checkRegistration decides a registration of aor with ha1: "" when it is
-// accepted, else the reason ("<code> <text>").
+// checkRegistration decides a registration of aor with ha1 against the
+// local accounts: "" when it is accepted, else the reason ("<code>
+// <text>"). With a SIP registrar (Server.sip) conn.sipRegister decides
+// instead.
 func (s *Server) checkRegistration(aor, ha1 string) string {
 	a := s.accounts.Load()
 	switch {

@@ -26,6 +26,8 @@ import (
 type vroom struct {
 	uri     string
 	members map[string]*roomSession
+	active  []string // active participants (videoroom-configure)
+	hands   []string // raised hands, in the order raised
 }
 
 // roomSession is one socket's session in a video room.
@@ -143,6 +145,7 @@ func (c *conn) roomJoin(r *Request) {
 	m["sdp"], m["audio"], m["video"] = answer, true, true
 	c.send(m)
 	rs.sendInitial()
+	s.sendHands(rs)
 	c.ack(r.Transaction)
 	s.count.joins.Add(1)
 	log.Info("sylk room joined", "publisher", rs.pubID)
@@ -179,7 +182,9 @@ func (s *Server) dropMember(rs *roomSession) {
 	delete(vr.members, rs.pubID)
 	if len(vr.members) == 0 {
 		delete(s.rooms, rs.uri)
+		return
 	}
+	vr.forget(rs.pubID)
 }
 
 // member returns the session of publisher id in room uri, or nil.

@@ -177,10 +177,8 @@ func TestVideoRoomThreePublishers(t *testing.T) {
 	for _, a := range members {
 		for aor, sub := range a.feeds {
 			n, errs, mime := sub.decodeVideo()
-			sub.mu.Lock()
-			first := sub.videoPkts[0]
-			sub.mu.Unlock()
-			_, audio := sub.counts()
+			first, _, _ := sub.First()
+			_, audio := sub.Counts()
 			t.Logf("feed %s←%s: %d VP8 frames decoded, %d audio packets", a.name, aor, n, audio)
 			if !strings.EqualFold(mime, webrtc.MimeTypeVP8) || n < 50 || len(errs) > 0 {
 				t.Errorf("feed %s←%s: %s, %d frames decoded, want VP8 and ≥ 50; errors %q", a.name, aor, mime, n, errs)
