@@ -18,6 +18,7 @@ import (
 
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/internal/testmedia"
+	"github.com/beepvoice/router/internal/testpeer"
 	"github.com/beepvoice/router/internal/testutil"
 	"github.com/beepvoice/router/pipeline"
 	"github.com/beepvoice/router/room"
@@ -30,7 +31,7 @@ import (
 type feedCase struct {
 	sub, pub string
 	feed     *room.Feed
-	client   *subscriber
+	client   *testpeer.Peer
 }
 
 // TestFeedsThreeParticipants: three participants each publish video and
@@ -84,27 +85,27 @@ func TestFeedsThreeParticipants(t *testing.T) {
 				}
 			}
 			for _, fc := range feeds {
-				if err := fc.client.untilFrames(ctx, 60, 50); err != nil {
-					f, a := fc.client.counts()
+				if err := fc.client.UntilMedia(ctx, 60, 50); err != nil {
+					f, a := fc.client.Counts()
 					t.Fatalf("feed %s←%s: %d video frames and %d audio packets, want 60 and 50", fc.sub, fc.pub, f, a)
 				}
 			}
 			for _, fc := range feeds {
 				name := fc.sub + "←" + fc.pub
-				first, _, mime := fc.client.first()
+				first, _, mime := fc.client.First()
 				if !strings.EqualFold(mime, tt.mime) {
 					t.Errorf("feed %s: video codec %s, want %s", name, mime, tt.mime)
 				}
 				if !codec.Keyframe(tt.mime, first.Payload) {
 					t.Errorf("feed %s: the first video packet (seq %d) does not start a keyframe", name, first.SequenceNumber)
 				}
-				pkts := throughMarker(fc.client.videoPackets())
+				pkts := testpeer.ThroughMarker(fc.client.VideoPackets())
 				n, errs := tt.decode(t, pkts)
 				if n < 50 || len(errs) > 0 {
 					t.Errorf("feed %s: %d frames decoded from %d packets, want ≥ 50; errors %q (router: %d received packets dropped for overload)",
 						name, n, len(pkts), errs, m.Stats().Overload)
 				}
-				if err := audioContinuous(fc.client.audioHeaders()); err != nil {
+				if err := audioContinuous(fc.client.AudioPackets()); err != nil {
 					t.Errorf("feed %s: audio: %v", name, err)
 				}
 			}
@@ -122,7 +123,7 @@ func TestFeedsThreeParticipants(t *testing.T) {
 
 // audioContinuous checks that audio sequence numbers follow each other and
 // timestamps increase.
-func audioContinuous(hs []rtp.Header) error {
+func audioContinuous(hs []*rtp.Packet) error {
 	for i := 1; i < len(hs); i++ {
 		prev, h := hs[i-1], hs[i]
 		if h.SequenceNumber != prev.SequenceNumber+1 {
@@ -146,8 +147,8 @@ func TestLateJoinerGetsKeyframe(t *testing.T) {
 	a := enter(t, m, "conv-1", "alice")
 	b := enter(t, m, "conv-1", "bob")
 	pa := publish(t, ctx, a.Participant, webrtc.MimeTypeVP8, frames)
-	if err := testutil.Until(ctx, func() bool { return pa.framesSent.Load() >= 45 }); err != nil {
-		t.Fatalf("alice sent %d frames, want 45", pa.framesSent.Load())
+	if err := testutil.Until(ctx, func() bool { return pa.Media.FramesSent() >= 45 }); err != nil {
+		t.Fatalf("alice sent %d frames, want 45", pa.Media.FramesSent())
 	}
 	f, err := b.Subscribe(a.Participant)
 	if err != nil {
@@ -164,19 +165,19 @@ func TestLateJoinerGetsKeyframe(t *testing.T) {
 		t.Fatal("bob's feed did not connect")
 	}
 	connected := time.Now()
-	if err := testutil.Until(ctx, func() bool { p, _, _ := sb.first(); return p != nil }); err != nil {
+	if err := testutil.Until(ctx, func() bool { p, _, _ := sb.First(); return p != nil }); err != nil {
 		t.Fatal("bob received no video")
 	}
-	first, firstAt, mime := sb.first()
+	first, firstAt, mime := sb.First()
 	if !codec.Keyframe(mime, first.Payload) {
 		t.Errorf("bob's first video packet (seq %d) does not start a keyframe", first.SequenceNumber)
 	}
-	if n := pa.keyRequestsBetween(subscribed, time.Now()); n == 0 {
-		t.Errorf("alice got no keyframe request after bob subscribed (all requests: %v)", pa.keyRequests())
+	if n := pa.Media.KeyRequestsBetween(subscribed, time.Now()); n == 0 {
+		t.Errorf("alice got no keyframe request after bob subscribed (all requests: %v)", pa.Media.KeyRequests())
 	}
 	const within = time.Second
 	gap := firstAt.Sub(connected)
-	t.Logf("first video packet %v after the feed connected; alice sent %d frames before", gap.Round(time.Millisecond), pa.framesSent.Load())
+	t.Logf("first video packet %v after the feed connected; alice sent %d frames before", gap.Round(time.Millisecond), pa.Media.FramesSent())
 	if gap > within {
 		t.Errorf("bob's first video packet came %v after his feed connected, want within %v", gap, within)
 	}
@@ -196,12 +197,10 @@ func TestPLIFloodThrottled(t *testing.T) {
 		t.Fatal(err)
 	}
 	sb := subscribe(t, ctx, f, subOptions{})
-	if err := sb.untilFrames(ctx, 1, 0); err != nil {
+	if err := sb.UntilMedia(ctx, 1, 0); err != nil {
 		t.Fatal("bob received no video")
 	}
-	sb.mu.Lock()
-	ssrc := sb.videoSSRC
-	sb.mu.Unlock()
+	ssrc := sb.VideoSSRC()
 
 	const flood, every, interval = 2 * time.Second, 10 * time.Millisecond, rtc.DefaultKeyframeInterval
 	before := m.Stats().PLIs
@@ -210,7 +209,7 @@ func TestPLIFloodThrottled(t *testing.T) {
 	sent := 0
 	for time.Since(start) < flood {
 		<-tick.C
-		if err := sb.pc.WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: ssrc}}); err != nil {
+		if err := sb.PC.WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: ssrc}}); err != nil {
 			t.Fatalf("write PLI: %v", err)
 		}
 		sent++
@@ -220,7 +219,7 @@ func TestPLIFloodThrottled(t *testing.T) {
 	// request the flood caused.
 	testutil.Eventually(t, waitLong, "the router to count 100 PLIs", func() bool { return m.Stats().PLIs-before >= 100 })
 	end := time.Now()
-	got := pa.keyRequestsBetween(start, end)
+	got := pa.Media.KeyRequestsBetween(start, end)
 	most := int(end.Sub(start)/interval) + 2
 	t.Logf("%d PLIs sent in %v, %d counted; alice got %d keyframe requests (router: %d in all)",
 		sent, flood, m.Stats().PLIs-before, got, m.Stats().KeyframeRequests)
@@ -250,28 +249,28 @@ func TestVideoLossRecoveredByNACK(t *testing.T) {
 	}
 	sb := subscribe(t, ctx, f, viaRelay(port, relay))
 	if err := testutil.Until(ctx, func() bool {
-		n, _ := sb.counts()
+		n, _ := sb.Counts()
 		dropped, _ := relay.Counts()
 		return n >= 90 && dropped >= 5
 	}); err != nil {
-		n, _ := sb.counts()
+		n, _ := sb.Counts()
 		dropped, passed := relay.Counts()
 		t.Fatalf("bob got %d frames; the relay dropped %d video packets and passed %d", n, dropped, passed)
 	}
 	// Packets up to the highest sequence number received by now have had
 	// their chance to be lost; give their NACKs time (about 20 frames) to
 	// bring them back, then judge only them.
-	cutoff := highest(sb.videoPackets())
-	n, _ := sb.counts()
-	if err := sb.untilFrames(ctx, n+20, 0); err != nil {
+	cutoff := highest(sb.VideoPackets())
+	n, _ := sb.Counts()
+	if err := sb.UntilMedia(ctx, n+20, 0); err != nil {
 		t.Fatal("bob's video stopped")
 	}
-	all := sb.videoPackets()
+	all := sb.VideoPackets()
 	sorted := slices.DeleteFunc(byExtendedSeq(all), func(p extPacket) bool { return p.ext > cutoff })
 	if len(sorted) == 0 {
 		t.Fatal("no video packet up to the cut")
 	}
-	pkts := throughMarker(sorted.packets())
+	pkts := testpeer.ThroughMarker(sorted.packets())
 	dropped, passed := relay.Counts()
 	s := m.Stats()
 	t.Logf("relay dropped %d video packets, passed %d; router got %d NACKs, resent %d; bob got %d packets, %d distinct up to the cut",
@@ -377,7 +376,7 @@ func TestFeedEndsWhenPublisherLeaves(t *testing.T) {
 		t.Fatal(err)
 	}
 	sb := subscribe(t, ctx, f, subOptions{})
-	if err := sb.untilFrames(ctx, 1, 1); err != nil {
+	if err := sb.UntilMedia(ctx, 1, 1); err != nil {
 		t.Fatal("bob received nothing from alice")
 	}
 	if f.Err() != nil {
@@ -465,7 +464,7 @@ func TestFeedParticipantLeavesAfterClose(t *testing.T) {
 	defer p.Close(context.Background())
 	// Not newManager: a Leave that panics holds the Manager's lock, and a
 	// second Close would wait for it for ever.
-	m, err := room.New(room.Config{Media: rtc.Config{ICEIPs: []net.IP{loopback}}, Sink: p, Logger: log})
+	m, err := room.New(room.Config{Media: rtc.Config{ICEIPs: []net.IP{testpeer.Loopback}}, Sink: p, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

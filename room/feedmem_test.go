@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,11 +23,11 @@ import (
 
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/internal/testmedia"
+	"github.com/beepvoice/router/internal/testpeer"
+	"github.com/beepvoice/router/internal/testroom"
 	"github.com/beepvoice/router/internal/testutil"
-	"github.com/beepvoice/router/pipeline"
 	"github.com/beepvoice/router/room"
 	"github.com/beepvoice/router/rtc"
-	"github.com/beepvoice/router/stages"
 )
 
 // The memory a router holds per subscriber of a video feed. The benchmark
@@ -115,7 +114,9 @@ func benchFeedMemory(b *testing.B, n int) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	m := memManager(b)
+	// The router: its log is discarded but for warnings, shown if the
+	// benchmark fails.
+	m := testroom.NewManager(b, rtc.Config{}, testutil.Logger(b, slog.LevelWarn))
 	child := startMemClient(b, ctx)
 
 	// The publisher, in the child: it offers, the router answers.
@@ -264,46 +265,6 @@ func writeHeapProfile(tb testing.TB, name string) {
 	}
 }
 
-// memManager is newManager for a benchmark: the default forwarding
-// pipeline, ICE on 127.0.0.1 only, closed in cleanup. Its log is
-// discarded but for warnings, shown if the benchmark fails.
-func memManager(tb testing.TB) *room.Manager {
-	tb.Helper()
-	logs := &testutil.Buffer{}
-	tb.Cleanup(func() {
-		if tb.Failed() {
-			tb.Logf("router log:\n%s", logs.String())
-		}
-	})
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	reg := pipeline.NewRegistry()
-	stages.Register(reg)
-	cfg, err := reg.Config(stages.GateKind, stages.ForwarderKind)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	p, err := reg.Build(cfg, pipeline.Env{Logger: log})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	m, err := room.New(room.Config{Media: rtc.Config{ICEIPs: []net.IP{loopback}}, Sink: p, Logger: log})
-	if err != nil {
-		_ = p.Close(context.Background())
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-		defer cancel()
-		if err := m.Close(ctx); err != nil {
-			tb.Errorf("close manager: %v", err)
-		}
-		if err := p.Close(ctx); err != nil {
-			tb.Errorf("close pipeline: %v", err)
-		}
-	})
-	return m
-}
-
 // memClient is the child process, from the parent's side.
 type memClient struct {
 	cmd    *exec.Cmd
@@ -432,11 +393,10 @@ func TestFeedMemClient(t *testing.T) {
 	}
 
 	pub := memPublisher(t, ctx, frames, send)
-	defer pub.close()
 
 	var (
 		mu   sync.Mutex
-		subs []*memSubscriber
+		subs []*testpeer.Peer
 		wg   sync.WaitGroup // the goroutines answering offers
 	)
 	quit := make(chan struct{}) // closed when the parent is done
@@ -446,10 +406,10 @@ func TestFeedMemClient(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, s := range subs {
-			s.close()
+			s.Close()
 		}
 	}()
-	api := clientAPI(t)
+	api := testpeer.API(t)
 
 	sc := bufio.NewScanner(os.Stdin)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -461,7 +421,7 @@ func TestFeedMemClient(t *testing.T) {
 		}
 		switch msg.Type {
 		case "pub-answer":
-			if err := pub.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: msg.SDP}); err != nil {
+			if err := pub.PC.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: msg.SDP}); err != nil {
 				fail("publisher: apply answer: %v", err)
 				return
 			}
@@ -469,49 +429,45 @@ func TestFeedMemClient(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				select {
-				case <-pub.connected:
+				case <-pub.Connected():
 				case <-quit:
 					return
 				case <-ctx.Done():
 					fail("publisher: not connected")
 					return
 				}
-				pub.wg.Add(2)
-				go pub.sendVideo()
-				go pub.sendAudio()
+				pub.Media.Start(nil)
 				send(memMsg{Type: "pub-up"})
 			}()
 		case "offer":
-			pc, err := api.NewPeerConnection(webrtc.Configuration{})
+			s, err := testpeer.NewPeer(testpeer.Options{API: api, CountOnly: true})
 			if err != nil {
 				fail("subscriber %d: %v", msg.ID, err)
 				return
 			}
-			s := &memSubscriber{pc: pc, video: make(chan struct{})}
-			pc.OnTrack(s.read)
 			mu.Lock()
 			subs = append(subs, s)
 			mu.Unlock()
 			wg.Add(1)
 			go func(id int, offer string) {
 				defer wg.Done()
-				if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
+				if err := s.PC.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
 					fail("subscriber %d: apply offer: %v", id, err)
 					return
 				}
-				answer, err := pc.CreateAnswer(nil)
+				answer, err := s.PC.CreateAnswer(nil)
 				if err != nil {
 					fail("subscriber %d: answer: %v", id, err)
 					return
 				}
-				sdp, err := gather(ctx, pc, answer)
+				sdp, err := testpeer.Gather(ctx, s.PC, answer)
 				if err != nil {
 					fail("subscriber %d: gather: %v", id, err)
 					return
 				}
 				send(memMsg{Type: "answer", ID: id, SDP: sdp})
 				select {
-				case <-s.video:
+				case <-s.Frame():
 					send(memMsg{Type: "video", ID: id})
 				case <-quit:
 				case <-ctx.Done():
@@ -527,89 +483,12 @@ func TestFeedMemClient(t *testing.T) {
 	}
 }
 
-// clientPublisher is publisher with the connected channel of its pc.
-type clientPublisher struct {
-	*publisher
-	connected <-chan struct{}
-}
-
 // memPublisher makes the publisher client and sends its offer; the caller
-// applies the answer and starts the senders once connected.
-func memPublisher(t *testing.T, ctx context.Context, frames []testmedia.Frame, send func(memMsg)) clientPublisher {
+// applies the answer and starts its Media once connected. Cleanup closes
+// it.
+func memPublisher(t *testing.T, ctx context.Context, frames []testmedia.Frame, send func(memMsg)) *testpeer.Peer {
 	t.Helper()
-	pc, err := clientAPI(t).NewPeerConnection(webrtc.Configuration{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &publisher{pc: pc, frames: frames, keyframe: make(chan struct{}, 1), stop: make(chan struct{})}
-	connected := clientConnected(pc)
-	if c.video, err = webrtc.NewTrackLocalStaticSample(videoCapability(webrtc.MimeTypeVP8), "video", "pub"); err != nil {
-		t.Fatal(err)
-	}
-	if c.audio, err = webrtc.NewTrackLocalStaticSample(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2}, "audio", "pub"); err != nil {
-		t.Fatal(err)
-	}
-	for _, track := range []*webrtc.TrackLocalStaticSample{c.video, c.audio} {
-		tr, err := pc.AddTransceiverFromTrack(track, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly})
-		if err != nil {
-			c.close()
-			t.Fatal(err)
-		}
-		c.wg.Add(1)
-		go c.readRTCP(tr.Sender())
-	}
-	offer, err := pc.CreateOffer(nil)
-	if err != nil {
-		c.close()
-		t.Fatal(err)
-	}
-	sdp, err := gather(ctx, pc, offer)
-	if err != nil {
-		c.close()
-		t.Fatalf("publisher: gather: %v", err)
-	}
+	c, sdp := offerMedia(t, ctx, "pub", webrtc.MimeTypeVP8, frames)
 	send(memMsg{Type: "pub-offer", SDP: sdp})
-	return clientPublisher{publisher: c, connected: connected}
-}
-
-// memSubscriber is a subscriber client that only counts: video is closed
-// once a whole video frame (a packet with the marker bit) has arrived.
-type memSubscriber struct {
-	pc        *webrtc.PeerConnection
-	video     chan struct{}
-	videoOnce sync.Once
-
-	mu      sync.Mutex
-	closing bool
-	wg      sync.WaitGroup
-}
-
-func (s *memSubscriber) read(tr *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return
-	}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	defer s.wg.Done()
-	video := tr.Kind() == webrtc.RTPCodecTypeVideo
-	buf := make([]byte, 1500)
-	for {
-		n, _, err := tr.Read(buf)
-		if err != nil {
-			return
-		}
-		if video && n > 1 && buf[1]&0x80 != 0 {
-			s.videoOnce.Do(func() { close(s.video) })
-		}
-	}
-}
-
-func (s *memSubscriber) close() {
-	s.mu.Lock()
-	s.closing = true
-	s.mu.Unlock()
-	_ = s.pc.Close()
-	s.wg.Wait()
+	return c
 }

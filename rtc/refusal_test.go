@@ -13,12 +13,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pion/ice/v2"
 	"github.com/pion/rtp"
 	"github.com/pion/transport/v2"
 	"github.com/pion/webrtc/v3"
 
 	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/internal/testpeer"
 )
 
 // Every test here keeps its traffic on 127.0.0.1. Where the router is
@@ -38,12 +38,7 @@ func loopbackClient(t *testing.T) *webrtc.PeerConnection {
 	}, webrtc.RTPCodecTypeAudio); err != nil {
 		t.Fatal(err)
 	}
-	s := webrtc.SettingEngine{}
-	s.SetIncludeLoopbackCandidate(true)
-	s.SetIPFilter(func(ip net.IP) bool { return ip.Equal(loopback4[0]) })
-	s.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
-	s.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	pc, err := webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithSettingEngine(s)).NewPeerConnection(webrtc.Configuration{})
+	pc, err := webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithSettingEngine(testpeer.Settings())).NewPeerConnection(webrtc.Configuration{})
 	if err != nil {
 		t.Fatal(err)
 	}

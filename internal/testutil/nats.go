@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 )
 
 // NATS is an embedded NATS server for tests. It keeps its loopback port
@@ -81,6 +82,19 @@ func (n *NATS) URL() string {
 // Server is the running server (nil while stopped), for in-process
 // connections.
 func (n *NATS) Server() *server.Server { return n.s }
+
+// ConnectNATS connects to the NATS server at url, without reconnecting:
+// a test that takes the server away sees the connection fail. tb's cleanup
+// closes it.
+func ConnectNATS(tb testing.TB, url string) *nats.Conn {
+	tb.Helper()
+	nc, err := nats.Connect(url, nats.NoReconnect())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	return nc
+}
 
 // JetStream turns on JetStream, stored in a temporary directory.
 func JetStream(o *server.Options) { o.JetStream = true }

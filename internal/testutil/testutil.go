@@ -1,11 +1,13 @@
 // Package testutil holds what the router's tests share: waiting on a
 // condition with a deadline (never a bare sleep), free loopback addresses,
-// and an embedded NATS server.
+// a log shown when a test fails, a lossy UDP relay, and an embedded NATS
+// server.
 package testutil
 
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"net"
 	"sync"
 	"testing"
@@ -61,6 +63,20 @@ func FreeUDPPort(t testing.TB) int {
 	}
 	defer c.Close()
 	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+// Logger returns a text logger at level whose output is shown if tb
+// fails. Its cleanup shows the output, so make it before what logs to it:
+// it then runs after theirs.
+func Logger(tb testing.TB, level slog.Level) *slog.Logger {
+	tb.Helper()
+	logs := &Buffer{}
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			tb.Logf("router log:\n%s", logs.String())
+		}
+	})
+	return slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: level}))
 }
 
 // Buffer is a bytes.Buffer that a writer goroutine (a logger, a

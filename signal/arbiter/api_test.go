@@ -24,7 +24,7 @@ import (
 // claimed twice keeps its room), lookups with the urlPath as the client
 // sends it (unencoded in the query, as it is in the JSON body).
 func TestRoomAPI(t *testing.T) {
-	r := newRouter(t, connect(t, startJetStream(t, "").URL()), Config{})
+	r := newRouter(t, testutil.ConnectNATS(t, startJetStream(t, "").URL()), Config{})
 	steps := []struct {
 		name, method, path, body string
 		code                     int
@@ -128,7 +128,7 @@ func TestCORS(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newRouter(t, connect(t, n.URL()), Config{Origins: tt.origins})
+			r := newRouter(t, testutil.ConnectNATS(t, n.URL()), Config{Origins: tt.origins})
 			req, _ := http.NewRequest("GET", r.http.URL+"/getRoomId?urlPath=/x", nil)
 			if tt.origin != "" {
 				req.Header.Set("Origin", tt.origin)
@@ -170,8 +170,8 @@ func TestCORS(t *testing.T) {
 // second router on the same NATS.
 func TestConcurrentClaims(t *testing.T) {
 	n := startJetStream(t, "")
-	a := newRouter(t, connect(t, n.URL()), Config{})
-	b := newRouter(t, connect(t, n.URL()), Config{})
+	a := newRouter(t, testutil.ConnectNATS(t, n.URL()), Config{})
+	b := newRouter(t, testutil.ConnectNATS(t, n.URL()), Config{})
 	for range 10 {
 		a.createRoom(t)
 	}
@@ -262,7 +262,7 @@ func TestConcurrentClaims(t *testing.T) {
 // and the free rooms are still free.
 func TestStoreSurvivesRestart(t *testing.T) {
 	n := startJetStream(t, t.TempDir())
-	nc := connect(t, n.URL())
+	nc := testutil.ConnectNATS(t, n.URL())
 	a := newRouter(t, nc, Config{})
 	var rooms []string
 	for range 3 {
@@ -274,7 +274,7 @@ func TestStoreSurvivesRestart(t *testing.T) {
 	n.Stop()
 	n.Start()
 
-	b := newRouter(t, connect(t, n.URL()), Config{})
+	b := newRouter(t, testutil.ConnectNATS(t, n.URL()), Config{})
 	if g := b.call(t, "GET", "/getRoomId?urlPath=/kept", ""); g.code != 200 || g.str("id") != id {
 		t.Fatalf("after restart getRoomId /kept: %d %s, want room %s", g.code, g.raw, id)
 	}
@@ -306,8 +306,8 @@ func contains(s []string, v string) bool {
 // getRoomId alike.
 func TestTwoRoutersShareRooms(t *testing.T) {
 	n := startJetStream(t, "")
-	a := newRouter(t, connect(t, n.URL()), Config{})
-	b := newRouter(t, connect(t, n.URL()), Config{})
+	a := newRouter(t, testutil.ConnectNATS(t, n.URL()), Config{})
+	b := newRouter(t, testutil.ConnectNATS(t, n.URL()), Config{})
 	for i := range 5 {
 		made, by := a, b
 		if i%2 == 1 {
@@ -330,7 +330,7 @@ func TestTwoRoutersShareRooms(t *testing.T) {
 // each claim; MaxRooms bounds createRoom (503) and the idle rooms.
 func TestIdleRoomsAndLimit(t *testing.T) {
 	n := startJetStream(t, "")
-	r := newRouter(t, connect(t, n.URL()), Config{IdleRooms: 2, MaxRooms: 4})
+	r := newRouter(t, testutil.ConnectNATS(t, n.URL()), Config{IdleRooms: 2, MaxRooms: 4})
 	st, err := r.store()
 	if err != nil {
 		t.Fatal(err)
@@ -361,7 +361,7 @@ func TestIdleRoomsAndLimit(t *testing.T) {
 func TestNoJetStream(t *testing.T) {
 	n := testutil.StartNATS(t)
 	logs := &testutil.Buffer{}
-	r := newRouter(t, connect(t, n.URL()), Config{Logger: slogTo(logs)})
+	r := newRouter(t, testutil.ConnectNATS(t, n.URL()), Config{Logger: slogTo(logs)})
 	for _, c := range []struct{ method, path, body string }{
 		{"GET", "/getRoomId?urlPath=/x", ""},
 		{"PATCH", "/claimRoom", `{"urlPath":"/x"}`},
@@ -382,7 +382,7 @@ func TestNoJetStream(t *testing.T) {
 // start, once older than the grace; a recent one is left to its claim.
 func TestRepairAtStart(t *testing.T) {
 	n := startJetStream(t, "")
-	nc := connect(t, n.URL())
+	nc := testutil.ConnectNATS(t, n.URL())
 	a := newRouter(t, nc, Config{})
 	old, recent := a.createRoom(t), a.createRoom(t)
 	a.Close()
@@ -402,7 +402,7 @@ func TestRepairAtStart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	b := newRouter(t, connect(t, n.URL()), Config{})
+	b := newRouter(t, testutil.ConnectNATS(t, n.URL()), Config{})
 	if got := b.claim(t, "/after"); got != old {
 		t.Errorf("claim after the repair got %s, want the repaired room %s", got, old)
 	}
@@ -416,7 +416,7 @@ func TestRepairAtStart(t *testing.T) {
 // for ALLOWED_ORIGINS) that does not know the customer's origin; other
 // routes still go through that policy.
 func TestBypass(t *testing.T) {
-	nc := connect(t, startJetStream(t, "").URL())
+	nc := testutil.ConnectNATS(t, startJetStream(t, "").URL())
 	s, err := New(Config{Rooms: newManager(t, testLog(t)), NATS: nc, Logger: testLog(t)})
 	if err != nil {
 		t.Fatal(err)

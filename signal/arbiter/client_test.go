@@ -2,7 +2,6 @@ package arbiter
 
 import (
 	"encoding/json"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -11,12 +10,10 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/pion/ice/v2"
-	"github.com/pion/interceptor"
-	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v3"
-	pmedia "github.com/pion/webrtc/v3/pkg/media"
+
+	"github.com/beepvoice/router/internal/testpeer"
 )
 
 // client behaves like Arbiter's browser client (contract section 2): it
@@ -36,15 +33,11 @@ type client struct {
 	api    *webrtc.API
 	media  *media
 
-	prod           *webrtc.PeerConnection
+	prod           *testpeer.Peer // the producer, sending media
+	prodCands      candidates
 	chat, features *webrtc.DataChannel
-	video, audio   *webrtc.TrackLocalStaticSample
-	keyframe       chan struct{}
-	prodConnected  chan struct{}
 
 	mu          sync.Mutex
-	remoteSet   bool
-	queued      []webrtc.ICECandidateInit
 	consumers   map[string]*remote
 	forgotten   []*remote
 	disconnects map[string]time.Time
@@ -54,39 +47,48 @@ type client struct {
 	offers      map[string]int // consumer offers by remotePeerId
 	closing     bool
 
-	stop      chan struct{}
 	closeOnce sync.Once
-	wg        sync.WaitGroup
+	wg        sync.WaitGroup // the socket reader
 }
 
-// remote is a consumer connection: one remote participant's media.
+// remote is a consumer connection: one remote participant's media,
+// recorded by its testpeer.Peer.
 type remote struct {
-	pc       *webrtc.PeerConnection
+	*testpeer.Peer
+	cands candidates
+}
+
+// candidates holds a connection's remote candidates until its remote
+// description is applied, as a browser must, then adds them.
+type candidates struct {
+	mu       sync.Mutex
 	remoteOK bool
 	queued   []webrtc.ICECandidateInit
-	video    []*rtp.Packet
-	audio    [][]byte
-	frames   int
 }
 
-// clientAPI is a pion API like a browser's, on 127.0.0.1 over UDP4 only,
-// without mDNS: default codecs (VP8 first) and interceptors.
-func clientAPI(t *testing.T) *webrtc.API {
-	t.Helper()
-	m := &webrtc.MediaEngine{}
-	if err := m.RegisterDefaultCodecs(); err != nil {
-		t.Fatal(err)
+// applied adds the queued candidates to pc, and makes add add the later
+// ones at once.
+func (q *candidates) applied(pc *webrtc.PeerConnection) {
+	q.mu.Lock()
+	q.remoteOK = true
+	queued := q.queued
+	q.queued = nil
+	q.mu.Unlock()
+	for _, ci := range queued {
+		_ = pc.AddICECandidate(ci)
 	}
-	reg := &interceptor.Registry{}
-	if err := webrtc.RegisterDefaultInterceptors(m, reg); err != nil {
-		t.Fatal(err)
+}
+
+// add adds ci to pc, or queues it until the remote description is applied.
+func (q *candidates) add(pc *webrtc.PeerConnection, ci webrtc.ICECandidateInit) error {
+	q.mu.Lock()
+	if !q.remoteOK {
+		q.queued = append(q.queued, ci)
+		q.mu.Unlock()
+		return nil
 	}
-	s := webrtc.SettingEngine{}
-	s.SetIncludeLoopbackCandidate(true)
-	s.SetIPFilter(func(ip net.IP) bool { return ip.Equal(loopback) })
-	s.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
-	s.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(s))
+	q.mu.Unlock()
+	return pc.AddICECandidate(ci)
 }
 
 // dial opens a gateway socket from the customer's origin.
@@ -106,10 +108,8 @@ func join(t *testing.T, r *router, id string, roomID any, m *media) *client {
 		t.Fatalf("%s: dial: %v", id, err)
 	}
 	c := &client{
-		t: t, id: id, roomID: roomID, ws: ws, api: clientAPI(t), media: m,
-		keyframe: make(chan struct{}, 1), prodConnected: make(chan struct{}),
+		t: t, id: id, roomID: roomID, ws: ws, api: testpeer.API(t), media: m,
 		consumers: map[string]*remote{}, disconnects: map[string]time.Time{}, feats: map[string]features{}, offers: map[string]int{},
-		stop: make(chan struct{}),
 	}
 	t.Cleanup(c.close)
 	c.wg.Add(1)
@@ -148,29 +148,21 @@ func (c *client) handshake(data map[string]any) {
 // produce makes the producer connection and offers it, as Producer.ts does.
 func (c *client) produce() {
 	t := c.t
-	pc, err := c.api.NewPeerConnection(webrtc.Configuration{})
+	m, err := testpeer.NewMedia(testpeer.MediaConfig{Frames: c.media.frames, Opus: c.media.opus, StreamID: c.id, AudioFirst: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.prod = pc
+	if c.prod, err = testpeer.NewPeer(testpeer.Options{API: c.api, Media: m}); err != nil {
+		t.Fatal(err)
+	}
+	pc := c.prod.PC
 	negotiated := true
 	chatID, featID := uint16(100), uint16(110)
 	if c.chat, err = pc.CreateDataChannel("chat", &webrtc.DataChannelInit{Negotiated: &negotiated, ID: &chatID}); err != nil {
 		t.Fatal(err)
 	}
-	if c.audio, err = webrtc.NewTrackLocalStaticSample(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2}, "audio", c.id); err != nil {
+	if err := c.prod.AddTracks(0); err != nil {
 		t.Fatal(err)
-	}
-	if c.video, err = webrtc.NewTrackLocalStaticSample(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000}, "video", c.id); err != nil {
-		t.Fatal(err)
-	}
-	for _, tr := range []*webrtc.TrackLocalStaticSample{c.audio, c.video} {
-		s, err := pc.AddTrack(tr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.wg.Add(1)
-		go c.readRTCP(s)
 	}
 	if c.features, err = pc.CreateDataChannel("features", &webrtc.DataChannelInit{Negotiated: &negotiated, ID: &featID}); err != nil {
 		t.Fatal(err)
@@ -190,12 +182,6 @@ func (c *client) produce() {
 		c.feats[f.ID] = f.Features
 		c.mu.Unlock()
 	})
-	var once sync.Once
-	pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
-		if s == webrtc.PeerConnectionStateConnected {
-			once.Do(func() { close(c.prodConnected) })
-		}
-	})
 	pc.OnICECandidate(func(ci *webrtc.ICECandidate) {
 		if ci != nil { // the end of candidates is not sent
 			j := ci.ToJSON()
@@ -213,9 +199,7 @@ func (c *client) produce() {
 		t.Fatal("the test client's offer carries candidates")
 	}
 	c.handshake(map[string]any{"type": "producer", "description": offer})
-	c.wg.Add(2)
-	go c.sendVideo()
-	go c.sendAudio()
+	m.Start(nil)
 }
 
 // read handles the router's messages until the socket closes.
@@ -272,18 +256,11 @@ func (c *client) read() {
 // onProducer applies the router's answer or candidate to the producer.
 func (c *client) onProducer(d *webrtc.SessionDescription, ci *webrtc.ICECandidateInit) {
 	if d != nil {
-		if err := c.prod.SetRemoteDescription(*d); err != nil {
+		if err := c.prod.PC.SetRemoteDescription(*d); err != nil {
 			c.t.Errorf("%s: producer answer: %v", c.id, err)
 			return
 		}
-		c.mu.Lock()
-		c.remoteSet = true
-		q := c.queued
-		c.queued = nil
-		c.mu.Unlock()
-		for _, q := range q {
-			_ = c.prod.AddICECandidate(q)
-		}
+		c.prodCands.applied(c.prod.PC)
 		return
 	}
 	if ci == nil {
@@ -292,14 +269,7 @@ func (c *client) onProducer(d *webrtc.SessionDescription, ci *webrtc.ICECandidat
 	if ci.SDPMid == nil || *ci.SDPMid != "0" { // a browser matches it against its m-lines
 		c.t.Errorf("%s: producer candidate names m-line %v, want the first, 0", c.id, ci.SDPMid)
 	}
-	c.mu.Lock()
-	if !c.remoteSet {
-		c.queued = append(c.queued, *ci)
-		c.mu.Unlock()
-		return
-	}
-	c.mu.Unlock()
-	if err := c.prod.AddICECandidate(*ci); err != nil {
+	if err := c.prodCands.add(c.prod.PC, *ci); err != nil {
 		c.t.Errorf("%s: producer candidate: %v", c.id, err)
 	}
 }
@@ -309,16 +279,15 @@ func (c *client) onConsumer(peerID string, d *webrtc.SessionDescription, ci *web
 	c.mu.Lock()
 	r := c.consumers[peerID]
 	if r == nil && !c.closing {
-		pc, err := c.api.NewPeerConnection(webrtc.Configuration{})
+		p, err := testpeer.NewPeer(testpeer.Options{API: c.api})
 		if err != nil {
 			c.mu.Unlock()
 			c.t.Error(err)
 			return
 		}
-		r = &remote{pc: pc}
+		r = &remote{Peer: p}
 		c.consumers[peerID] = r
-		pc.OnTrack(func(tr *webrtc.TrackRemote, _ *webrtc.RTPReceiver) { c.readTrack(r, tr) })
-		pc.OnICECandidate(func(ci *webrtc.ICECandidate) {
+		p.PC.OnICECandidate(func(ci *webrtc.ICECandidate) {
 			if ci != nil {
 				c.handshake(map[string]any{"type": "consumer", "remotePeerId": peerID, "candidate": ci.ToJSON()})
 			}
@@ -336,128 +305,26 @@ func (c *client) onConsumer(peerID string, d *webrtc.SessionDescription, ci *web
 		c.mu.Lock()
 		c.offers[peerID]++
 		c.mu.Unlock()
-		if err := r.pc.SetRemoteDescription(*d); err != nil {
+		if err := r.PC.SetRemoteDescription(*d); err != nil {
 			c.t.Errorf("%s: consumer offer: %v", c.id, err)
 			return
 		}
-		answer, err := r.pc.CreateAnswer(nil)
+		answer, err := r.PC.CreateAnswer(nil)
 		if err == nil {
-			err = r.pc.SetLocalDescription(answer)
+			err = r.PC.SetLocalDescription(answer)
 		}
 		if err != nil {
 			c.t.Errorf("%s: consumer answer: %v", c.id, err)
 			return
 		}
 		c.handshake(map[string]any{"type": "consumer", "remotePeerId": peerID, "description": answer})
-		c.mu.Lock()
-		r.remoteOK = true
-		q := r.queued
-		r.queued = nil
-		c.mu.Unlock()
-		for _, q := range q {
-			_ = r.pc.AddICECandidate(q)
-		}
+		r.cands.applied(r.PC)
 		return
 	}
 	if ci == nil {
 		return
 	}
-	c.mu.Lock()
-	if !r.remoteOK {
-		r.queued = append(r.queued, *ci)
-		c.mu.Unlock()
-		return
-	}
-	c.mu.Unlock()
-	_ = r.pc.AddICECandidate(*ci)
-}
-
-// readTrack records one consumer track's packets until it ends.
-func (c *client) readTrack(r *remote, tr *webrtc.TrackRemote) {
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return
-	}
-	c.wg.Add(1)
-	c.mu.Unlock()
-	defer c.wg.Done()
-	video := tr.Kind() == webrtc.RTPCodecTypeVideo
-	for {
-		p, _, err := tr.ReadRTP()
-		if err != nil {
-			return
-		}
-		c.mu.Lock()
-		if video {
-			r.video = append(r.video, p.Clone())
-			if p.Marker {
-				r.frames++
-			}
-		} else {
-			r.audio = append(r.audio, slices.Clone(p.Payload))
-		}
-		c.mu.Unlock()
-	}
-}
-
-// readRTCP drains a sender's RTCP and notes keyframe requests.
-func (c *client) readRTCP(s *webrtc.RTPSender) {
-	defer c.wg.Done()
-	for {
-		pkts, _, err := s.ReadRTCP()
-		if err != nil {
-			return
-		}
-		for _, p := range pkts {
-			switch p.(type) {
-			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
-				select {
-				case c.keyframe <- struct{}{}:
-				default:
-				}
-			}
-		}
-	}
-}
-
-// sendVideo sends the client's VP8 at 30 frames a second, looped; a
-// keyframe request makes the next frame a key frame, as an encoder would.
-func (c *client) sendVideo() {
-	defer c.wg.Done()
-	tick := time.NewTicker(time.Second / 30)
-	defer tick.Stop()
-	frames := c.media.frames
-	for i := 0; ; i = (i + 1) % len(frames) {
-		select {
-		case <-c.stop:
-			return
-		case <-tick.C:
-		}
-		select {
-		case <-c.keyframe:
-			for !frames[i].Keyframe {
-				i = (i + 1) % len(frames)
-			}
-		default:
-		}
-		_ = c.video.WriteSample(pmedia.Sample{Data: frames[i].Data, Duration: frames[i].Duration})
-	}
-}
-
-// sendAudio sends the client's Opus every 20 ms, looped.
-func (c *client) sendAudio() {
-	defer c.wg.Done()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for i := 0; ; i = (i + 1) % len(c.media.opus) {
-		select {
-		case <-c.stop:
-			return
-		case <-tick.C:
-		}
-		_ = c.audio.WriteSample(pmedia.Sample{Data: c.media.opus[i], Duration: 20 * time.Millisecond})
-	}
+	_ = r.cands.add(r.PC, *ci)
 }
 
 // leave closes the socket without a close frame, as a closing tab does.
@@ -466,23 +333,22 @@ func (c *client) leave() { _ = c.ws.Close() }
 // close stops the client and closes all its connections.
 func (c *client) close() {
 	c.closeOnce.Do(func() {
-		close(c.stop)
 		_ = c.ws.Close()
 		c.mu.Lock()
 		c.closing = true
-		pcs := []*webrtc.PeerConnection{}
+		peers := []*testpeer.Peer{}
 		for _, r := range c.consumers {
-			pcs = append(pcs, r.pc)
+			peers = append(peers, r.Peer)
 		}
 		for _, r := range c.forgotten {
-			pcs = append(pcs, r.pc)
+			peers = append(peers, r.Peer)
 		}
 		c.mu.Unlock()
 		if c.prod != nil {
-			pcs = append(pcs, c.prod)
+			peers = append(peers, c.prod)
 		}
-		for _, pc := range pcs {
-			_ = pc.Close()
+		for _, p := range peers {
+			p.Close()
 		}
 		c.wg.Wait()
 	})
@@ -512,7 +378,8 @@ func (c *client) snap() snapshot {
 	defer c.mu.Unlock()
 	s := snapshot{consumers: map[string]received{}, disconnects: map[string]time.Time{}, feats: map[string]features{}}
 	for id, r := range c.consumers {
-		s.consumers[id] = received{frames: r.frames, video: slices.Clone(r.video), audio: slices.Clone(r.audio), state: r.pc.ConnectionState()}
+		frames, _ := r.Counts()
+		s.consumers[id] = received{frames: frames, video: r.VideoPackets(), audio: payloads(r.AudioPackets()), state: r.PC.ConnectionState()}
 	}
 	for k, v := range c.disconnects {
 		s.disconnects[k] = v
@@ -534,7 +401,7 @@ func (c *client) counts(id string) (frames, audio int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if r := c.consumers[id]; r != nil {
-		return r.frames, len(r.audio)
+		return r.Counts()
 	}
 	return 0, 0
 }
@@ -544,4 +411,13 @@ func (c *client) errors() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return slices.Clone(c.errs)
+}
+
+// payloads returns the payloads of pkts.
+func payloads(pkts []*rtp.Packet) [][]byte {
+	out := make([][]byte, len(pkts))
+	for i, p := range pkts {
+		out[i] = p.Payload
+	}
+	return out
 }

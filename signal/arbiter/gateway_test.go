@@ -7,17 +7,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v3"
 
 	"github.com/beepvoice/router/internal/testmedia"
+	"github.com/beepvoice/router/internal/testpeer"
 	"github.com/beepvoice/router/internal/testutil"
 )
 
 // newCall starts a router with one claimed room and returns both.
 func newCall(t *testing.T, cfg Config) (*router, string) {
 	t.Helper()
-	r := newRouter(t, connect(t, startJetStream(t, "").URL()), cfg)
+	r := newRouter(t, testutil.ConnectNATS(t, startJetStream(t, "").URL()), cfg)
 	r.createRoom(t)
 	return r, r.claim(t, "/call")
 }
@@ -89,7 +89,7 @@ func TestCall(t *testing.T) {
 			if w, h := vp8Size(got.video); w != want.width || h != want.height {
 				t.Errorf("%s's consumer of %s carries VP8 of %dx%d, want %s's %dx%d", c.id[:4], other[:4], w, h, other[:4], want.width, want.height)
 			}
-			frames, errs := testmedia.DecodeVP8(t, throughMarker(got.video))
+			frames, errs := testmedia.DecodeVP8(t, testpeer.ThroughMarker(got.video))
 			if frames < 15 || len(errs) > 0 {
 				t.Errorf("%s's consumer of %s: %d frames decoded, errors %v", c.id[:4], other[:4], frames, errs)
 			}
@@ -238,14 +238,4 @@ func TestCall(t *testing.T) {
 	}); err != nil {
 		t.Error("the remaining participants' call stopped")
 	}
-}
-
-// throughMarker returns pkts up to its last packet with the marker bit.
-func throughMarker(pkts []*rtp.Packet) []*rtp.Packet {
-	for i := len(pkts) - 1; i >= 0; i-- {
-		if pkts[i].Marker {
-			return pkts[:i+1]
-		}
-	}
-	return nil
 }

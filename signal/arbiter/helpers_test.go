@@ -6,10 +6,8 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -17,31 +15,21 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"go.uber.org/goleak"
 
-	"github.com/beepvoice/router/internal/testmedia"
+	"github.com/beepvoice/router/internal/testpeer"
+	"github.com/beepvoice/router/internal/testroom"
 	"github.com/beepvoice/router/internal/testutil"
-	"github.com/beepvoice/router/pipeline"
 	"github.com/beepvoice/router/room"
 	"github.com/beepvoice/router/rtc"
-	"github.com/beepvoice/router/stages"
 )
 
 // TestMain fails the run if a goroutine (a socket, a peer, a watcher)
 // outlives the tests, and removes the media fixtures.
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
-		testmedia.Cleanup()
-		removeFixtures()
-		os.Exit(code)
-	}))
-}
+func TestMain(m *testing.M) { testpeer.VerifyTestMain(m, removeFixtures) }
 
 // waitLong bounds every wait of these tests: generous, for -race on a busy
 // machine of two cores.
 const waitLong = 20 * time.Second
-
-var loopback = net.IPv4(127, 0, 0, 1)
 
 // customer is the origin of the page that embeds Arbiter's client: not the
 // router's.
@@ -58,45 +46,14 @@ func deadline(t *testing.T, d time.Duration) context.Context {
 // testLog returns a logger whose output is shown if the test fails.
 func testLog(t *testing.T) *slog.Logger {
 	t.Helper()
-	logs := &testutil.Buffer{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("router log:\n%s", logs.String())
-		}
-	})
-	return slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	return testutil.Logger(t, slog.LevelInfo)
 }
 
 // newManager starts a Manager on the real default forwarding pipeline,
 // ICE on 127.0.0.1 only. Cleanup closes it.
 func newManager(t *testing.T, log *slog.Logger) *room.Manager {
 	t.Helper()
-	reg := pipeline.NewRegistry()
-	stages.Register(reg)
-	cfg, err := reg.Config(stages.GateKind, stages.ForwarderKind)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := reg.Build(cfg, pipeline.Env{Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := room.New(room.Config{Media: rtc.Config{ICEIPs: []net.IP{loopback}}, Sink: p, Logger: log})
-	if err != nil {
-		_ = p.Close(context.Background())
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-		defer cancel()
-		if err := m.Close(ctx); err != nil {
-			t.Errorf("close manager: %v", err)
-		}
-		if err := p.Close(ctx); err != nil {
-			t.Errorf("close pipeline: %v", err)
-		}
-	})
-	return m
+	return testroom.NewManager(t, rtc.Config{}, log)
 }
 
 // startJetStream runs an embedded NATS server with JetStream, its store in
@@ -107,17 +64,6 @@ func startJetStream(t *testing.T, dir string) *testutil.NATS {
 		o.JetStream = true
 		o.StoreDir = dir
 	})
-}
-
-// connect connects to n. Cleanup closes the connection.
-func connect(t *testing.T, url string) *nats.Conn {
-	t.Helper()
-	nc, err := nats.Connect(url, nats.NoReconnect())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	return nc
 }
 
 // router is a Server behind a real HTTP server.

@@ -126,7 +126,7 @@ func (s *rawSocket) wantClose(what string, code int, d time.Duration) {
 // TestIdentify: every identify that must be refused is answered with an
 // error message and has no effect; a refused socket may still identify.
 func TestIdentify(t *testing.T) {
-	r := newRouter(t, connect(t, startJetStream(t, "").URL()), Config{MaxParticipants: 2})
+	r := newRouter(t, testutil.ConnectNATS(t, startJetStream(t, "").URL()), Config{MaxParticipants: 2})
 	r.createRoom(t)
 	roomID := r.claim(t, "/identify")
 	free := r.createRoom(t)
@@ -190,7 +190,7 @@ func TestIdentify(t *testing.T) {
 func TestSocketLimits(t *testing.T) {
 	n := startJetStream(t, "")
 	t.Run("identify deadline", func(t *testing.T) {
-		r := newRouter(t, connect(t, n.URL()), Config{IdentifyTimeout: 300 * time.Millisecond})
+		r := newRouter(t, testutil.ConnectNATS(t, n.URL()), Config{IdentifyTimeout: 300 * time.Millisecond})
 		s := open(t, r)
 		began := time.Now()
 		s.send(`{"action":"handshake","data":{}}`) // answered, but no identify
@@ -201,7 +201,7 @@ func TestSocketLimits(t *testing.T) {
 		}
 	})
 	t.Run("message too large", func(t *testing.T) {
-		r := newRouter(t, connect(t, n.URL()), Config{MaxMessage: 1024})
+		r := newRouter(t, testutil.ConnectNATS(t, n.URL()), Config{MaxMessage: 1024})
 		s := open(t, r)
 		other := open(t, r)
 		s.send(`{"action":"identify","data":{"id":"` + strings.Repeat("x", 2000) + `"}}`)
@@ -210,7 +210,7 @@ func TestSocketLimits(t *testing.T) {
 		other.wantError("another socket", "no data")
 	})
 	t.Run("message flood", func(t *testing.T) {
-		r := newRouter(t, connect(t, n.URL()), Config{})
+		r := newRouter(t, testutil.ConnectNATS(t, n.URL()), Config{})
 		s := open(t, r)
 		began := time.Now()
 		for range msgBurst + 50 {
@@ -243,7 +243,7 @@ func TestSocketLimits(t *testing.T) {
 		}
 	})
 	t.Run("pending sockets", func(t *testing.T) {
-		r := newRouter(t, connect(t, n.URL()), Config{MaxPending: 1})
+		r := newRouter(t, testutil.ConnectNATS(t, n.URL()), Config{MaxPending: 1})
 		r.createRoom(t)
 		roomID := r.claim(t, "/pending")
 		s := open(t, r)
@@ -262,7 +262,7 @@ func TestSocketLimits(t *testing.T) {
 		}
 	})
 	t.Run("origins", func(t *testing.T) {
-		r := newRouter(t, connect(t, n.URL()), Config{Origins: []string{"http://other.example"}})
+		r := newRouter(t, testutil.ConnectNATS(t, n.URL()), Config{Origins: []string{"http://other.example"}})
 		if _, resp, err := dial(t, r); err == nil || resp == nil || resp.StatusCode != 403 {
 			t.Errorf("upgrade from an unlisted origin: %v, %v; want 403", resp, err)
 		}
@@ -273,7 +273,7 @@ func TestSocketLimits(t *testing.T) {
 // error; the producer closes, so the participant leaves: its socket closes
 // and the others get clientDisconnect.
 func TestProducerRefused(t *testing.T) {
-	r := newRouter(t, connect(t, startJetStream(t, "").URL()), Config{})
+	r := newRouter(t, testutil.ConnectNATS(t, startJetStream(t, "").URL()), Config{})
 	r.createRoom(t)
 	roomID := r.claim(t, "/refused")
 	stay := open(t, r)
@@ -299,7 +299,7 @@ func TestProducerRefused(t *testing.T) {
 // TestCloseWithSockets: Close ends every socket (identified or not) and
 // waits for them; their participants leave.
 func TestCloseWithSockets(t *testing.T) {
-	r := newRouter(t, connect(t, startJetStream(t, "").URL()), Config{})
+	r := newRouter(t, testutil.ConnectNATS(t, startJetStream(t, "").URL()), Config{})
 	r.createRoom(t)
 	roomID := r.claim(t, "/closing")
 	a, b, idle := open(t, r), open(t, r), open(t, r)

@@ -2,14 +2,14 @@ package beep
 
 import (
 	"errors"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/pion/ice/v2"
 	"github.com/pion/webrtc/v3"
+
+	"github.com/beepvoice/router/internal/testpeer"
 )
 
 // loopbackOffer returns a pion client's offer of one sendrecv audio m-line
@@ -21,12 +21,7 @@ func loopbackOffer(t *testing.T) string {
 	if err := m.RegisterDefaultCodecs(); err != nil {
 		t.Fatal(err)
 	}
-	s := webrtc.SettingEngine{}
-	s.SetIncludeLoopbackCandidate(true)
-	s.SetIPFilter(func(ip net.IP) bool { return ip.Equal(net.IPv4(127, 0, 0, 1)) })
-	s.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
-	s.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	pc, err := webrtc.NewAPI(webrtc.WithMediaEngine(&m), webrtc.WithSettingEngine(s)).NewPeerConnection(webrtc.Configuration{})
+	pc, err := webrtc.NewAPI(webrtc.WithMediaEngine(&m), webrtc.WithSettingEngine(testpeer.Settings())).NewPeerConnection(webrtc.Configuration{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,12 +33,11 @@ func loopbackOffer(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gathered := webrtc.GatheringCompletePromise(pc)
-	if err := pc.SetLocalDescription(offer); err != nil {
+	sdp, err := testpeer.Gather(t.Context(), pc, offer)
+	if err != nil {
 		t.Fatal(err)
 	}
-	<-gathered
-	return pc.LocalDescription().SDP
+	return sdp
 }
 
 // TestReplacedBeforeConnected: a device that connects again while its

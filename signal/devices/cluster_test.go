@@ -23,8 +23,8 @@ const testBeat = 50 * time.Millisecond
 func TestClusterDelivery(t *testing.T) {
 	leakCheck(t)
 	natsURL := startNATS(t)
-	a := newInstance(t, Config{NATS: connectNATS(t, natsURL), InstanceID: "a", Heartbeat: testBeat})
-	b := newInstance(t, Config{NATS: connectNATS(t, natsURL), InstanceID: "b", Heartbeat: testBeat})
+	a := newInstance(t, Config{NATS: testutil.ConnectNATS(t, natsURL), InstanceID: "a", Heartbeat: testBeat})
+	b := newInstance(t, Config{NATS: testutil.ConnectNATS(t, natsURL), InstanceID: "b", Heartbeat: testBeat})
 
 	alice := a.subscribe(t, "alice", "phone")
 	bob := b.subscribe(t, "bob", "laptop")
@@ -108,9 +108,9 @@ func TestClusterDeltas(t *testing.T) {
 	leakCheck(t)
 	natsURL := startNATS(t)
 	slow := time.Minute
-	b := newInstance(t, Config{NATS: connectNATS(t, natsURL), InstanceID: "b", Heartbeat: slow})
+	b := newInstance(t, Config{NATS: testutil.ConnectNATS(t, natsURL), InstanceID: "b", Heartbeat: slow})
 	_ = b.subscribe(t, "bob", "laptop")
-	a := newInstance(t, Config{NATS: connectNATS(t, natsURL), InstanceID: "a", Heartbeat: slow})
+	a := newInstance(t, Config{NATS: testutil.ConnectNATS(t, natsURL), InstanceID: "a", Heartbeat: slow})
 	testutil.Eventually(t, 5*time.Second, "a to learn b's devices on start", func() bool {
 		return sameList(a.deviceList(t, "bob"), "laptop")
 	})
@@ -136,8 +136,8 @@ func TestClusterDeltas(t *testing.T) {
 func TestClusterExpiry(t *testing.T) {
 	leakCheck(t)
 	natsURL := startNATS(t)
-	a := newInstance(t, Config{NATS: connectNATS(t, natsURL), InstanceID: "a", Heartbeat: testBeat})
-	ncB := connectNATS(t, natsURL)
+	a := newInstance(t, Config{NATS: testutil.ConnectNATS(t, natsURL), InstanceID: "a", Heartbeat: testBeat})
+	ncB := testutil.ConnectNATS(t, natsURL)
 	b := newInstance(t, Config{NATS: ncB, InstanceID: "b", Heartbeat: testBeat})
 	_ = b.subscribe(t, "bob", "laptop")
 	_ = a.subscribe(t, "bob", "phone")
@@ -168,9 +168,9 @@ func TestClusterExpiry(t *testing.T) {
 func TestClusterMixedHeartbeats(t *testing.T) {
 	leakCheck(t)
 	natsURL := startNATS(t)
-	fast := newInstance(t, Config{NATS: connectNATS(t, natsURL), InstanceID: "fast", Heartbeat: testBeat})
+	fast := newInstance(t, Config{NATS: testutil.ConnectNATS(t, natsURL), InstanceID: "fast", Heartbeat: testBeat})
 	slowBeat := 8 * testBeat
-	slow := newInstance(t, Config{NATS: connectNATS(t, natsURL), InstanceID: "slow", Heartbeat: slowBeat})
+	slow := newInstance(t, Config{NATS: testutil.ConnectNATS(t, natsURL), InstanceID: "slow", Heartbeat: slowBeat})
 	_ = slow.subscribe(t, "bob", "laptop")
 	testutil.Eventually(t, 5*time.Second, "fast to list slow's device", func() bool {
 		return sameList(fast.deviceList(t, "bob"), "laptop")
@@ -188,7 +188,7 @@ func TestClusterLargeSnapshot(t *testing.T) {
 	leakCheck(t)
 	natsURL := startNATS(t, func(o *server.Options) { o.MaxPayload = 8 << 10 })
 	cfg := Config{Heartbeat: time.Minute, MaxData: 1 << 10}
-	cfg.NATS, cfg.InstanceID = connectNATS(t, natsURL), "b"
+	cfg.NATS, cfg.InstanceID = testutil.ConnectNATS(t, natsURL), "b"
 	b := newInstance(t, cfg)
 	var want []string
 	for i := range 40 {
@@ -196,7 +196,7 @@ func TestClusterLargeSnapshot(t *testing.T) {
 		want = append(want, d)
 		_ = b.subscribe(t, "bob", d)
 	}
-	cfg.NATS, cfg.InstanceID = connectNATS(t, natsURL), "a"
+	cfg.NATS, cfg.InstanceID = testutil.ConnectNATS(t, natsURL), "a"
 	a := newInstance(t, cfg)
 	testutil.Eventually(t, 5*time.Second, "a to learn all of b's devices", func() bool {
 		return sameList(a.deviceList(t, "bob"), want...)

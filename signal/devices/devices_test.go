@@ -56,8 +56,8 @@ func TestDeliver(t *testing.T) {
 		}},
 		{"across instances", func(t *testing.T) (*instance, *instance) {
 			url := startNATS(t)
-			a := newInstance(t, Config{NATS: connectNATS(t, url), InstanceID: "a", Heartbeat: 50 * time.Millisecond})
-			b := newInstance(t, Config{NATS: connectNATS(t, url), InstanceID: "b", Heartbeat: 50 * time.Millisecond})
+			a := newInstance(t, Config{NATS: testutil.ConnectNATS(t, url), InstanceID: "a", Heartbeat: 50 * time.Millisecond})
+			b := newInstance(t, Config{NATS: testutil.ConnectNATS(t, url), InstanceID: "b", Heartbeat: 50 * time.Millisecond})
 			return a, b
 		}},
 	}
@@ -323,7 +323,7 @@ func TestKeepAlive(t *testing.T) {
 func TestCloseEndsStreams(t *testing.T) {
 	leakCheck(t)
 	url := startNATS(t)
-	in := newInstance(t, Config{NATS: connectNATS(t, url), Heartbeat: 50 * time.Millisecond})
+	in := newInstance(t, Config{NATS: testutil.ConnectNATS(t, url), Heartbeat: 50 * time.Millisecond})
 	a := in.subscribe(t, "bob", "laptop")
 	b := in.subscribe(t, "bob", "phone")
 	// nats.go runs one goroutine per async subscription: presence + 2 devices.

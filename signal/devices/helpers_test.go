@@ -16,7 +16,6 @@ import (
 
 	"github.com/gorilla/mux"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 
 	"github.com/beepvoice/router/claim"
@@ -39,16 +38,6 @@ func testLogger() *slog.Logger {
 func startNATS(t *testing.T, tune ...func(*server.Options)) string {
 	t.Helper()
 	return testutil.StartNATS(t, tune...).URL()
-}
-
-func connectNATS(t *testing.T, url string) *nats.Conn {
-	t.Helper()
-	nc, err := nats.Connect(url, nats.NoReconnect())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	return nc
 }
 
 // instance is one Service behind a real HTTP server.

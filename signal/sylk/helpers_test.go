@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -21,13 +20,12 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/beepvoice/router/internal/testpeer"
+	"github.com/beepvoice/router/internal/testroom"
 	"github.com/beepvoice/router/internal/testutil"
 	"github.com/beepvoice/router/permissions"
-	"github.com/beepvoice/router/pipeline"
 	"github.com/beepvoice/router/room"
 	"github.com/beepvoice/router/rtc"
 	"github.com/beepvoice/router/signal/sylk"
-	"github.com/beepvoice/router/stages"
 )
 
 // TestMain fails the run if a goroutine (a socket, a peer, a client)
@@ -36,8 +34,6 @@ func TestMain(m *testing.M) { testpeer.VerifyTestMain(m) }
 
 // waitLong bounds every wait: generous, for -race on a busy machine.
 const waitLong = 20 * time.Second
-
-var loopback = net.IPv4(127, 0, 0, 1)
 
 // ha1 is an account's HA1 as sylkrtc.js computes it.
 func ha1(aor, password string) string {
@@ -80,38 +76,8 @@ type env struct {
 // "-" for none. Cleanup closes everything in order.
 func newEnv(t *testing.T, tune func(*sylk.Config)) *env {
 	t.Helper()
-	logs := &testutil.Buffer{}
-	t.Cleanup(func() { // runs last
-		if t.Failed() {
-			t.Logf("router log:\n%s", logs.String())
-		}
-	})
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	reg := pipeline.NewRegistry()
-	stages.Register(reg)
-	pcfg, err := reg.Config(stages.GateKind, stages.ForwarderKind)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := reg.Build(pcfg, pipeline.Env{Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := room.New(room.Config{Media: rtc.Config{ICEIPs: []net.IP{loopback}}, Sink: p, Logger: log})
-	if err != nil {
-		_ = p.Close(context.Background())
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-		defer cancel()
-		if err := m.Close(ctx); err != nil {
-			t.Errorf("close manager: %v", err)
-		}
-		if err := p.Close(ctx); err != nil {
-			t.Errorf("close pipeline: %v", err)
-		}
-	})
+	log := testutil.Logger(t, slog.LevelDebug) // shown last, if the test fails
+	m := testroom.NewManager(t, rtc.Config{}, log)
 	cfg := sylk.Config{Rooms: m, Permissions: permissions.AllowAll{}, Logger: log, AccountsFile: writeAccounts(t, testAccounts)}
 	if tune != nil {
 		tune(&cfg)
