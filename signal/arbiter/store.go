@@ -72,7 +72,7 @@ type record struct {
 // viewEntry is what the local view knows of one room.
 type viewEntry struct {
 	rev  uint64
-	free bool
+	path string // the claimed path, "" while the room is free
 }
 
 // store is the room store on one bucket.
@@ -174,37 +174,56 @@ func (s *store) apply(e jetstream.KeyValueEntry) {
 		if !deleted && json.Unmarshal(e.Value(), &r) != nil {
 			deleted = true // not ours: ignore it
 		}
-		s.setLocked(id, e.Revision(), !deleted, r.URLPath == "")
+		s.setLocked(id, e.Revision(), !deleted, r.URLPath)
 	}
 	close(s.changed)
 	s.changed = make(chan struct{})
 }
 
-// setLocked records room id at revision rev, unless the view knows a newer
-// revision. Callers hold s.mu.
-func (s *store) setLocked(id string, rev uint64, exists, free bool) {
+// setLocked records room id at revision rev, claimed for path ("": free),
+// unless the view knows a newer revision. Callers hold s.mu.
+func (s *store) setLocked(id string, rev uint64, exists bool, path string) {
 	old, had := s.rooms[id]
 	if had && old.rev >= rev {
 		return
 	}
-	if had && old.free {
+	if had && old.path == "" {
 		s.nfree--
 	}
 	if !exists {
 		delete(s.rooms, id)
 		return
 	}
-	s.rooms[id] = viewEntry{rev: rev, free: free}
-	if free {
+	s.rooms[id] = viewEntry{rev: rev, path: path}
+	if path == "" {
 		s.nfree++
 	}
 }
 
 // set records what this store itself wrote or read.
-func (s *store) set(id string, rev uint64, free bool) {
+func (s *store) set(id string, rev uint64, path string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.setLocked(id, rev, true, free)
+	s.setLocked(id, rev, true, path)
+}
+
+// takenFor says whether the view has a room taken for urlPath.
+func (s *store) takenFor(urlPath string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.rooms {
+		if e.path == urlPath {
+			return true
+		}
+	}
+	return false
+}
+
+// changes returns a channel closed at the view's next update.
+func (s *store) changes() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
 }
 
 // counts returns the rooms and the free rooms in the view.
@@ -224,7 +243,7 @@ func (s *store) pickFree() (string, uint64) {
 	}
 	n := mrand.IntN(s.nfree)
 	for id, e := range s.rooms {
-		if !e.free {
+		if e.path != "" {
 			continue
 		}
 		if n == 0 {
@@ -321,7 +340,7 @@ func (s *store) create(ctx context.Context) (string, error) {
 		if err != nil {
 			return "", unavailable("create room", err)
 		}
-		s.set(id, rev, true)
+		s.set(id, rev, "")
 		return id, nil
 	}
 	return "", unavailable("create room", errors.New("room ids collide"))
@@ -363,24 +382,55 @@ func (s *store) room(ctx context.Context, id string) (r record, found bool, err 
 // client may try again.
 const maxClaimAttempts = 200
 
+// claimPathWait bounds how long a claim that found no free room waits for
+// a claim of the same path in progress (its room taken, its path key not
+// yet written) to finish. Longer only if that claim's router stopped
+// between its two writes; the repair at the next start frees that room.
+const claimPathWait = 5 * time.Second
+
 // claim gives urlPath a room: the room already claimed for it, or a free
 // one taken atomically. ErrNoRoom when no room is free.
 func (s *store) claim(ctx context.Context, urlPath string) (string, error) {
 	key := pathKey(urlPath)
 	caughtUp := false
+	var waitUntil time.Time
 	for range maxClaimAttempts {
 		if id, err := s.lookup(ctx, urlPath); err != nil || id != "" {
 			return id, err
 		}
 		id, rev := s.pickFree()
 		if id == "" {
-			if caughtUp {
+			if !caughtUp {
+				if err := s.catchUp(ctx); err != nil {
+					return "", err
+				}
+				caughtUp = true
+				continue
+			}
+			// A claim of this same path, here or on another router, may
+			// have taken the last free room and not yet written the path's
+			// key: wait for it rather than answer 404 to one of two visitors
+			// who clicked "Create Room" together. (If it gives the room
+			// back, the room is free again for this claim.)
+			if waitUntil.IsZero() {
+				waitUntil = time.Now().Add(claimPathWait)
+			}
+			if !s.takenFor(urlPath) || time.Now().After(waitUntil) {
 				return "", ErrNoRoom
 			}
-			if err := s.catchUp(ctx); err != nil {
-				return "", err
+			changed := s.changes()
+			if id, err := s.lookup(ctx, urlPath); err != nil || id != "" {
+				return id, err
 			}
-			caughtUp = true
+			timer := time.NewTimer(time.Until(waitUntil))
+			select {
+			case <-changed:
+			case <-timer.C:
+			case <-ctx.Done():
+				timer.Stop()
+				return "", unavailable("claim", ctx.Err())
+			}
+			timer.Stop()
 			continue
 		}
 		b, _ := json.Marshal(record{URLPath: urlPath, Claimed: time.Now().UnixMilli()})
@@ -392,7 +442,7 @@ func (s *store) claim(ctx context.Context, urlPath string) (string, error) {
 		if err != nil {
 			return "", unavailable("take room", err)
 		}
-		s.set(id, taken, false)
+		s.set(id, taken, urlPath)
 		_, err = s.kv.Create(ctx, key, []byte(id))
 		if err == nil {
 			return id, nil
@@ -418,7 +468,7 @@ func (s *store) refresh(ctx context.Context, id string) {
 	}
 	var r record
 	if json.Unmarshal(e.Value(), &r) == nil {
-		s.set(id, e.Revision(), r.URLPath == "")
+		s.set(id, e.Revision(), r.URLPath)
 	}
 }
 
@@ -431,7 +481,7 @@ func (s *store) release(ctx context.Context, id string, rev uint64) {
 		s.log.Warn("arbiter: could not give back a room taken for a path claimed meanwhile", "room", id, "err", err)
 		return
 	}
-	s.set(id, freed, true)
+	s.set(id, freed, "")
 }
 
 // repair gives back the rooms taken more than claimGrace ago without a

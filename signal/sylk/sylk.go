@@ -401,7 +401,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	defer s.wg.Done()
 
-	ws, err := s.upgrader.Upgrade(w, r, http.Header{"Sec-WebSocket-Protocol": {proto}})
+	// The upgrader answers with the subprotocol it picks from its own
+	// list, in order (sylkRTC-2 first: proto). Naming it again in a header
+	// here sent it twice, and Chromium refuses such a handshake.
+	ws, err := s.upgrader.Upgrade(w, r, nil)
 	s.mu.Lock()
 	s.upgrading--
 	closed := s.closed
