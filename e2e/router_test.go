@@ -168,6 +168,13 @@ type router struct {
 // test fails unless it exits 0.
 func startRouter(t *testing.T) *router {
 	t.Helper()
+	return startRouterEnv(t)
+}
+
+// startRouterEnv is startRouter with more settings (NAME=value) in the
+// router's environment; they override the defaults.
+func startRouterEnv(t *testing.T, env ...string) *router {
+	t.Helper()
 	bin := routerBinary(t)
 	httpPort, natsPort := freePort(t), freePort(t)
 	r := &router{
@@ -187,6 +194,7 @@ func startRouter(t *testing.T) *router {
 		"ICE_FAILED_TIMEOUT=1s",
 		"LOG_LEVEL=info",
 	)
+	r.cmd.Env = append(r.cmd.Env, env...)
 	r.cmd.Stdout = r.log
 	r.cmd.Stderr = r.log
 	if err := r.cmd.Start(); err != nil {
