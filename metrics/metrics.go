@@ -73,7 +73,7 @@ func newCollector(src Sources) *collector {
 		keyReqs:      d("keyframe_requests_total", "PLIs and FIRs sent to publishers of video (at most one per track per keyframe interval)."),
 		twcc:         d("rtcp_twcc_sent_total", "Transport-wide congestion control feedback packets sent to publishers of video."),
 		nacksRefused: d("rtp_resend_refused_total", "Retransmissions refused to receivers: asked for again within the dedup window, or past the receiver's budget (half its stream's bytes)."),
-		refused:      d("refused_total", "What clients asked for and were refused, by what: ICE candidates (forbidden network or past the bound per peer), sends to forbidden networks, tracks past MAX_TRACKS_PER_PEER, peers closed for naming too many SSRCs in their RTP and RTCP (stream).", "what"),
+		refused:      d("refused_total", "What clients asked for and were refused, by what: ICE candidates (forbidden network or past the bound per peer), sends to forbidden networks, tracks past MAX_TRACKS_PER_PEER, peers closed for naming too many SSRCs in their RTP and RTCP (stream), new peers past the ICE sockets' share of the file descriptors (socket_limit).", "what"),
 		nacksSent:    d("rtcp_nacks_sent_total", "NACKs sent to publishers for packets lost on the way in."),
 		overload:     d("rtp_dropped_overload_total", "Received RTP packets dropped because their track's reader was TRACK_BUFFER_BYTES behind (the router is overloaded)."),
 		stageEvents:  d("stage_events_total", "What each pipeline stage counted: forwarded packets, bites, published bites, and drops by reason (event=drop_*).", "stage", "event"),
@@ -117,6 +117,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.refused, s.Refused.Sends, "send")
 		counter(c.refused, s.Refused.Tracks, "track")
 		counter(c.refused, s.Refused.Streams, "stream")
+		counter(c.refused, s.Refused.Sockets, "socket_limit")
 		counter(c.nacksSent, s.NACKsSent)
 		counter(c.overload, s.Overload)
 	}

@@ -197,6 +197,8 @@ type sockets struct {
 	// refused counts what the Engine refused its clients. It lives here,
 	// the one object of the Engine every peer and socket reaches.
 	refused refusals
+	// budget judges whether a new peer's sockets fit (sockbudget.go).
+	budget socketBudget
 
 	mu     sync.Mutex
 	byAddr map[netip.AddrPort]*trackedConn
@@ -405,6 +407,7 @@ func (n *peerNet) ListenUDP(network string, laddr *net.UDPAddr) (transport.UDPCo
 	c, err := n.sockets.ListenUDP(network, laddr)
 	if tc, ok := c.(*trackedConn); ok && err == nil {
 		n.conns = append(n.conns, tc)
+		n.sockets.budget.opened(len(n.conns))
 	}
 	return c, err
 }

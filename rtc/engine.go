@@ -71,6 +71,10 @@ type Config struct {
 	// the direct path of egress.go. It costs more CPU per packet; it is
 	// there to compare and as a fallback.
 	PionEgress bool
+	// MaxSockets bounds the UDP sockets of the Engine's ICE agents: a new
+	// peer whose sockets would pass it is refused with ErrSocketLimit.
+	// Zero means no bound.
+	MaxSockets int
 }
 
 // Defaults for Config fields left zero.
@@ -217,6 +221,9 @@ type PeerOptions struct {
 // NewPeer creates the peer connection of device c; h is told of its life.
 // The peer closes itself if it has not connected within ConnectTimeout.
 func (e *Engine) NewPeer(c claim.Claim, h Handler, opts PeerOptions) (*Peer, error) {
+	if err := e.admitSockets(); err != nil {
+		return nil, err
+	}
 	n := &peerNet{sockets: e.socks}
 	g := &streamGuard{limit: streamLimit(e.cfg.MaxMediaLines)}
 	pc, err := e.apis.api(opts.Video, n, g).NewPeerConnection(webrtc.Configuration{ICEServers: e.cfg.ICEServers})

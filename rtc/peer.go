@@ -127,7 +127,7 @@ func (p *Peer) start() {
 		select {
 		case <-p.connected:
 		default:
-			p.log.Info("peer did not connect in time", "timeout", p.e.cfg.ConnectTimeout)
+			p.log.Info("peer did not connect in time", "timeout", p.e.cfg.ConnectTimeout, "why", p.failureWhy())
 			p.CloseWith(ErrConnectTimeout)
 		}
 	})
@@ -146,6 +146,7 @@ func (p *Peer) start() {
 				p.log.Info("peer connected", "down_tracks", len(p.downs))
 			})
 		case webrtc.PeerConnectionStateFailed:
+			p.logFailure()
 			p.CloseWith(ErrConnectionFailed)
 		case webrtc.PeerConnectionStateClosed:
 			p.Close()
@@ -486,6 +487,9 @@ type Refusals struct {
 	// Streams counts peers closed for naming, in their RTP and RTCP,
 	// more SSRCs than they could have negotiated (ErrStreamLimit).
 	Streams uint64
+	// Sockets counts new peers refused because their ICE sockets would
+	// pass Config.MaxSockets (ErrSocketLimit).
+	Sockets uint64
 }
 
 // Refusals returns the Engine's counts of refusals.
@@ -495,6 +499,7 @@ func (e *Engine) Refusals() Refusals {
 		Sends:      e.socks.refused.sends.Load(),
 		Tracks:     e.socks.refused.tracks.Load(),
 		Streams:    e.socks.refused.streams.Load(),
+		Sockets:    e.socks.budget.refused.Load(),
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -59,6 +60,8 @@ type app struct {
 	msrv    *http.Server // metrics server, when METRICS_LISTEN is set
 	mln     net.Listener
 	natsRTT *metrics.Probe // a recent round trip to NATS, for /readyz
+	certs   *certStore     // TLS on LISTEN (tls.go), or nil
+	fds     fdBudget       // the file descriptor headroom (fdlimit.go)
 }
 
 // NATS readiness: a flush (PING, PONG) with a deadline every
@@ -113,6 +116,10 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 		}
 	}()
 
+	a.fds = fdHeadroom(cfg, log)
+	if a.certs, err = newCertStore(cfg, log); err != nil {
+		return nil, err
+	}
 	pc, err := pipelineConfig(cfg.Pipeline, reg)
 	if err != nil {
 		return nil, err
@@ -145,6 +152,7 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 			KeyframeInterval:    cfg.KeyframeEvery,
 			TrackBuffer:         cfg.TrackBuffer,
 			PionEgress:          cfg.PionEgress,
+			MaxSockets:          a.fds.iceSockets,
 		},
 		Sink:                    a.pipe,
 		Logger:                  log,
@@ -249,11 +257,13 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 		MaxConnections:      orNone(cfg.SylkMaxConns),
 		MaxCallsPerAccount:  orNone(cfg.SylkMaxCalls),
 		MaxRoomParticipants: orNone(cfg.SylkMaxRoomParticipants),
+		SIPRegistrar:        cfg.SIPRegistrar,
+		SIPTimeout:          cfg.SIPTimeout,
+		SIPExpires:          cfg.SIPExpires,
+		SIPMaxInFlight:      cfg.SIPMaxInFlight,
 	})
-	if err != nil && cfg.SylkAccounts != "" {
-		return nil, fmt.Errorf("SYLK_ACCOUNTS: %w", err)
-	}
 	if err != nil {
+		// The error names the accounts file or the registrar at fault.
 		return nil, fmt.Errorf("sylk API: %w", err)
 	}
 	a.sylk.Register(r)
@@ -304,6 +314,9 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 		if err != nil {
 			return nil, fmt.Errorf("METRICS_LISTEN: %w", err)
 		}
+		if a.mln, err = bound(a.mln, "METRICS_LISTEN", a.fds.extras, a.fds.extras, nil, promReg, log); err != nil {
+			return nil, err
+		}
 		a.msrv = newServer(ops, cfg, log)
 		go func() { _ = a.msrv.Serve(a.mln) }()
 	}
@@ -311,6 +324,13 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 	a.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("LISTEN: %w", err)
+	}
+	var listenTLS *tls.Config
+	if a.certs != nil {
+		listenTLS = a.certs.tlsConfig()
+	}
+	if a.ln, err = bound(a.ln, "LISTEN", a.fds.httpConns, a.fds.extras, listenTLS, promReg, log); err != nil {
+		return nil, err
 	}
 	var h http.Handler = r
 	if len(cfg.Origins) > 0 {
@@ -324,19 +344,23 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 	// (ARBITER_ORIGINS), whatever ALLOWED_ORIGINS says.
 	h = a.arb.Bypass(h)
 	a.srv = newServer(h, cfg, log)
+	a.srv.TLSConfig = listenTLS
 	if a.demo != nil {
 		// The demo's event streams end on Close; Shutdown waits for them.
 		a.srv.RegisterOnShutdown(func() { _ = a.demo.Close() })
 	}
-	go func() { a.served <- a.srv.Serve(a.ln) }()
+	go func() { a.served <- a.serve() }()
 	natsDesc := a.nc.ConnectedUrlRedacted()
 	switch {
+	case natsDesc == "" && a.ns == nil:
+		natsDesc = "unreachable, retrying: " + redactURLs(strings.Join(cfg.NATS, ","))
 	case a.ns != nil && cfg.NATSExpose == "":
 		natsDesc = "embedded, in-process only"
 	case a.ns != nil:
 		natsDesc = "embedded, serving " + a.ns.ClientURL()
 	}
-	log.Info("router listening", "addr", a.ln.Addr().String(), "pipeline", strings.Join(a.pipe.Names(), " → "), "nats", natsDesc)
+	log.Info("router listening", "addr", a.ln.Addr().String(), "scheme", a.scheme(), "pipeline", strings.Join(a.pipe.Names(), " → "), "nats", natsDesc)
+	a.startupLog(cfg)
 	return a, nil
 }
 
@@ -381,7 +405,7 @@ func (a *app) connectNATS(cfg config) error {
 	opts := []nats.Option{
 		nats.Name("beep-router"),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(time.Second),
+		nats.ReconnectWait(natsRetryEvery),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				a.log.Warn("NATS disconnected", "err", err)
@@ -390,11 +414,12 @@ func (a *app) connectNATS(cfg config) error {
 		nats.ReconnectHandler(func(nc *nats.Conn) { a.log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }),
 	}
 	if cfg.NATS != nil {
-		nc, err := nats.Connect(strings.Join(cfg.NATS, ","), append(opts, nats.RetryOnFailedConnect(true))...)
+		nc, err := nats.Connect(strings.Join(cfg.NATS, ","), append(opts, nats.RetryOnFailedConnect(true), natsRetryLog(a.log, cfg.NATS))...)
 		if err != nil {
-			return fmt.Errorf("NATS: %w", err)
+			return fmt.Errorf("NATS %s: %w", redactURLs(strings.Join(cfg.NATS, ",")), err)
 		}
 		a.nc = nc
+		logNATSPending(a.log, nc, cfg.NATS)
 		return nil
 	}
 	// JetStream holds the state front-ends share (the Arbiter rooms). Its

@@ -73,6 +73,10 @@ type config struct {
 	SylkMaxConns            int
 	SylkMaxCalls            int
 	SylkMaxRoomParticipants int
+	SIPRegistrar            string
+	SIPTimeout              time.Duration
+	SIPExpires              time.Duration
+	SIPMaxInFlight          int
 	// Bounds of signalling sockets and streams (0: no bound).
 	MaxStreamsPerUser int
 	MaxStreams        int
@@ -85,6 +89,13 @@ type config struct {
 	Origins           []string
 	JWTPublicKey      string
 	TURN              turnConfig // the built-in TURN server; off while Listen is ""
+	// TLS on LISTEN: a PEM certificate (chain) and key, or none; DevTLS
+	// (the -dev-tls flag, set by main) makes a self-signed one.
+	TLSCert, TLSKey string
+	DevTLS          bool
+	// DevOverrides describes the settings given explicitly that -dev
+	// overrides or keeps over its own defaults, for the start-up log.
+	DevOverrides []devOverride
 }
 
 // setting documents one environment variable; the README's table is made
@@ -96,7 +107,9 @@ type setting struct {
 // settings lists every environment variable the router reads.
 var settings = []setting{
 	{"LISTEN", ":80", "HTTP listen address (-dev: :8080)"},
-	{"METRICS_LISTEN", "", "serve /metrics, /healthz and /readyz on this address instead of LISTEN (e.g. 127.0.0.1:9090)"},
+	{"METRICS_LISTEN", "", "serve /metrics, /healthz and /readyz on this address instead of LISTEN (e.g. 127.0.0.1:9090); plain HTTP, also with TLS_CERT"},
+	{"TLS_CERT", "", "path of a PEM certificate (chain): serve HTTPS and WSS on LISTEN (HTTP/2 where the client offers it); re-read on SIGHUP; with TLS_KEY"},
+	{"TLS_KEY", "", "path of the PEM private key of TLS_CERT; re-read on SIGHUP"},
 	{"NATS", "embedded", "NATS URL or comma list; `embedded` runs an in-process NATS server"},
 	{"NATS_EMBEDDED_LISTEN", "", "with NATS=embedded, also serve NATS clients on this address (e.g. 127.0.0.1:4222); empty: in-process only"},
 	{"PERMISSIONS_HOST", "http://permissions", "backend-permissions base URL; `allow-all` skips the check (demos only)"},
@@ -152,6 +165,10 @@ var settings = []setting{
 	{"SYLK_MAX_CONNECTIONS", "10000", "most open Sylk API sockets (/webrtcgateway/ws); past it 503; 0: no limit"},
 	{"SYLK_MAX_CALLS_PER_ACCOUNT", "4", "most Sylk calls, ringing or up, of one account; a callee past it is busy (486); 0: no limit"},
 	{"SYLK_MAX_ROOM_PARTICIPANTS", "50", "most participants of one Sylk video room; 0: no limit"},
+	{"SIP_REGISTRAR", "", "SIP registrar (sip:host[:port][;transport=udp]) that decides and keeps Sylk registrations instead of SYLK_ACCOUNTS: account-register sends a REGISTER answering the digest challenge from the HA1"},
+	{"SIP_TIMEOUT", "10s", "bounds one SIP transaction with the registrar (408 Request Timeout past it)"},
+	{"SIP_EXPIRES", "600s", "registration lifetime asked of the SIP registrar; refreshed at half the lifetime granted"},
+	{"SIP_MAX_IN_FLIGHT", "64", "most SIP REGISTER transactions in flight; past it a registration fails with 503"},
 	{"HTTP_READ_HEADER_TIMEOUT", "10s", "time a client has to send request headers (a slowloris client is cut off)"},
 	{"HTTP_READ_TIMEOUT", "30s", "time a client has to send a whole request"},
 	{"HTTP_WRITE_TIMEOUT", "30s", "time to write a response (WebSockets and SSE streams set their own deadlines)"},
@@ -337,6 +354,10 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 		}
 		c.ArbiterOrigins = append(c.ArbiterOrigins, o)
 	}
+	c.SIPRegistrar = get("SIP_REGISTRAR")
+	c.SIPTimeout = duration("SIP_TIMEOUT")
+	c.SIPExpires = duration("SIP_EXPIRES")
+	c.SIPMaxInFlight = integer("SIP_MAX_IN_FLIGHT", 1, 1<<16)
 	c.SylkAccounts = get("SYLK_ACCOUNTS")
 	c.SylkRingTimeout = duration("SYLK_RING_TIMEOUT")
 	c.SylkMaxConns = integer("SYLK_MAX_CONNECTIONS", 0, 1<<30)
@@ -361,6 +382,13 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 		c.Origins = []string{"*"}
 	}
 	c.JWTPublicKey = get("AUTH_JWT_PUBLIC_KEY")
+	c.TLSCert, c.TLSKey = get("TLS_CERT"), get("TLS_KEY")
+	if err := checkTLSSettings(c.TLSCert, c.TLSKey); err != nil {
+		errs = append(errs, err)
+	}
+	if dev {
+		c.DevOverrides = devOverrides(getenv)
+	}
 	var turnErr error
 	if c.TURN, turnErr = loadTURN(get, bad, duration, integer); turnErr != nil {
 		errs = append(errs, turnErr)

@@ -25,6 +25,7 @@ func main() { os.Exit(run()) }
 
 func run() int {
 	dev := flag.Bool("dev", false, "local demo: listen on :8080, embedded NATS, allow-all permissions, identity from query parameters; refuses PERMISSIONS_HOST and AUTH_JWT_PUBLIC_KEY")
+	devTLS := flag.Bool("dev-tls", false, "with -dev: serve HTTPS and WSS with a self-signed certificate for this host's names and addresses (its SHA-256 fingerprint is logged), so browsers on other machines may use the microphone")
 	printPipeline := flag.Bool("print-pipeline", false, "print the default pipeline YAML (every stage and setting with its default, commented) and exit")
 	envFile := flag.String("env-file", ".env", "file of KEY=value lines that fill in settings the environment lacks; a missing .env is ignored, a missing file named with -env-file is an error")
 	flag.Parse()
@@ -39,6 +40,11 @@ func run() int {
 	cfg, err := loadConfig(os.Getenv, *dev)
 	if err != nil {
 		fail("invalid settings: %v", err)
+		return 2
+	}
+	cfg.DevTLS = *devTLS
+	if err := checkDevTLS(cfg); err != nil {
+		fail("%v", err)
 		return 2
 	}
 	if *printPipeline {
@@ -58,19 +64,31 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	// SIGHUP re-reads the TLS certificate and the Sylk accounts file; one
+	// during the start is handled once the router serves.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
 	a, err := start(cfg, log, registry())
 	if err != nil {
 		fail("%v", err)
 		return 1
 	}
 	code := 0
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-	case err := <-a.served:
-		if !errors.Is(err, http.ErrServerClosed) {
-			log.Error("http server failed", "err", err)
-			code = 1
+	for running := true; running; {
+		select {
+		case <-hup:
+			_ = a.reload() // logged; what was in use stays
+		case <-ctx.Done():
+			log.Info("shutting down")
+			running = false
+		case err := <-a.served:
+			if !errors.Is(err, http.ErrServerClosed) {
+				log.Error("http server failed", "err", err)
+				code = 1
+			}
+			running = false
 		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)

@@ -53,6 +53,11 @@ func TestStartupFailures(t *testing.T) {
 	defer udp.Close()
 	udpPort := strconv.Itoa(udp.LocalAddr().(*net.UDPAddr).Port)
 
+	// TLS pairs: a good one, and the key of another certificate.
+	certFile, keyFile, _ := writeTestPair(t, dir, "tls")
+	_, otherKey, _ := writeTestPair(t, dir, "other")
+	notPEM := write("not-pem.crt", "not a certificate\n")
+
 	tests := []struct {
 		name   string
 		args   []string
@@ -71,9 +76,17 @@ func TestStartupFailures(t *testing.T) {
 		{name: "UDP_PORT taken", env: []string{"UDP_PORT=" + udpPort}, code: 1, want: []string{"UDP", udpPort}},
 		{name: "METRICS_LISTEN taken", env: []string{"METRICS_LISTEN=" + taken.Addr().String()}, code: 1, want: []string{"METRICS_LISTEN", taken.Addr().String()}},
 		{name: "NATS_EMBEDDED_LISTEN taken", env: []string{"NATS=embedded", "NATS_EMBEDDED_LISTEN=" + taken.Addr().String()}, code: 1, want: []string{"NATS_EMBEDDED_LISTEN", taken.Addr().String()}},
-		{name: "SYLK_ACCOUNTS missing", env: []string{"SYLK_ACCOUNTS=" + missing}, code: 1, want: []string{"SYLK_ACCOUNTS", "missing.yaml"}},
-		{name: "SYLK_ACCOUNTS bad line", env: []string{"SYLK_ACCOUNTS=" + write("accounts", "alice@example.com:not-an-ha1\n")}, code: 1, want: []string{"SYLK_ACCOUNTS", "accounts:1"}},
+		{name: "SYLK_ACCOUNTS missing", env: []string{"SYLK_ACCOUNTS=" + missing}, code: 1, want: []string{"sylk accounts", "missing.yaml"}},
+		{name: "SYLK_ACCOUNTS bad line", env: []string{"SYLK_ACCOUNTS=" + write("accounts", "alice@example.com:not-an-ha1\n")}, code: 1, want: []string{"sylk accounts", "accounts:1"}},
+		{name: "SIP_REGISTRAR not a SIP URI", env: []string{"SIP_REGISTRAR=http://registrar.example.org"}, code: 1, want: []string{"registrar", "http://registrar.example.org"}},
 		{name: "env-file missing", args: []string{"-env-file", filepath.Join(dir, "nope.env")}, code: 2, want: []string{"nope.env"}},
+		{name: "TLS_CERT missing", env: []string{"TLS_CERT=" + missing, "TLS_KEY=" + keyFile}, code: 2, want: []string{"TLS_CERT", "missing.yaml"}},
+		{name: "TLS_KEY missing", env: []string{"TLS_CERT=" + certFile, "TLS_KEY=" + missing}, code: 2, want: []string{"TLS_KEY", "missing.yaml"}},
+		{name: "TLS_CERT not PEM", env: []string{"TLS_CERT=" + notPEM, "TLS_KEY=" + keyFile}, code: 2, want: []string{"TLS_CERT", "not-pem.crt"}},
+		{name: "TLS pair mismatched", env: []string{"TLS_CERT=" + certFile, "TLS_KEY=" + otherKey}, code: 2, want: []string{"TLS_CERT", "TLS_KEY", "does not match"}},
+		{name: "TLS_CERT without TLS_KEY", env: []string{"TLS_CERT=" + certFile}, code: 2, want: []string{"TLS_CERT", "TLS_KEY"}},
+		{name: "-dev-tls without -dev", args: []string{"-dev-tls"}, code: 2, want: []string{"-dev-tls", "-dev"}},
+		{name: "-dev-tls with TLS_CERT", args: []string{"-dev", "-dev-tls"}, env: []string{"TLS_CERT=" + certFile, "TLS_KEY=" + keyFile, "PERMISSIONS_HOST="}, code: 2, want: []string{"-dev-tls", "TLS_CERT"}},
 		{name: "LISTEN taken after embedded NATS", env: []string{"LISTEN=" + taken.Addr().String()}, code: 1, want: []string{"LISTEN", taken.Addr().String()}, natsUp: testutil.FreeAddr(t)},
 		{name: "bad PIPELINE after embedded NATS", env: []string{"PIPELINE=" + unknownKind}, code: 1, want: []string{"PIPELINE", "unknown-kind.yaml", "frobnicator"}, natsUp: testutil.FreeAddr(t)},
 	}

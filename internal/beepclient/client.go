@@ -48,6 +48,9 @@ type Options struct {
 	Claim claim.Claim
 	// Framing is the signalling framing.
 	Framing Framing
+	// Dialer dials the WebSocket (a wss:// URL's TLS settings, say); nil
+	// means websocket.DefaultDialer.
+	Dialer *websocket.Dialer
 	// Publish adds a sending audio track (on a sendrecv m-line).
 	Publish bool
 	// Receive is the number of receiving audio m-lines (the first is the
@@ -254,7 +257,11 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 	h := http.Header{}
 	b, _ := json.Marshal(o.Claim)
 	h.Set(claim.Header, string(b))
-	ws, resp, err := websocket.DefaultDialer.DialContext(ctx, o.URL, h)
+	dialer := o.Dialer
+	if dialer == nil {
+		dialer = websocket.DefaultDialer
+	}
+	ws, resp, err := dialer.DialContext(ctx, o.URL, h)
 	if err != nil {
 		if resp != nil {
 			return nil, fmt.Errorf("dial %s: %w (HTTP %d)", o.URL, err, resp.StatusCode)

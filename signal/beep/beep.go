@@ -281,6 +281,11 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, c claim.Claim) 
 		sig.close(websocket.ClosePolicyViolation, err.Error())
 		return
 	}
+	if errors.Is(err, rtc.ErrSocketLimit) {
+		sig.log.Info("connection refused", "err", err)
+		sig.close(websocket.CloseTryAgainLater, "router busy: try again later")
+		return
+	}
 	if err != nil {
 		sig.log.Error("cannot create peer connection", "err", err)
 		sig.close(websocket.CloseInternalServerErr, "cannot create peer connection")
