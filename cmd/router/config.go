@@ -419,6 +419,19 @@ func devRefusals(getenv func(string) string) []string {
 	return names
 }
 
+// defaultInt is the default of the integer setting name, from settings;
+// -1 when it has none.
+func defaultInt(name string) int {
+	for _, s := range settings {
+		if s.name == name {
+			if n, err := strconv.Atoi(s.def); err == nil {
+				return n
+			}
+		}
+	}
+	return -1
+}
+
 func splitList(s string) []string {
 	var out []string
 	for _, f := range strings.Split(s, ",") {

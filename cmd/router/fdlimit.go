@@ -99,6 +99,11 @@ func fdHeadroom(cfg config, log *slog.Logger) fdBudget {
 		log.Warn("file descriptor limit unknown: connections and ICE sockets are not bounded by it", "err", err)
 		return newFDBudget(0)
 	}
+	return planFDs(cfg, limit, log)
+}
+
+// planFDs shares limit out (newFDBudget) and logs it, as fdHeadroom.
+func planFDs(cfg config, limit uint64, log *slog.Logger) fdBudget {
 	b := newFDBudget(limit)
 	if limit == 0 {
 		log.Info("file descriptor limit: unlimited; connections and ICE sockets are bounded by the settings only")
@@ -144,6 +149,13 @@ func fdHeadroom(cfg config, log *slog.Logger) fdBudget {
 	case len(unbounded) > 0:
 		log.Warn("connection bounds set to 0 (no limit) are bounded by the file descriptor limit only: past it new connections are refused with 503",
 			"settings", fmt.Sprint(unbounded), "http_connections", b.httpConns)
+	case sum > b.httpConns && bounds[0].n == defaultInt("SUBSCRIBE_MAX") && bounds[1].n == defaultInt("CONNECT_MAX_PENDING") &&
+		bounds[2].n == defaultInt("SYLK_MAX_CONNECTIONS"):
+		// The defaults suit a raised limit; below it the headroom is the
+		// bound, which is what the operator wants by default: say so
+		// without a warning on every start.
+		log.Info("connections are bounded by the file descriptor headroom before the default SUBSCRIBE_MAX, CONNECT_MAX_PENDING and SYLK_MAX_CONNECTIONS: past it new connections are refused with 503",
+			"http_connections", b.httpConns, "limit", limit)
 	case sum > b.httpConns:
 		log.Warn("configured connection bounds exceed the file descriptor headroom: past it new connections are refused with 503 before these bounds are reached; raise the limit (ulimit -n, LimitNOFILE=, docker --ulimit nofile=) or lower the bounds",
 			"SUBSCRIBE_MAX+CONNECT_MAX_PENDING+SYLK_MAX_CONNECTIONS", sum, "http_connections", b.httpConns, "limit", limit)

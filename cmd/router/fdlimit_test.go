@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -376,6 +377,47 @@ func TestLimitListenerRefuses(t *testing.T) {
 				resp.Body.Close()
 				return resp.StatusCode == http.StatusOK
 			})
+		})
+	}
+}
+
+// TestFDHeadroomWarnings: the start-up warning about connection bounds is
+// for bounds an operator chose; the defaults under a small limit are told
+// at info level (the headroom is then the bound), not warned on every start.
+func TestFDHeadroomWarnings(t *testing.T) {
+	defaults, err := loadConfig(func(string) string { return "" }, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		limit  uint64
+		change func(*config)
+		warn   string // a WARN line with this text, or none
+	}{
+		{"defaults, small limit", 1024, func(*config) {}, ""},
+		{"defaults, large limit", 1 << 20, func(*config) {}, ""},
+		{"raised bound", 1024, func(c *config) { c.MaxStreams = 50000 }, "configured connection bounds exceed"},
+		{"unbounded", 1 << 20, func(c *config) { c.SylkMaxConns = 0 }, "set to 0 (no limit)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := defaults
+			tt.change(&cfg)
+			var buf strings.Builder
+			planFDs(cfg, tt.limit, slog.New(slog.NewTextHandler(&buf, nil)))
+			var warns []string
+			for _, l := range strings.Split(buf.String(), "\n") {
+				if strings.Contains(l, "level=WARN") {
+					warns = append(warns, l)
+				}
+			}
+			switch {
+			case tt.warn == "" && len(warns) > 0:
+				t.Errorf("warned: %q", warns)
+			case tt.warn != "" && (len(warns) != 1 || !strings.Contains(warns[0], tt.warn)):
+				t.Errorf("warnings %q, want one with %q", warns, tt.warn)
+			}
 		})
 	}
 }

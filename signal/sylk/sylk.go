@@ -241,7 +241,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg,
-		log: cfg.Logger.With("api", "sylk"),
+		log: cfg.Logger, // the caller labels it (cmd/router: api=sylk)
 		upgrader: websocket.Upgrader{
 			HandshakeTimeout: 10 * time.Second,
 			CheckOrigin:      checkOrigin,
