@@ -104,3 +104,54 @@ func TestMembershipWithoutJetStream(t *testing.T) {
 		t.Fatal("Lookup of an unknown user is not empty")
 	}
 }
+
+// TestMembershipWatchAfterReconnect: the NATS server restarts (its
+// JetStream store kept); the routers reconnect and start their watch of
+// the bucket again from the last revision they applied, so that a join
+// made after the restart reaches the other router at once rather than
+// once the lost consumer is noticed (nats.go's ordered consumer waits for
+// two missed heartbeats of 5 s).
+func TestMembershipWatchAfterReconnect(t *testing.T) {
+	ns := testutil.StartNATS(t, testutil.JetStream)
+	a, b := newRouter(t, ns.URL()), newRouter(t, ns.URL())
+	if err := a.rooms.Join("u-1", "c-1"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.node.waitMember(ctx, "u-1", "c-1"); err != nil {
+		t.Fatal(err)
+	}
+
+	ns.Stop()
+	ns.Start()
+	testutil.Eventually(t, 10*time.Second, "both routers reconnected", func() bool {
+		return a.nc.IsConnected() && b.nc.IsConnected()
+	})
+	back := time.Now()
+	// JetStream may take a moment to take writes again: join until one is
+	// written (a failed write is counted and the join holds locally).
+	i := 0
+	testutil.Eventually(t, 20*time.Second, "a join made after the restart in B's cache", func() bool {
+		i++
+		if err := a.rooms.Join("u-2", fmt.Sprintf("c-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		return b.node.waitMember(ctx, "u-2", fmt.Sprintf("c-%d", i)) == nil
+	})
+	took := time.Since(back)
+	t.Logf("a join reached the other router %v after the reconnect (%d tries)", took.Round(time.Millisecond), i)
+	// Without the restart of the watch this takes 8-10 s here: the lost
+	// consumer is noticed after two missed heartbeats.
+	if took > 5*time.Second {
+		t.Errorf("a join reached the other router only %v after the reconnect", took)
+	}
+	if s := b.node.Stats(); s.WatchRestarts == 0 {
+		t.Errorf("B's watch never started again: %+v", s)
+	}
+	if got := b.node.Lookup("u-1"); got != "c-1" {
+		t.Errorf("B lost u-1's membership across the restart: %q", got)
+	}
+}

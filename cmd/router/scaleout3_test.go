@@ -347,3 +347,174 @@ func (l *listener) maxGap(id byte, from, to time.Time) (gap time.Duration, n int
 	}
 	return max(gap, to.Sub(prev)), n
 }
+
+// party is the six users of the failure test, two per router, each a
+// listener that talks all along.
+type party struct {
+	t         *testing.T
+	listeners map[byte]*listener
+	talkers   map[byte]*talker
+	where     map[byte]int // router index
+}
+
+// connect dials user id (name) on router i as a talking listener.
+func (p *party) connect(c *natsCluster3, i int, id byte, name string, from int) {
+	p.t.Helper()
+	l := dialListener(c.routers[i], name, name+"-phone", 5)
+	p.listeners[id], p.where[id] = l, i
+	p.talkers[id] = talk(l.c, id, from)
+	p.t.Cleanup(p.talkers[id].stop)
+}
+
+// waitHear waits until each of the listeners in ids heard at least n
+// packets of each of the speakers in ids but itself since t0.
+func (p *party) waitHear(ids string, n int, t0 time.Time, what string) {
+	p.t.Helper()
+	testutil.Eventually(p.t, 20*time.Second, what, func() bool {
+		for _, l := range []byte(ids) {
+			for _, s := range []byte(ids) {
+				if s != l && p.listeners[l].heardSince(s, t0) < n {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+// gaps returns the longest gap in the audio of each speaker of ids heard
+// by each listener of ids between from and to, the longest of all and
+// the pair it was on, failing the test if a pair heard nothing.
+func (p *party) gaps(ids string, from, to time.Time) (worst time.Duration, pair string) {
+	p.t.Helper()
+	for _, l := range []byte(ids) {
+		for _, s := range []byte(ids) {
+			if s == l {
+				continue
+			}
+			g, n := p.listeners[l].maxGap(s, from, to)
+			if n == 0 {
+				p.t.Errorf("%c heard nothing of %c", l, s)
+			}
+			if g > worst {
+				worst, pair = g, string([]byte{s, '>', l})
+			}
+		}
+	}
+	return worst, pair
+}
+
+// TestClusterFailureIsolation runs three router processes, each on its own
+// node of a 3-node NATS cluster, with six users (two per router) talking
+// all along in one conversation. Router C is killed (SIGKILL) mid-call:
+// the calls on A and B go on without a gap, C's publishers leave the
+// speaker slots on A and B within 3 s, C's memberships stay in the bucket;
+// restarted, C takes its users back (they connect without joining again)
+// and they hear and are heard. Then A's NATS node stops: the calls go on
+// after the router's reconnect to another node, no membership is lost, and
+// a join made after the loss still reaches another router.
+func TestClusterFailureIsolation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs three router processes and a NATS cluster")
+	}
+	c := startNATSCluster3(t)
+	a, b := c.routers[0], c.routers[1]
+	p := &party{t: t, listeners: map[byte]*listener{}, talkers: map[byte]*talker{}, where: map[byte]int{}}
+	names := map[byte]string{'a': "alice", 'b': "bob", 'c': "carol", 'd': "dan", 'e': "erin", 'f': "frank"}
+	for i, ids := range []string{"ab", "cd", "ef"} {
+		for _, id := range []byte(ids) {
+			c.routers[i].join(names[id], "conv-1")
+		}
+	}
+	t0 := time.Now()
+	for i, ids := range []string{"ab", "cd", "ef"} {
+		for _, id := range []byte(ids) {
+			p.connect(c, i, id, names[id], 0)
+		}
+	}
+	p.waitHear("abcdef", 50, t0, "everyone hearing the five others")
+
+	// SIGKILL router C mid-call.
+	for _, r := range []*routerProcess{a, b} {
+		testutil.Eventually(t, 10*time.Second, r.name+" has the 4 remote tracks", func() bool {
+			return r.metric("router_relay_remote_tracks") == 4
+		})
+	}
+	steady := time.Now()
+	p.waitHear("abcd", 50, steady, "a second of the call before the kill")
+	killed := time.Now()
+	c.routers[2].kill()
+	gone := map[string]time.Duration{}
+	testutil.Eventually(t, 10*time.Second, "C's publishers out of A's and B's conversations", func() bool {
+		for _, r := range []*routerProcess{a, b} {
+			if _, ok := gone[r.name]; !ok && r.metric("router_relay_remote_tracks") == 2 {
+				gone[r.name] = time.Since(killed)
+			}
+		}
+		return len(gone) == 2
+	})
+	p.waitHear("abcd", 100, killed, "two seconds of the call after the kill")
+	base, basePair := p.gaps("abcd", steady, killed)
+	gap, pair := p.gaps("abcd", killed, time.Now())
+	t.Logf("SIGKILL of C: longest gap on A and B %v (%s; %v in the second before the kill, %s); C's publishers left the slots of A after %v, of B after %v",
+		gap.Round(time.Millisecond), pair, base.Round(time.Millisecond), basePair, gone[a.name].Round(time.Millisecond), gone[b.name].Round(time.Millisecond))
+	if gap > time.Second {
+		t.Errorf("the calls on A and B had a gap of %v (%s) after C was killed", gap, pair)
+	}
+	for name, d := range gone {
+		if d > 5*time.Second {
+			t.Errorf("C's publishers left %s's slots %v after the kill", name, d)
+		}
+	}
+	mem := c.memberships(1)
+	for _, name := range names {
+		if mem[name] != "conv-1" {
+			t.Errorf("after C's death the bucket has %s in %q, want conv-1 (all: %v)", name, mem[name], mem)
+		}
+	}
+
+	// C restarts; its users connect again without joining.
+	p.talkers['e'].stop()
+	p.talkers['f'].stop()
+	c.routers[2] = c.start(2)
+	back := time.Now()
+	p.connect(c, 2, 'e', "erin", 10000)
+	p.connect(c, 2, 'f', "frank", 10000)
+	p.waitHear("abcdef", 50, back, "everyone hearing the five others after C's restart")
+	t.Logf("C restarted: its users heard and hear everyone %v after the restart", time.Since(back).Round(time.Millisecond))
+
+	// NATS node 1 (A's) stops mid-call.
+	steady = time.Now()
+	p.waitHear("abcdef", 50, steady, "a second of the call before the NATS node loss")
+	lost := time.Now()
+	c.nodes[0].Stop()
+	a.waitLine(0, 20*time.Second, "NATS reconnected")
+	reconnected := time.Since(lost)
+	p.waitHear("abcdef", 100, lost, "two seconds of the call after the NATS node loss")
+	base, basePair = p.gaps("abcdef", steady, lost)
+	gap, pair = p.gaps("abcdef", lost, time.Now())
+	local, localPair := p.gaps("ab", lost, time.Now())
+	t.Logf("NATS node loss: A reconnected after %v; longest gap %v (%s), on A's own calls %v (%s); %v in the second before (%s)",
+		reconnected.Round(time.Millisecond), gap.Round(time.Millisecond), pair, local.Round(time.Millisecond), localPair, base.Round(time.Millisecond), basePair)
+	if gap > 5*time.Second {
+		t.Errorf("a NATS node loss interrupted the calls for %v (%s)", gap, pair)
+	}
+	if local > time.Second {
+		t.Errorf("a NATS node loss interrupted A's own calls for %v (%s)", local, localPair)
+	}
+	mem = c.memberships(1)
+	for _, name := range names {
+		if mem[name] != "conv-1" {
+			t.Errorf("after the NATS node loss the bucket has %s in %q, want conv-1 (all: %v)", name, mem[name], mem)
+		}
+	}
+	// A join after the loss, on B, admits on A.
+	b.join("ivy", "conv-1")
+	joined := time.Now()
+	ivy := dialListener(a, "ivy", "ivy-phone", 5)
+	testutil.Eventually(t, 20*time.Second, "ivy (joined on B after the loss, on A) hearing a and c", func() bool {
+		return ivy.heardSince('a', joined) >= 25 && ivy.heardSince('c', joined) >= 25
+	})
+	t.Logf("ivy, joined on B after the loss, heard a and c on A %v after the join; A's membership watch restarted %v times",
+		time.Since(joined).Round(time.Millisecond), a.metric("router_membership_watch_restarts_total"))
+}
