@@ -377,6 +377,77 @@ func (n *Node) waitOpen(ctx context.Context) error {
 	}
 }
 
+// refresh rewrites, every refreshEvery, the memberships of the users with
+// a connected device here that are older than half the TTL, so that the
+// bucket keeps them while the users stay (a router that meets such a user
+// later still knows its conversation). Each write is a compare-and-set on
+// the revision the cache knows: a join made meanwhile on another router
+// wins.
+func (m *membership) refresh() {
+	defer m.n.bg.Done()
+	ttl := m.n.cfg.MembershipTTL
+	t := time.NewTicker(refreshEvery(ttl))
+	defer t.Stop()
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-t.C:
+		}
+		m.refreshOnce(time.Now().Add(-ttl / 2))
+	}
+}
+
+// refreshEvery is how often memberships are checked for refresh: a tenth
+// of the TTL, from 1 s to 10 min.
+func refreshEvery(ttl time.Duration) time.Duration {
+	return min(max(ttl/10, time.Second), 10*time.Minute)
+}
+
+// refreshOnce rewrites the memberships of connected users written before
+// older, and returns how many it rewrote.
+func (m *membership) refreshOnce(older time.Time) (n int) {
+	m.mu.Lock()
+	kv := m.kv
+	m.mu.Unlock()
+	if kv == nil || m.n.rooms == nil {
+		return 0
+	}
+	for user, conv := range m.n.rooms.ConnectedMembers() {
+		m.mu.Lock()
+		e, ok := m.users[user]
+		m.mu.Unlock()
+		if !ok || e.conv != conv || e.rev == 0 || e.at.After(older) {
+			continue // not ours to refresh, not in the bucket yet, or recent
+		}
+		b, _ := json.Marshal(memValue{Conv: conv, Router: m.n.cfg.ID})
+		ctx, cancel := m.n.storeContext()
+		rev, err := kv.Update(ctx, keyPrefix+token(user), b, e.rev)
+		cancel()
+		if m.ctx.Err() != nil {
+			return n
+		}
+		if err != nil {
+			// A newer write (a join elsewhere) wins; anything else is
+			// counted and tried again at the next check.
+			if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+				m.n.count.storeErrors.Add(1)
+				if ok, k := m.errLog.Allow(time.Now()); ok {
+					m.n.log.Warn("cluster: membership not refreshed", "user", user, "conversation", conv, "err", err, "suppressed", k)
+				}
+			}
+			continue
+		}
+		n++
+		m.mu.Lock()
+		if cur := m.users[user]; cur.rev < rev {
+			m.users[user] = memEntry{conv: conv, rev: rev, at: time.Now()}
+		}
+		m.mu.Unlock()
+	}
+	return n
+}
+
 // cacheSize returns the number of memberships the cache holds.
 func (m *membership) cacheSize() int {
 	m.mu.Lock()

@@ -155,3 +155,79 @@ func TestMembershipWatchAfterReconnect(t *testing.T) {
 		t.Errorf("B lost u-1's membership across the restart: %q", got)
 	}
 }
+
+// membersRooms is a room layer whose connected members are fixed.
+type membersRooms struct {
+	stubRooms
+	members map[string]string
+}
+
+func (r membersRooms) ConnectedMembers() map[string]string { return r.members }
+
+// startNode starts a Node on its own connection to url with rooms.
+func startNode(t *testing.T, url string, ttl time.Duration, rooms Rooms) *Node {
+	t.Helper()
+	n, err := New(Config{NATS: connect(t, url), Logger: quiet(), MembershipTTL: ttl, Heartbeat: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	if err := n.Start(rooms, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.waitOpen(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestMembershipRefresh: a router rewrites the membership of a user with a
+// connected device before the bucket's TTL removes it, so that another
+// router still knows it after the TTL; a user without a device there is
+// forgotten after the TTL; and a refresh never overwrites a join made
+// meanwhile on another router (compare-and-set on the revision).
+func TestMembershipRefresh(t *testing.T) {
+	const ttl = 2 * time.Second // refreshed after 1 s, checked every second
+	ns := testutil.StartNATS(t, testutil.JetStream)
+	a := startNode(t, ns.URL(), ttl, membersRooms{members: map[string]string{"alice": "c-1", "carol": "c-3"}})
+	b := startNode(t, ns.URL(), ttl, stubRooms{})
+	a.Joined("alice", "c-1")
+	a.Joined("bob", "c-2")   // no device on a: not refreshed
+	a.Joined("carol", "c-3") // moved on b below
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for user, conv := range map[string]string{"alice": "c-1", "bob": "c-2", "carol": "c-3"} {
+		if err := b.waitMember(ctx, user, conv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Joined("carol", "c-4")
+	if err := a.waitMember(ctx, "carol", "c-4"); err != nil {
+		t.Fatal(err)
+	}
+
+	revOf := func(n *Node, user string) uint64 {
+		n.mem.mu.Lock()
+		defer n.mem.mu.Unlock()
+		return n.mem.users[user].rev
+	}
+	written, first := time.Now(), revOf(b, "alice")
+	testutil.Eventually(t, 10*time.Second, "alice's membership rewritten by a", func() bool { return revOf(b, "alice") > first })
+	testutil.Eventually(t, 10*time.Second, "bob forgotten on b after the TTL", func() bool { return b.Lookup("bob") == "" })
+	if d := time.Since(written); d < ttl/2 {
+		t.Errorf("bob forgotten after %v, before the TTL", d)
+	}
+	// Bob, written with alice, is gone: alice is still known (refreshed),
+	// and carol is where b moved her.
+	if got := b.Lookup("alice"); got != "c-1" {
+		t.Errorf("alice on b past the TTL: %q, want c-1 (refreshed by a)", got)
+	}
+	if got := b.Lookup("carol"); got != "c-4" {
+		t.Errorf("carol on b: %q, want c-4 (a's refresh must not undo b's join)", got)
+	}
+	if s := a.Stats(); s.StoreErrors != 0 {
+		t.Errorf("store errors: %+v", s)
+	}
+}
