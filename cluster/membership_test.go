@@ -192,7 +192,8 @@ func TestMembershipRefresh(t *testing.T) {
 	const ttl = 2 * time.Second // refreshed after 1 s, checked every second
 	ns := testutil.StartNATS(t, testutil.JetStream)
 	a := startNode(t, ns.URL(), ttl, membersRooms{members: map[string]string{"alice": "c-1", "carol": "c-3"}})
-	b := startNode(t, ns.URL(), ttl, stubRooms{})
+	// carol's device is on b, which moves her; a still has her in c-3.
+	b := startNode(t, ns.URL(), ttl, membersRooms{members: map[string]string{"carol": "c-4"}})
 	a.Joined("alice", "c-1")
 	a.Joined("bob", "c-2")   // no device on a: not refreshed
 	a.Joined("carol", "c-3") // moved on b below
@@ -224,8 +225,10 @@ func TestMembershipRefresh(t *testing.T) {
 	if got := b.Lookup("alice"); got != "c-1" {
 		t.Errorf("alice on b past the TTL: %q, want c-1 (refreshed by a)", got)
 	}
-	if got := b.Lookup("carol"); got != "c-4" {
-		t.Errorf("carol on b: %q, want c-4 (a's refresh must not undo b's join)", got)
+	for _, n := range []*Node{a, b} {
+		if got := n.Lookup("carol"); got != "c-4" {
+			t.Errorf("carol: %q, want c-4 (a's refresh must not undo b's join)", got)
+		}
 	}
 	if s := a.Stats(); s.StoreErrors != 0 {
 		t.Errorf("store errors: %+v", s)
