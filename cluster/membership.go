@@ -135,10 +135,18 @@ func (m *membership) run() {
 			m.n.log.Info("cluster: membership bucket open", "bucket", m.n.cfg.Bucket)
 		}
 		why := m.follow(w, kv, reconnected, check.C, floor)
-		_ = w.Stop()
 		if why == "" {
+			_ = w.Stop()
 			return
 		}
+		// Stopping deletes the old watch's consumer, which may have gone
+		// with its NATS node: the JetStream API can take its whole
+		// timeout (5 s) to say so. The new watch does not wait for it.
+		m.n.bg.Add(1)
+		go func() {
+			defer m.n.bg.Done()
+			_ = w.Stop()
+		}()
 		m.restarts.Add(1)
 		floor = m.lastSeq.Load()
 		m.n.log.Info("cluster: membership watch restarted", "why", why, "from", m.revision()+1)
@@ -283,6 +291,7 @@ func (m *membership) apply(e jetstream.KeyValueEntry) {
 	if v.Router == m.n.cfg.ID {
 		return // applied here when it was made
 	}
+	m.n.log.Debug("cluster: membership made on another router", "user", user, "conversation", v.Conv, "revision", e.Revision(), "peer", v.Router)
 	if err := m.n.rooms.Apply(user, v.Conv); err != nil && !errors.Is(err, room.ErrClosed) {
 		m.n.log.Warn("cluster: membership made on another router not applied here", "user", user, "conversation", v.Conv, "err", err)
 	}

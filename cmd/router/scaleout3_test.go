@@ -43,6 +43,7 @@ func (c *natsCluster3) start(i int) *routerProcess {
 		// reconnects to one of them when its own goes away.
 		"NATS":                c.nodes[i].URL(),
 		"MEMBERSHIP_REPLICAS": "3",
+		"LOG_LEVEL":           "debug", // the cluster's debug lines are logged if the test fails
 	})
 	r.waitLine(0, 30*time.Second, "cluster: membership bucket open")
 	return r
@@ -293,7 +294,10 @@ func (tk *talker) stop() {
 }
 
 // listener is a receiving client that keeps only when each speaker's
-// packets arrived: enough to measure gaps over a long call.
+// packets arrived, by the kernel's receive time of the datagram where it
+// is known (else the read time): enough to measure gaps over a long call,
+// without the stalls of the test process itself (which also runs the
+// NATS servers).
 type listener struct {
 	c  *beepclient.Client
 	mu sync.Mutex
@@ -303,11 +307,14 @@ type listener struct {
 // dialListener dials user's device on r as a listener that also publishes.
 func dialListener(r *routerProcess, user, client string, slots int) *listener {
 	l := &listener{at: map[byte][]time.Time{}}
-	l.c = r.dial(user, client, beepclient.Options{Publish: true, Receive: slots,
+	l.c = r.dial(user, client, beepclient.Options{Publish: true, Receive: slots, ArrivalTimes: true,
 		OnTrack: func(string) func(*rtp.Packet, time.Time, time.Time) {
-			return func(p *rtp.Packet, at, _ time.Time) {
+			return func(p *rtp.Packet, at, arrived time.Time) {
 				if len(p.Payload) < 6 {
 					return
+				}
+				if !arrived.IsZero() {
+					at = arrived
 				}
 				l.mu.Lock()
 				l.at[p.Payload[3]] = append(l.at[p.Payload[3]], at)
@@ -441,7 +448,7 @@ func TestClusterFailureIsolation(t *testing.T) {
 		})
 	}
 	steady := time.Now()
-	p.waitHear("abcd", 50, steady, "a second of the call before the kill")
+	p.waitHear("abcd", 100, steady, "two seconds of the call before the kill")
 	killed := time.Now()
 	c.routers[2].kill()
 	gone := map[string]time.Duration{}
@@ -456,10 +463,12 @@ func TestClusterFailureIsolation(t *testing.T) {
 	p.waitHear("abcd", 100, killed, "two seconds of the call after the kill")
 	base, basePair := p.gaps("abcd", steady, killed)
 	gap, pair := p.gaps("abcd", killed, time.Now())
-	t.Logf("SIGKILL of C: longest gap on A and B %v (%s; %v in the second before the kill, %s); C's publishers left the slots of A after %v, of B after %v",
+	t.Logf("SIGKILL of C: longest gap on A and B %v (%s; %v in the two seconds before the kill, %s); C's publishers left the slots of A after %v, of B after %v",
 		gap.Round(time.Millisecond), pair, base.Round(time.Millisecond), basePair, gone[a.name].Round(time.Millisecond), gone[b.name].Round(time.Millisecond))
-	if gap > time.Second {
-		t.Errorf("the calls on A and B had a gap of %v (%s) after C was killed", gap, pair)
+	// Generous, and beside what the busy machine does anyway: a stall of
+	// the test process or of a router shows before the kill too.
+	if gap > time.Second && gap > 2*base {
+		t.Errorf("the calls on A and B had a gap of %v (%s) after C was killed (%v in the two seconds before)", gap, pair, base)
 	}
 	for name, d := range gone {
 		if d > 5*time.Second {
@@ -485,7 +494,7 @@ func TestClusterFailureIsolation(t *testing.T) {
 
 	// NATS node 1 (A's) stops mid-call.
 	steady = time.Now()
-	p.waitHear("abcdef", 50, steady, "a second of the call before the NATS node loss")
+	p.waitHear("abcdef", 100, steady, "two seconds of the call before the NATS node loss")
 	lost := time.Now()
 	c.nodes[0].Stop()
 	a.waitLine(0, 20*time.Second, "NATS reconnected")
@@ -494,13 +503,13 @@ func TestClusterFailureIsolation(t *testing.T) {
 	base, basePair = p.gaps("abcdef", steady, lost)
 	gap, pair = p.gaps("abcdef", lost, time.Now())
 	local, localPair := p.gaps("ab", lost, time.Now())
-	t.Logf("NATS node loss: A reconnected after %v; longest gap %v (%s), on A's own calls %v (%s); %v in the second before (%s)",
+	t.Logf("NATS node loss: A reconnected after %v; longest gap %v (%s), on A's own calls %v (%s); %v in the two seconds before (%s)",
 		reconnected.Round(time.Millisecond), gap.Round(time.Millisecond), pair, local.Round(time.Millisecond), localPair, base.Round(time.Millisecond), basePair)
-	if gap > 5*time.Second {
-		t.Errorf("a NATS node loss interrupted the calls for %v (%s)", gap, pair)
+	if gap > 5*time.Second && gap > 2*base {
+		t.Errorf("a NATS node loss interrupted the calls for %v (%s; %v in the two seconds before)", gap, pair, base)
 	}
-	if local > time.Second {
-		t.Errorf("a NATS node loss interrupted A's own calls for %v (%s)", local, localPair)
+	if local > time.Second && local > 2*base {
+		t.Errorf("a NATS node loss interrupted A's own calls for %v (%s; %v in the two seconds before)", local, localPair, base)
 	}
 	mem = c.memberships(1)
 	for _, name := range names {
@@ -508,13 +517,20 @@ func TestClusterFailureIsolation(t *testing.T) {
 			t.Errorf("after the NATS node loss the bucket has %s in %q, want conv-1 (all: %v)", name, mem[name], mem)
 		}
 	}
-	// A join after the loss, on B, admits on A.
+	// A join after the loss, on B, admits on A. Ivy has a slot for each of
+	// the six speakers: she hears a (on A) and c (relayed from B).
 	b.join("ivy", "conv-1")
 	joined := time.Now()
-	ivy := dialListener(a, "ivy", "ivy-phone", 5)
-	testutil.Eventually(t, 20*time.Second, "ivy (joined on B after the loss, on A) hearing a and c", func() bool {
+	ivy := dialListener(a, "ivy", "ivy-phone", 6)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := testutil.Until(ctx, func() bool {
 		return ivy.heardSince('a', joined) >= 25 && ivy.heardSince('c', joined) >= 25
-	})
+	}); err != nil {
+		t.Fatalf("ivy (joined on B after the loss, on A) heard a %d and c %d times in 20 s; A: memberships %v, watch lag %v, restarts %v, peers %v; bucket: %v",
+			ivy.heardSince('a', joined), ivy.heardSince('c', joined), a.metric("router_membership_cache"), a.metric("router_membership_watch_lag"),
+			a.metric("router_membership_watch_restarts_total"), a.metric("router_peers"), c.memberships(1))
+	}
 	t.Logf("ivy, joined on B after the loss, heard a and c on A %v after the join; A's membership watch restarted %v times",
 		time.Since(joined).Round(time.Millisecond), a.metric("router_membership_watch_restarts_total"))
 }
