@@ -98,6 +98,7 @@ type Config struct {
 type Rooms interface {
 	Apply(userID, convID string) error
 	Listening() []string
+	ConnectedMembers() map[string]string
 	AddRemoteTrack(convID, userID string, up *rtc.UpTrack) (*room.Track, error)
 	RemoveRemoteTrack(t *room.Track)
 }
@@ -233,9 +234,10 @@ func (n *Node) Start(rooms Rooms, relayed RelayedSink) error {
 		return fmt.Errorf("cluster: subscribe to interest: %w", err)
 	}
 	n.interestSub = sub
-	n.bg.Add(2)
+	n.bg.Add(3)
 	go n.loop()
 	go n.mem.run()
+	go n.mem.refresh()
 	// Ask the others for their interest now rather than at their next
 	// heartbeat.
 	n.publishInterest(opSync, nil)

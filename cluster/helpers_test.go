@@ -116,8 +116,9 @@ func connect(t testing.TB, url string) *nats.Conn {
 // stubRooms is a room layer with nobody in it.
 type stubRooms struct{}
 
-func (stubRooms) Apply(string, string) error { return nil }
-func (stubRooms) Listening() []string        { return nil }
+func (stubRooms) Apply(string, string) error          { return nil }
+func (stubRooms) Listening() []string                 { return nil }
+func (stubRooms) ConnectedMembers() map[string]string { return nil }
 func (stubRooms) AddRemoteTrack(string, string, *rtc.UpTrack) (*room.Track, error) {
 	return nil, room.ErrNoConversation
 }

@@ -33,6 +33,9 @@ type interestMsg struct {
 	// Beat is the sender's heartbeat in ms, so that routers with different
 	// heartbeats expire each other correctly.
 	Beat int64 `json:"hb,omitempty"`
+	// Origin is what the sender's relay frames carry as their origin: the
+	// remote tracks of a router that went silent end with it.
+	Origin uint64 `json:"o,omitempty"`
 }
 
 // interest is what this router knows of the others' interest.
@@ -58,6 +61,7 @@ type remoteRouter struct {
 	convs  []string
 	seen   time.Time
 	expiry time.Duration
+	origin uint64 // of its frames; 0: not announced
 }
 
 func (in *interest) init() {
@@ -99,8 +103,9 @@ func (in *interest) release(e *interestEntry) {
 	in.forgetLocked(e)
 }
 
-// set records that router listens in convs (nil: nowhere).
-func (in *interest) set(router string, convs []string, now time.Time, expiry time.Duration) {
+// set records that router, whose frames carry origin, listens in convs
+// (nil: nowhere, and it is forgotten).
+func (in *interest) set(router string, origin uint64, convs []string, now time.Time, expiry time.Duration) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	r := in.routers[router]
@@ -134,20 +139,26 @@ func (in *interest) set(router string, convs []string, now time.Time, expiry tim
 		r = &remoteRouter{}
 		in.routers[router] = r
 	}
-	r.convs, r.seen, r.expiry = convs, now, expiry
+	r.convs, r.seen, r.expiry, r.origin = convs, now, expiry, origin
+}
+
+// goneRouter is a router forgotten by expire.
+type goneRouter struct {
+	id     string
+	origin uint64
 }
 
 // expire forgets the routers not heard from in time.
-func (in *interest) expire(now time.Time) (gone []string) {
+func (in *interest) expire(now time.Time) (gone []goneRouter) {
 	in.mu.Lock()
 	for id, r := range in.routers {
 		if now.Sub(r.seen) > r.expiry {
-			gone = append(gone, id)
+			gone = append(gone, goneRouter{id, r.origin})
 		}
 	}
 	in.mu.Unlock()
-	for _, id := range gone {
-		in.set(id, nil, now, 0)
+	for _, g := range gone {
+		in.set(g.id, 0, nil, now, 0)
 	}
 	return gone
 }
@@ -181,10 +192,13 @@ func (n *Node) onInterest(m *nats.Msg) {
 		if convs == nil {
 			convs = []string{}
 		}
-		n.interest.set(im.Router, convs, time.Now(), 3*beat)
+		n.interest.set(im.Router, im.Origin, convs, time.Now(), 3*beat)
 	case opBye:
-		n.interest.set(im.Router, nil, time.Now(), 0)
+		n.interest.set(im.Router, 0, nil, time.Now(), 0)
 		n.log.Info("cluster: router left", "peer", im.Router)
+		// Its tracks normally ended with end frames before; any left
+		// end now rather than after RemoteIdle.
+		n.endOrigin(im.Origin)
 	case opSync:
 		n.forceAnnounce.Store(true)
 		n.Changed()
@@ -193,7 +207,7 @@ func (n *Node) onInterest(m *nats.Msg) {
 
 // publishInterest announces this router's interest.
 func (n *Node) publishInterest(op string, convs []string) {
-	b, err := json.Marshal(interestMsg{Op: op, Router: n.cfg.ID, Convs: convs, Beat: n.cfg.Heartbeat.Milliseconds()})
+	b, err := json.Marshal(interestMsg{Op: op, Router: n.cfg.ID, Convs: convs, Beat: n.cfg.Heartbeat.Milliseconds(), Origin: n.origin})
 	if err != nil {
 		return
 	}
@@ -218,8 +232,12 @@ func (n *Node) loop() {
 		case <-n.kick:
 		case now := <-t.C:
 			beat = true
-			for _, id := range n.interest.expire(now) {
-				n.log.Info("cluster: router silent: no longer relayed to", "peer", id)
+			for _, g := range n.interest.expire(now) {
+				// A silent router is dead or cut off: its publishers
+				// leave the speaker slots here now (after three of its
+				// heartbeats), not after RemoteIdle.
+				ended := n.endOrigin(g.origin)
+				n.log.Info("cluster: router silent: no longer relayed to, its tracks ended", "peer", g.id, "tracks", ended)
 			}
 			n.expireRemote(now)
 		}

@@ -104,3 +104,133 @@ func TestMembershipWithoutJetStream(t *testing.T) {
 		t.Fatal("Lookup of an unknown user is not empty")
 	}
 }
+
+// TestMembershipWatchAfterReconnect: the NATS server restarts (its
+// JetStream store kept); the routers reconnect and start their watch of
+// the bucket again from the last revision they applied, so that a join
+// made after the restart reaches the other router at once rather than
+// once the lost consumer is noticed (nats.go's ordered consumer waits for
+// two missed heartbeats of 5 s).
+func TestMembershipWatchAfterReconnect(t *testing.T) {
+	ns := testutil.StartNATS(t, testutil.JetStream)
+	a, b := newRouter(t, ns.URL()), newRouter(t, ns.URL())
+	if err := a.rooms.Join("u-1", "c-1"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.node.waitMember(ctx, "u-1", "c-1"); err != nil {
+		t.Fatal(err)
+	}
+
+	ns.Stop()
+	ns.Start()
+	testutil.Eventually(t, 10*time.Second, "both routers reconnected", func() bool {
+		return a.nc.IsConnected() && b.nc.IsConnected()
+	})
+	back := time.Now()
+	// JetStream may take a moment to take writes again: join until one is
+	// written (a failed write is counted and the join holds locally).
+	i := 0
+	testutil.Eventually(t, 20*time.Second, "a join made after the restart in B's cache", func() bool {
+		i++
+		if err := a.rooms.Join("u-2", fmt.Sprintf("c-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		return b.node.waitMember(ctx, "u-2", fmt.Sprintf("c-%d", i)) == nil
+	})
+	took := time.Since(back)
+	t.Logf("a join reached the other router %v after the reconnect (%d tries)", took.Round(time.Millisecond), i)
+	// Without the restart of the watch this takes 8-10 s here: the lost
+	// consumer is noticed after two missed heartbeats.
+	if took > 5*time.Second {
+		t.Errorf("a join reached the other router only %v after the reconnect", took)
+	}
+	if s := b.node.Stats(); s.WatchRestarts == 0 {
+		t.Errorf("B's watch never started again: %+v", s)
+	}
+	if got := b.node.Lookup("u-1"); got != "c-1" {
+		t.Errorf("B lost u-1's membership across the restart: %q", got)
+	}
+}
+
+// membersRooms is a room layer whose connected members are fixed.
+type membersRooms struct {
+	stubRooms
+	members map[string]string
+}
+
+func (r membersRooms) ConnectedMembers() map[string]string { return r.members }
+
+// startNode starts a Node on its own connection to url with rooms.
+func startNode(t *testing.T, url string, ttl time.Duration, rooms Rooms) *Node {
+	t.Helper()
+	n, err := New(Config{NATS: connect(t, url), Logger: quiet(), MembershipTTL: ttl, Heartbeat: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	if err := n.Start(rooms, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.waitOpen(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestMembershipRefresh: a router rewrites the membership of a user with a
+// connected device before the bucket's TTL removes it, so that another
+// router still knows it after the TTL; a user without a device there is
+// forgotten after the TTL; and a refresh never overwrites a join made
+// meanwhile on another router (compare-and-set on the revision).
+func TestMembershipRefresh(t *testing.T) {
+	const ttl = 2 * time.Second // refreshed after 1 s, checked every second
+	ns := testutil.StartNATS(t, testutil.JetStream)
+	a := startNode(t, ns.URL(), ttl, membersRooms{members: map[string]string{"alice": "c-1", "carol": "c-3"}})
+	// carol's device is on b, which moves her; a still has her in c-3.
+	b := startNode(t, ns.URL(), ttl, membersRooms{members: map[string]string{"carol": "c-4"}})
+	a.Joined("alice", "c-1")
+	a.Joined("bob", "c-2")   // no device on a: not refreshed
+	a.Joined("carol", "c-3") // moved on b below
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for user, conv := range map[string]string{"alice": "c-1", "bob": "c-2", "carol": "c-3"} {
+		if err := b.waitMember(ctx, user, conv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Joined("carol", "c-4")
+	if err := a.waitMember(ctx, "carol", "c-4"); err != nil {
+		t.Fatal(err)
+	}
+
+	revOf := func(n *Node, user string) uint64 {
+		n.mem.mu.Lock()
+		defer n.mem.mu.Unlock()
+		return n.mem.users[user].rev
+	}
+	written, first := time.Now(), revOf(b, "alice")
+	testutil.Eventually(t, 10*time.Second, "alice's membership rewritten by a", func() bool { return revOf(b, "alice") > first })
+	testutil.Eventually(t, 10*time.Second, "bob forgotten on b after the TTL", func() bool { return b.Lookup("bob") == "" })
+	if d := time.Since(written); d < ttl/2 {
+		t.Errorf("bob forgotten after %v, before the TTL", d)
+	}
+	// Bob, written with alice, is gone: alice is still known (refreshed),
+	// and carol is where b moved her.
+	if got := b.Lookup("alice"); got != "c-1" {
+		t.Errorf("alice on b past the TTL: %q, want c-1 (refreshed by a)", got)
+	}
+	for _, n := range []*Node{a, b} {
+		if got := n.Lookup("carol"); got != "c-4" {
+			t.Errorf("carol: %q, want c-4 (a's refresh must not undo b's join)", got)
+		}
+	}
+	if s := a.Stats(); s.StoreErrors != 0 {
+		t.Errorf("store errors: %+v", s)
+	}
+}

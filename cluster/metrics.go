@@ -23,20 +23,27 @@ type Stats struct {
 	RemoteTracks int64
 	// Memberships is the size of the membership cache.
 	Memberships int
+	// WatchLag is how many revisions the membership watch was behind the
+	// bucket at its last check; WatchRestarts counts the watches started
+	// again (after a reconnect, or a lag that lasted a check).
+	WatchLag      uint64
+	WatchRestarts uint64
 }
 
 // Stats returns the Node's counts.
 func (n *Node) Stats() Stats {
 	s := Stats{
-		RelayedOut:   n.count.out.Load(),
-		RelayedIn:    n.count.in.Load(),
-		DropQueue:    n.count.dropQueue.Load(),
-		DropNoTrack:  n.count.dropNoTrack.Load(),
-		Malformed:    n.count.malformed.Load(),
-		SendErrors:   n.count.sendErrors.Load(),
-		StoreErrors:  n.count.storeErrors.Load(),
-		RemoteTracks: n.count.remoteTracks.Load(),
-		Memberships:  n.mem.cacheSize(),
+		RelayedOut:    n.count.out.Load(),
+		RelayedIn:     n.count.in.Load(),
+		DropQueue:     n.count.dropQueue.Load(),
+		DropNoTrack:   n.count.dropNoTrack.Load(),
+		Malformed:     n.count.malformed.Load(),
+		SendErrors:    n.count.sendErrors.Load(),
+		StoreErrors:   n.count.storeErrors.Load(),
+		RemoteTracks:  n.count.remoteTracks.Load(),
+		Memberships:   n.mem.cacheSize(),
+		WatchLag:      n.mem.lag(),
+		WatchRestarts: n.mem.restarts.Load(),
 	}
 	n.mu.Lock()
 	s.SubjectsIn = len(n.subs)
@@ -73,10 +80,12 @@ var (
 	descRouters = prometheus.NewDesc("router_cluster_routers", "Other routers of the cluster heard from.", nil, nil)
 	descMembers = prometheus.NewDesc("router_membership_cache", "Memberships in the local cache of the shared membership bucket.", nil, nil)
 	descStore   = prometheus.NewDesc("router_membership_store_errors_total", "Memberships not written to the shared bucket.", nil, nil)
+	descLag     = prometheus.NewDesc("router_membership_watch_lag", "Revisions the watch of the shared membership bucket was behind the bucket at its last check (every 2 s).", nil, nil)
+	descRestart = prometheus.NewDesc("router_membership_watch_restarts_total", "Watches of the shared membership bucket started again (after a NATS reconnect, or a lag that lasted a check).", nil, nil)
 )
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descDrops, descSubj, descRemote, descRouters, descMembers, descStore} {
+	for _, d := range []*prometheus.Desc{descPackets, descDrops, descSubj, descRemote, descRouters, descMembers, descStore, descLag, descRestart} {
 		ch <- d
 	}
 }
@@ -95,4 +104,6 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRouters, prometheus.GaugeValue, float64(s.Routers))
 	ch <- prometheus.MustNewConstMetric(descMembers, prometheus.GaugeValue, float64(s.Memberships))
 	ch <- prometheus.MustNewConstMetric(descStore, prometheus.CounterValue, float64(s.StoreErrors))
+	ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, float64(s.WatchLag))
+	ch <- prometheus.MustNewConstMetric(descRestart, prometheus.CounterValue, float64(s.WatchRestarts))
 }

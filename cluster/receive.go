@@ -39,9 +39,10 @@ type relaySub struct {
 
 // remoteTrack is a publisher of another router, as fed here.
 type remoteTrack struct {
-	t    *room.Track // nil: refused (retried after a while)
-	sink rtc.TrackSink
-	last int64 // unix ns of its last frame, or of the refusal
+	t      *room.Track // nil: refused (retried after a while)
+	sink   rtc.TrackSink
+	last   int64  // unix ns of its last frame, or of the refusal
+	origin uint64 // the publisher's router
 }
 
 // follow subscribes to the relay subjects of convs (sorted) and leaves
@@ -137,7 +138,7 @@ func (s *relaySub) open(f frame, now time.Time) *remoteTrack {
 	n := s.n
 	user, client := string(f.user), string(f.client)
 	up := rtc.NewUpTrack(claim.Claim{UserID: user, ClientID: client}, binary.BigEndian.Uint32(f.raw[8:12]), f.ext)
-	rt := &remoteTrack{last: now.UnixNano()}
+	rt := &remoteTrack{last: now.UnixNano(), origin: f.origin}
 	t, err := n.rooms.AddRemoteTrack(s.conv, user, up)
 	if err != nil {
 		if !errors.Is(err, room.ErrNoConversation) {
@@ -181,6 +182,23 @@ func (s *relaySub) expire(now time.Time, idle time.Duration) {
 	}
 }
 
+// endOrigin ends the remote tracks relayed from the router whose frames
+// carry origin (0: none), and returns how many it ended.
+func (s *relaySub) endOrigin(origin uint64) (ended int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, rt := range s.tracks {
+		if rt.origin == origin {
+			delete(s.tracks, k)
+			if rt.t != nil {
+				ended++
+			}
+			s.end(rt)
+		}
+	}
+	return ended
+}
+
 // close unsubscribes and ends every remote track.
 func (s *relaySub) close() {
 	_ = s.sub.Unsubscribe()
@@ -193,15 +211,32 @@ func (s *relaySub) close() {
 	}
 }
 
-// expireRemote ends the idle remote tracks of every subscription.
-func (n *Node) expireRemote(now time.Time) {
+// relaySubs returns the relay subscriptions now.
+func (n *Node) relaySubs() []*relaySub {
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	subs := make([]*relaySub, 0, len(n.subs))
 	for _, s := range n.subs {
 		subs = append(subs, s)
 	}
-	n.mu.Unlock()
-	for _, s := range subs {
+	return subs
+}
+
+// expireRemote ends the idle remote tracks of every subscription.
+func (n *Node) expireRemote(now time.Time) {
+	for _, s := range n.relaySubs() {
 		s.expire(now, n.cfg.RemoteIdle)
 	}
+}
+
+// endOrigin ends the remote tracks relayed from the router whose frames
+// carry origin, in every subscription, and returns how many it ended.
+func (n *Node) endOrigin(origin uint64) (ended int) {
+	if origin == 0 {
+		return 0
+	}
+	for _, s := range n.relaySubs() {
+		ended += s.endOrigin(origin)
+	}
+	return ended
 }

@@ -156,3 +156,41 @@ func next(t *testing.T, ch <-chan *nats.Msg) *nats.Msg {
 		return nil
 	}
 }
+
+// TestSilentRouterTracksEnd: the remote tracks of a router that went
+// silent (its heartbeats, which name the origin of its frames, stopped: it
+// was killed) end when its interest expires, after three of its
+// heartbeats, long before RemoteIdle; another router's tracks stay.
+func TestSilentRouterTracksEnd(t *testing.T) {
+	ns := testutil.StartNATS(t, testutil.JetStream)
+	r := newRouter(t, ns.URL())
+	if err := r.rooms.Join("bob", "c-1"); err != nil { // c-1 exists here
+		t.Fatal(err)
+	}
+	s := &relaySub{n: r.node, conv: "c-1", tracks: make(map[uint64]*remoteTrack)}
+	defer s.close0()
+	now := time.Now()
+	s.handle(appendFrame(nil, kindPacket, 1, 99, 7, now.UnixNano(), "alice", "alice-phone", rtpPacket(1)), now)
+	s.handle(appendFrame(nil, kindPacket, 1, 98, 8, now.UnixNano(), "carol", "carol-phone", rtpPacket(1)), now)
+	if n := r.node.Stats().RemoteTracks; n != 2 {
+		t.Fatalf("%d remote tracks, want 2", n)
+	}
+
+	r.node.interest.set("ghost", 99, []string{}, now, 300*time.Millisecond)
+	if gone := r.node.interest.expire(now.Add(200 * time.Millisecond)); len(gone) != 0 {
+		t.Fatalf("expired %v before three heartbeats", gone)
+	}
+	gone := r.node.interest.expire(now.Add(400 * time.Millisecond))
+	if len(gone) != 1 || gone[0] != (goneRouter{"ghost", 99}) {
+		t.Fatalf("expired %v, want the ghost and its origin", gone)
+	}
+	if n := s.endOrigin(gone[0].origin); n != 1 {
+		t.Fatalf("ended %d tracks of the ghost, want 1", n)
+	}
+	if n := r.node.Stats().RemoteTracks; n != 1 {
+		t.Fatalf("%d remote tracks after the ghost's ended, want carol's", n)
+	}
+	if s.tracks[8] == nil || s.tracks[8].t == nil {
+		t.Fatal("carol's track (another router) ended too")
+	}
+}

@@ -90,6 +90,28 @@ func (m *Manager) Listening() []string {
 	return ids
 }
 
+// ConnectedMembers returns the conversation of each user that has a
+// connected device here and is a member of one: the memberships this
+// router keeps alive in a cluster's shared store.
+func (m *Manager) ConnectedMembers() map[string]string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]string)
+	for id, u := range m.users {
+		c := u.conv.Load()
+		if c == nil {
+			continue
+		}
+		for _, d := range u.devices {
+			if d.connected {
+				out[id] = c.ID
+				break
+			}
+		}
+	}
+	return out
+}
+
 // listens reports whether a connected device of c's members has slots.
 // Callers hold m.mu.
 func listens(c *Conversation) bool {

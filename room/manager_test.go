@@ -121,3 +121,33 @@ func TestConversationLimitCountsConnectingDevices(t *testing.T) {
 		})
 	}
 }
+
+// TestConnectedMembers: the memberships a router keeps alive in a cluster
+// are those of users with a connected device; a user without one, or with
+// a device still connecting, or in no conversation, is not among them.
+func TestConnectedMembers(t *testing.T) {
+	m, err := New(Config{Sink: nopSink{}, MembershipTTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close(context.Background())
+	_ = m.Join("alice", "conv-1") // a connected device
+	_ = m.Join("bob", "conv-2")   // a device still connecting
+	_ = m.Join("carol", "conv-1") // no device
+	m.mu.Lock()
+	m.users["alice"].devices["phone"] = &device{connected: true}
+	m.users["alice"].devices["tablet"] = &device{}
+	m.users["bob"].devices["phone"] = &device{}
+	m.users["dan"] = &User{ID: "dan", devices: map[string]*device{"phone": {connected: true}}} // in no conversation
+	m.mu.Unlock()
+	got := m.ConnectedMembers()
+	if len(got) != 1 || got["alice"] != "conv-1" {
+		t.Errorf("ConnectedMembers = %v, want only alice in conv-1", got)
+	}
+	m.mu.Lock()
+	delete(m.users["alice"].devices, "phone")
+	delete(m.users["alice"].devices, "tablet")
+	delete(m.users["bob"].devices, "phone")
+	delete(m.users, "dan")
+	m.mu.Unlock()
+}

@@ -40,6 +40,14 @@ type Scenario struct {
 	// (0: publishers only send, like a LiveKit load test's publishers).
 	PublisherSlots int `json:"publisher_slots"`
 	Conversations  int `json:"conversations"`
+	// Routers is the number of routers the devices are spread over
+	// (multi-router mode); 0 or 1: one.
+	Routers int `json:"routers,omitempty"`
+	// ByConversation puts every device of a conversation on one router
+	// (conversation c on router c mod R), so that nothing is relayed: the
+	// control against which the default spread (device by device,
+	// round-robin) shows the relay's cost.
+	ByConversation bool `json:"by_conversation,omitempty"`
 }
 
 // Name is "PxS" with the slot and conversation counts when they are not
@@ -54,6 +62,12 @@ func (s Scenario) Name() string {
 	}
 	if s.Conversations > 1 {
 		n += fmt.Sprintf(" C=%d", s.Conversations)
+	}
+	if s.Routers > 1 {
+		n += fmt.Sprintf(" R=%d", s.Routers)
+		if s.ByConversation {
+			n += " by-conv"
+		}
 	}
 	return n
 }
@@ -77,6 +91,9 @@ type loadConfig struct {
 	Framing beepclient.Framing
 	// RouterPID is the router's pid for /proc figures; 0: none.
 	RouterPID int
+	// Others are the other routers of a multi-router run (on the same
+	// NATS as URL's): the devices are spread round-robin over URL and them.
+	Others []routerRef
 	// DebugURL is the harness router's pprof listener; CPUProfile, when
 	// set, receives a CPU profile of the steady window from it.
 	DebugURL   string
@@ -227,6 +244,7 @@ type device struct {
 	publisher bool
 	pubIdx    uint32
 	slots     int
+	router    int // index of its router: 0 is loadConfig.URL, then Others
 
 	c          *beepclient.Client
 	err        error
@@ -289,6 +307,9 @@ type runResult struct {
 		SlotsReceiving int     `json:"slots_receiving"`
 		SlotsExpected  int     `json:"slots_expected"`
 	} `json:"loss"`
+	// Cluster are the figures of a multi-router run (Router then sums
+	// its routers); nil with one router.
+	Cluster *clusterFigures `json:"cluster,omitempty"`
 	// LatencyMS is the latency at the app: the subscriber's read time
 	// from its pion track − the send time in the payload.
 	LatencyMS latencyMS `json:"latency_ms"`
@@ -432,7 +453,7 @@ func makeDevices(cfg *loadConfig, prefix string) []*device {
 	for i := 0; i < cfg.Publishers; i++ {
 		devs = append(devs, &device{
 			idx: len(devs), user: fmt.Sprintf("%s-p%d", prefix, i), conv: fmt.Sprintf("%s-c%d", prefix, i%cfg.Conversations),
-			publisher: true, pubIdx: uint32(i), slots: cfg.PublisherSlots,
+			publisher: true, pubIdx: uint32(i), slots: cfg.PublisherSlots, router: cfg.routerOf(i),
 		})
 	}
 	pubsIn := make(map[string]int)
@@ -445,26 +466,46 @@ func makeDevices(cfg *loadConfig, prefix string) []*device {
 		if k <= 0 {
 			k = max(1, pubsIn[conv])
 		}
-		devs = append(devs, &device{idx: len(devs), user: fmt.Sprintf("%s-s%d", prefix, i), conv: conv, slots: k})
+		devs = append(devs, &device{idx: len(devs), user: fmt.Sprintf("%s-s%d", prefix, i), conv: conv, slots: k, router: cfg.routerOf(i)})
 	}
 	return devs
+}
+
+// routerOf returns the router of the i-th publisher or subscriber (in
+// conversation i mod C): round-robin, or its conversation's with
+// ByConversation.
+func (cfg *loadConfig) routerOf(i int) int {
+	n := 1 + len(cfg.Others)
+	if cfg.ByConversation {
+		return i % cfg.Conversations % n
+	}
+	return i % n
 }
 
 // connector joins and connects devices.
 type connector struct {
 	cfg   *loadConfig
-	ws    string
+	bases []string // each router's base URL: cfg.URL, then cfg.Others
+	ws    []string // and its /connect URL
 	httpc *http.Client
 	win   *window
 }
 
 func newConnector(cfg *loadConfig, win *window) (*connector, error) {
-	ws, err := wsURL(cfg.URL)
-	if err != nil {
-		return nil, err
+	k := &connector{cfg: cfg, win: win, bases: []string{cfg.URL}}
+	for _, o := range cfg.Others {
+		k.bases = append(k.bases, o.URL)
+	}
+	for _, b := range k.bases {
+		ws, err := wsURL(b)
+		if err != nil {
+			return nil, err
+		}
+		k.ws = append(k.ws, ws)
 	}
 	tr := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 30 * time.Second}
-	return &connector{cfg: cfg, ws: ws, httpc: &http.Client{Transport: tr, Timeout: cfg.DialTimeout}, win: win}, nil
+	k.httpc = &http.Client{Transport: tr, Timeout: cfg.DialTimeout}
+	return k, nil
 }
 
 func (k *connector) close() { k.httpc.CloseIdleConnections() }
@@ -476,13 +517,13 @@ func (k *connector) connect(ctx context.Context, d *device) {
 	defer cancel()
 	cl := claim.Claim{UserID: d.user, ClientID: d.user + "-dev"}
 	t0 := time.Now()
-	if err := k.join(ctx, cl, d.conv); err != nil {
+	if err := k.join(ctx, k.bases[d.router], cl, d.conv); err != nil {
 		d.err = err
 		return
 	}
 	t1 := time.Now()
 	c, err := beepclient.Dial(ctx, beepclient.Options{
-		URL: k.ws, Claim: cl, Framing: k.cfg.Framing,
+		URL: k.ws[d.router], Claim: cl, Framing: k.cfg.Framing,
 		Publish: d.publisher, Receive: d.slots, NoNACK: !k.cfg.NACK,
 		// Cheaper reading; the slots find duplicates themselves.
 		NoReplayProtection: true,
@@ -505,8 +546,8 @@ func (k *connector) connect(ctx context.Context, d *device) {
 	d.c, d.joinDur, d.connectDur = c, t1.Sub(t0), time.Since(t1)
 }
 
-func (k *connector) join(ctx context.Context, cl claim.Claim, conv string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, k.cfg.URL+"/join/"+url.PathEscape(conv), nil)
+func (k *connector) join(ctx context.Context, base string, cl claim.Claim, conv string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/join/"+url.PathEscape(conv), nil)
 	if err != nil {
 		return err
 	}
@@ -724,6 +765,7 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 	// The router's /metrics is scraped outside the /proc samples, so that
 	// the scrapes' CPU does not count in the router's figures.
 	fwd0, fwdErr0 := scrapeHistogram(ctx, k.httpc, cfg.URL, forwardLatencyMetric)
+	multi := newMultiWindow(ctx, k, cfg.Others, logf)
 	r0, rerr := readProc(cfg.RouterPID)
 	m0, _ := readMachine()
 	s0 := selfCPU()
@@ -771,8 +813,10 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 		return res, ctx.Err()
 	}
 	r1, rerr1 := readProc(cfg.RouterPID)
+	multi.endProc()
 	m1, _ := readMachine()
 	s1 := selfCPU()
+	multi.endRelay(ctx, k)
 	fwd1, fwdErr1 := scrapeHistogram(ctx, k.httpc, cfg.URL, forwardLatencyMetric)
 	res.RouterForwardMS = forwardLatencyOver(fwd0, fwd1, errors.Join(fwdErr0, fwdErr1), logf)
 	if cfg.DebugURL != "" {
@@ -824,6 +868,7 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 			rf.EgressPPSPerCore = 1e6 / rf.USPerEgressPacket
 		}
 		res.Router = rf
+		multi.report(res, devs, cpu, rerr == nil && rerr1 == nil)
 		other -= rf.Cores
 	}
 	res.Machine.OtherCores = math.Max(0, other)

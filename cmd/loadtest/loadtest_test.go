@@ -10,6 +10,7 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -174,8 +175,8 @@ func TestWireLatencyPerPacket(t *testing.T) {
 	defer k.close()
 	dial := func(user string, o beepclient.Options) *beepclient.Client {
 		t.Helper()
-		o.URL, o.Claim = k.ws, claim.Claim{UserID: user, ClientID: user + "-dev"}
-		if err := k.join(ctx, o.Claim, "wire"); err != nil {
+		o.URL, o.Claim = k.ws[0], claim.Claim{UserID: user, ClientID: user + "-dev"}
+		if err := k.join(ctx, k.bases[0], o.Claim, "wire"); err != nil {
 			t.Fatal(err)
 		}
 		c, err := beepclient.Dial(ctx, o)
@@ -340,5 +341,69 @@ func TestSeqTracker(t *testing.T) {
 		if ext != st.ext || dup != st.dup || late != st.late {
 			t.Errorf("step %d: update(%d) = %d, %v, %v; want %d, %v, %v", i, st.seq, ext, dup, late, st.ext, st.dup, st.late)
 		}
+	}
+}
+
+// TestMultiRouterLoad runs the real router binary as two processes on one
+// NATS (multi-router mode, -routers 1,2 -spread both): 2 publishers and 4
+// subscribers spread over both routers, every subscriber hears both
+// publishers (one of them through the relay), each router's figures and
+// relayed packets are reported, and the relay's cost is set against the
+// control run that put the conversation on one router (nothing relayed).
+func TestMultiRouterLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs router processes")
+	}
+	bin := filepath.Join(t.TempDir(), "router")
+	if out, err := exec.Command("go", "build", "-o", bin, "../router").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	js := filepath.Join(t.TempDir(), "report.json")
+	var out, errb bytes.Buffer
+	code := run([]string{
+		"-router-bin", bin, "-routers", "1,2", "-spread", "both",
+		"-publishers", "2", "-subscribers", "4",
+		"-rate", "100", "-settle", "1s", "-hold", "2s", "-grace", "500ms", "-timeout", "120s", "-json", js,
+	}, &out, &errb)
+	t.Logf("stdout:\n%s\nstderr:\n%s", out.String(), errb.String())
+	if code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	rep := readReport(t, js)
+	if len(rep.Runs) != 3 {
+		t.Fatalf("%d runs, want 3 (one router; two, by conversation; two)", len(rep.Runs))
+	}
+	if rep.Runs[0].Cluster != nil {
+		t.Errorf("the one-router run has cluster figures: %+v", rep.Runs[0].Cluster)
+	}
+	if c := rep.Runs[1]; c.Name != "2x4 R=2 by-conv" || c.Cluster == nil || c.Cluster.RelayedInPPS != 0 || c.Cluster.RelayedOutPPS != 0 || c.Egress.DeliveryPct < 90 {
+		t.Errorf("control run %q relayed or lost: %+v %+v", c.Name, c.Cluster, c.Egress)
+	}
+	r := rep.Runs[2]
+	if r.Name != "2x4 R=2" || r.Devices.Connected != 6 {
+		t.Fatalf("run %q: %+v", r.Name, r.Devices)
+	}
+	// Each subscriber hears both publishers, one of them relayed.
+	if r.Loss.SlotsReceiving != 8 || r.Egress.DeliveryPct < 90 {
+		t.Errorf("slots receiving %d of 8, delivery %.1f %%", r.Loss.SlotsReceiving, r.Egress.DeliveryPct)
+	}
+	cl := r.Cluster
+	if cl == nil || len(cl.Routers) != 2 {
+		t.Fatalf("cluster figures: %+v", cl)
+	}
+	for _, s := range cl.Routers {
+		// Each router relays its publisher's 50 packets/s to the other.
+		if s.PID <= 0 || s.Cores <= 0 || s.EgressPPS < 100 || s.RelayedOutPPS < 25 || s.RelayedInPPS < 25 {
+			t.Errorf("router %d: %+v", s.Index+1, s)
+		}
+	}
+	if r.Router == nil || r.Router.Cores < cl.Routers[0].Cores+cl.Routers[1].Cores-1e-9 {
+		t.Errorf("router figures do not sum the routers': %+v", r.Router)
+	}
+	if cl.RelayUSPerPacket == nil || cl.VsRun == nil || *cl.VsRun != 1 {
+		t.Errorf("no relay cost against the control run: %+v", cl)
+	}
+	if !strings.Contains(out.String(), "router 2:") || !strings.Contains(out.String(), "the relay added") {
+		t.Errorf("no per-router or relay lines in:\n%s", out.String())
 	}
 }

@@ -78,6 +78,8 @@ type options struct {
 	level    int
 	framing  string
 	runs     int
+	routers  string
+	spread   string
 	timeout  time.Duration
 	dialTO   time.Duration
 
@@ -130,6 +132,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.sizeMax, "size-max", 120, "largest Opus payload in bytes")
 	fs.IntVar(&o.level, "level", 20, "audio level publishers send, in -dBov (0 loudest, 127 silence; the forwarder counts -50 dBov or louder as speech)")
 	fs.StringVar(&o.framing, "framing", "bare", "/connect framing: bare or prefixed")
+	fs.StringVar(&o.routers, "routers", "1", "multi-router mode, with -router-bin: spread the publishers and the subscribers round-robin over this many router processes on one NATS (with JetStream, run by the tool on 127.0.0.1); a comma list (e.g. 1,3) runs each scenario with each count, and a multi-router run then reports what the relay cost per relayed packet against the one-router run")
+	fs.StringVar(&o.spread, "spread", "devices", "multi-router mode: how devices are spread over the routers: devices (round-robin, device by device: a conversation spans the routers), conversations (conversation c on router c mod R: nothing relayed), or both (each scenario both ways; the relay's cost is then set against the conversations run)")
 	fs.IntVar(&o.runs, "runs", 1, "runs per scenario (each with a fresh router when the tool starts it); the table marks the best")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "hard bound on the whole invocation")
 	fs.DurationVar(&o.dialTO, "dial-timeout", 30*time.Second, "bound on one device's join and connect")
@@ -238,6 +242,14 @@ func (o *options) validate() error {
 	if o.framing != "bare" && o.framing != "prefixed" {
 		errs = append(errs, errors.New("-framing: want bare or prefixed"))
 	}
+	if rs, err := parseRouters(o.routers); err != nil {
+		errs = append(errs, err)
+	} else if slices.Max(rs) > 1 && (o.routerBin == "" || o.idle > 0) {
+		errs = append(errs, errors.New("-routers above 1 needs -router-bin (the tool starts the routers and their NATS) and a load run (not -idle)"))
+	}
+	if o.spread != "devices" && o.spread != "conversations" && o.spread != "both" {
+		errs = append(errs, errors.New("-spread: want devices, conversations or both"))
+	}
 	if o.runs < 1 || o.runs > maxRuns {
 		errs = append(errs, fmt.Errorf("-runs: want 1..%d", maxRuns))
 	}
@@ -250,8 +262,37 @@ func (o *options) validate() error {
 	return errors.Join(errs...)
 }
 
-// scenarios returns the scenarios to run.
+// scenarios returns the scenarios to run, each with each router count of
+// -routers.
 func (o *options) scenarios() ([]Scenario, error) {
+	base, err := o.baseScenarios()
+	if err != nil {
+		return nil, err
+	}
+	rs, err := parseRouters(o.routers)
+	if err != nil {
+		return nil, err
+	}
+	var out []Scenario
+	for _, sc := range base {
+		for _, r := range rs {
+			sc.Routers = r
+			if r > 1 && o.spread != "devices" {
+				sc.ByConversation = true
+				out = append(out, sc)
+				sc.ByConversation = false
+			}
+			if r == 1 || o.spread != "conversations" {
+				out = append(out, sc)
+			}
+		}
+	}
+	return out, nil
+}
+
+// baseScenarios returns the scenarios of -publishers and -subscribers, or
+// of -matrix.
+func (o *options) baseScenarios() ([]Scenario, error) {
 	if o.matrix == "" {
 		if o.scenario.Publishers+o.scenario.Subscribers == 0 {
 			return nil, errors.New("nothing to run: no publishers and no subscribers")
@@ -384,6 +425,46 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return r.Problems(), ferr
 	}
 
+	// withRouters runs f against n routers: with n > 1, fresh subprocesses
+	// on one NATS of this process (the first is the one whose figures
+	// runLoad takes itself); else as withRouter.
+	withRouters := func(n int, f func(routers []routerRef, debugURL string) error) ([]string, error) {
+		if n <= 1 {
+			return withRouter(func(url string, pid int, dbg string) error {
+				return f([]routerRef{{URL: url, PID: pid}}, dbg)
+			})
+		}
+		ns, err := startClusterNATS()
+		if err != nil {
+			return nil, err
+		}
+		defer ns.close()
+		var refs []routerRef
+		var procs []*routerProc
+		defer func() {
+			for _, r := range procs {
+				if err := r.Stop(20 * time.Second); err != nil {
+					logf("router stop: %v", err)
+				}
+			}
+		}()
+		for range n {
+			r, err := startRouter(ctx, routerSpec{Bin: o.routerBin, Env: o.routerEnv, CPUs: o.routerCPUs, Standin: o.permissions == "standin", Log: logW, NATS: ns.URL()})
+			if err != nil {
+				return nil, err
+			}
+			procs = append(procs, r)
+			refs = append(refs, routerRef{URL: r.URL, PID: r.PID})
+			logf("router pid %d at %s (NATS %s)", r.PID, r.URL, ns.URL())
+		}
+		ferr := f(refs, "")
+		var problems []string
+		for _, r := range procs {
+			problems = append(problems, r.Problems()...)
+		}
+		return problems, ferr
+	}
+
 	framing := beepclient.Bare
 	if o.framing == "prefixed" {
 		framing = beepclient.Prefixed
@@ -416,12 +497,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 					}
 				}
 				var res *runResult
-				problems, err := withRouter(func(u string, pid int, dbg string) error {
+				problems, err := withRouters(sc.Routers, func(rs []routerRef, dbg string) error {
 					var err error
 					res, err = runLoad(ctx, loadConfig{
-						URL: u, Scenario: sc, Rate: o.rate, Settle: o.settle, Hold: o.hold, Grace: o.grace,
+						URL: rs[0].URL, Others: rs[1:], Scenario: sc, Rate: o.rate, Settle: o.settle, Hold: o.hold, Grace: o.grace,
 						SizeMin: o.sizeMin, SizeMax: o.sizeMax, Level: o.level, Framing: framing,
-						RouterPID: pid, DebugURL: dbg, CPUProfile: prof, ToolProfile: o.toolProf, NACK: o.nack, Wire: o.wire,
+						RouterPID: rs[0].PID, DebugURL: dbg, CPUProfile: prof, ToolProfile: o.toolProf, NACK: o.nack, Wire: o.wire,
 						DialTimeout: o.dialTO, Logf: logf,
 					}, i)
 					return err
@@ -443,6 +524,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		rep.Best = bestRuns(rep.Runs)
+		relayCosts(rep.Runs, rep.Best)
 	}
 	rep.Finished = time.Now()
 	printReport(stdout, rep)
@@ -552,6 +634,7 @@ func printReport(w io.Writer, rep *report) {
 		if len(rep.Runs) > len(rep.Best) {
 			fmt.Fprintln(w, "* best run of its scenario: a clean run (no loss, no drops at the tool, ≥ 99.5 % delivered) first, then the least disturbed (fewest other cores busy), then the lowest router CPU per egress packet")
 		}
+		printCluster(w, rep.Runs)
 		for _, r := range rep.Runs {
 			if p := r.Processing; p != nil {
 				fmt.Fprintf(w, "%s run %d: harness router's processing per published packet (pipeline and fan-out): p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", r.Name, r.Run, p.P50, p.P99, p.Max)

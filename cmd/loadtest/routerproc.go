@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -34,6 +35,9 @@ type routerSpec struct {
 	Standin bool
 	// Log receives the router's log lines (JSON); nil discards them.
 	Log io.Writer
+	// NATS is the URL of the NATS the router uses (multi-router mode: the
+	// tool's, on loopback); empty: the router's embedded one.
+	NATS string
 }
 
 // keepEnv reports whether an environment variable of the tool passes to a
@@ -103,7 +107,7 @@ func startRouter(ctx context.Context, spec routerSpec) (*routerProc, error) {
 	env = append(env,
 		"LISTEN=127.0.0.1:0",
 		"ICE_IPS=127.0.0.1",
-		"NATS=embedded",
+		"NATS="+cmp.Or(spec.NATS, "embedded"),
 		"PERMISSIONS_HOST="+perms,
 		"LOG_FORMAT=json",
 		"LOG_LEVEL=info",

@@ -414,6 +414,7 @@ func (a *app) connectNATS(cfg config) error {
 		nats.ReconnectHandler(func(nc *nats.Conn) { a.log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }),
 	}
 	if cfg.NATS != nil {
+		opts = append(opts, cfg.NATSSecurity.options()...)
 		nc, err := nats.Connect(strings.Join(cfg.NATS, ","), append(opts, nats.RetryOnFailedConnect(true), natsRetryLog(a.log, cfg.NATS))...)
 		if err != nil {
 			return fmt.Errorf("NATS %s: %w", redactURLs(strings.Join(cfg.NATS, ",")), err)

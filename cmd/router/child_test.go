@@ -21,6 +21,7 @@ type child struct {
 	lines   []string
 	changed chan struct{} // closed and replaced at every new line
 	exited  chan struct{} // closed once the log ended (the process exits)
+	killed  bool          // kill ended it; the test's goroutine only
 }
 
 // runChild starts argv (the router binary, perhaps behind prlimit) with
@@ -56,6 +57,9 @@ func runChild(t *testing.T, argv []string, env map[string]string) *child {
 		}
 	}()
 	t.Cleanup(func() {
+		if c.killed {
+			return
+		}
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan error, 1)
 		go func() { <-c.exited; done <- cmd.Wait() }()
@@ -71,6 +75,18 @@ func runChild(t *testing.T, argv []string, env map[string]string) *child {
 		}
 	})
 	return c
+}
+
+// kill ends the process with SIGKILL (no goodbye to anyone) and waits
+// until it is gone.
+func (c *child) kill() {
+	c.t.Helper()
+	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		c.t.Fatalf("kill: %v", err)
+	}
+	<-c.exited
+	_ = c.cmd.Wait() // "signal: killed"
+	c.killed = true
 }
 
 // log returns everything logged so far.

@@ -23,7 +23,8 @@ type config struct {
 	MetricsListen   string
 	NATS            []string // nil: embedded
 	NATSExpose      string   // embedded server's client listen address; "": in-process only
-	PermissionsHost string   // "allow-all" skips the check
+	NATSSecurity    natsSecurity
+	PermissionsHost string // "allow-all" skips the check
 	PermTimeout     time.Duration
 	UDPPort         int
 	ICEIPs          []net.IP
@@ -112,6 +113,10 @@ var settings = []setting{
 	{"TLS_KEY", "", "path of the PEM private key of TLS_CERT; re-read on SIGHUP"},
 	{"NATS", "embedded", "NATS URL or comma list; `embedded` runs an in-process NATS server"},
 	{"NATS_EMBEDDED_LISTEN", "", "with NATS=embedded, also serve NATS clients on this address (e.g. 127.0.0.1:4222); empty: in-process only"},
+	{"NATS_CREDS", "", "path of a NATS credentials file (user JWT and nkey seed, as `nsc` writes it) to authenticate to an external NATS with; re-read at every reconnect"},
+	{"NATS_TLS_CA", "", "path of the PEM CA certificate(s) an external NATS's server certificates must chain to; turns TLS on (also with nats:// URLs); re-read at every reconnect"},
+	{"NATS_TLS_CERT", "", "path of a PEM client certificate for NATS servers that verify clients (`verify: true`); with NATS_TLS_KEY; turns TLS on"},
+	{"NATS_TLS_KEY", "", "path of the PEM private key of NATS_TLS_CERT"},
 	{"PERMISSIONS_HOST", "http://permissions", "backend-permissions base URL; `allow-all` skips the check (demos only)"},
 	{"PERMISSIONS_TIMEOUT", "5s", "deadline of one permission check; past it /join answers 503"},
 	{"UDP_PORT", "0", "one UDP port for all ICE traffic (pion UDP mux); 0: an ephemeral port per peer"},
@@ -238,6 +243,10 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 			}
 			c.NATS = append(c.NATS, u)
 		}
+	}
+	c.NATSSecurity = natsSecurity{Creds: get("NATS_CREDS"), CA: get("NATS_TLS_CA"), CertFile: get("NATS_TLS_CERT"), KeyFile: get("NATS_TLS_KEY")}
+	if err := c.NATSSecurity.check(c.NATS != nil); err != nil {
+		errs = append(errs, err)
 	}
 	c.NATSExpose = get("NATS_EMBEDDED_LISTEN")
 	if c.NATSExpose != "" {

@@ -6,12 +6,9 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,8 +21,10 @@ import (
 	"github.com/beepvoice/router/internal/testutil"
 )
 
-// routerProcess is a router binary running as a process of the test.
+// routerProcess is a router binary running as a process of the test, its
+// log captured (child).
 type routerProcess struct {
+	*child
 	t    *testing.T
 	name string
 	addr string
@@ -33,7 +32,8 @@ type routerProcess struct {
 
 // startRouterProcess runs the router binary bin with the test defaults
 // over env, waits until it listens, and stops it (SIGTERM, then a wait for
-// a clean exit) at the end of the test.
+// a clean exit) at the end of the test; if the test failed, its warnings,
+// errors and cluster lines are logged then.
 func startRouterProcess(t *testing.T, bin, name string, env map[string]string) *routerProcess {
 	t.Helper()
 	addr := testutil.FreeAddr(t)
@@ -49,58 +49,19 @@ func startRouterProcess(t *testing.T, bin, name string, env map[string]string) *
 	for k, v := range env {
 		vars[k] = v
 	}
-	cmd := exec.Command(bin)
-	cmd.Dir = t.TempDir()
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
-	for k, v := range vars {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	listening := make(chan struct{})
-	logged := make(chan struct{})
-	go func() {
-		defer close(logged)
-		once := sync.Once{}
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			l := sc.Text()
-			if strings.Contains(l, "router listening") {
-				once.Do(func() { close(listening) })
-			}
+	c := runChild(t, []string{bin}, vars)
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, l := range strings.Split(c.log(), "\n") {
 			if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") || strings.Contains(l, "cluster:") {
 				t.Logf("%s: %s", name, l)
 			}
 		}
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { <-logged; done <- cmd.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("%s exited: %v", name, err)
-			}
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-			t.Errorf("%s did not exit after SIGTERM", name)
-		}
 	})
-	select {
-	case <-listening:
-	case <-logged:
-		t.Fatalf("%s exited before listening", name)
-	case <-time.After(20 * time.Second):
-		t.Fatalf("%s not listening after 20s", name)
-	}
-	return &routerProcess{t: t, name: name, addr: addr}
+	c.waitLine(0, 20*time.Second, "router listening")
+	return &routerProcess{child: c, t: t, name: name, addr: addr}
 }
 
 // join POSTs /join/conv for the user's phone and fails the test unless
@@ -187,34 +148,7 @@ func TestClusterTwoRouterProcesses(t *testing.T) {
 	a := startRouterProcess(t, bin, "router A", env)
 	b := startRouterProcess(t, bin, "router B", env)
 
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	type biteKey struct {
-		user string
-		seq  uint64
-	}
-	var mu sync.Mutex
-	bites := map[biteKey]int{}
-	sub, err := nc.Subscribe("bite", func(m *nats.Msg) {
-		var bt beeppb.Bite
-		if err := proto.Unmarshal(m.Data, &bt); err != nil {
-			t.Errorf("bad bite: %v", err)
-			return
-		}
-		mu.Lock()
-		bites[biteKey{bt.User, bt.Seq}]++
-		mu.Unlock()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	bites := watchBites(t, ns.URL())
 
 	// Joins on either router admit everywhere: Alice joins on B and
 	// connects on A, Dan the other way round.
@@ -295,34 +229,7 @@ func TestClusterTwoRouterProcesses(t *testing.T) {
 
 	// Bites: two per publisher, each published once, by the publisher's
 	// router only (the relayed tracks make none).
-	testutil.Eventually(t, 10*time.Second, "two bites of each publisher", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(bites) == 6
-	})
-	published := func() float64 {
-		return a.metric("router_stage_events_total", `event="published"`, `stage="nats-sink"`) +
-			b.metric("router_stage_events_total", `event="published"`, `stage="nats-sink"`)
-	}
-	testutil.Eventually(t, 5*time.Second, "every published bite received", func() bool {
-		mu.Lock()
-		n := 0
-		for _, c := range bites {
-			n += c
-		}
-		mu.Unlock()
-		return float64(n) == published()
-	})
-	mu.Lock()
-	for k, n := range bites {
-		if n != 1 {
-			t.Errorf("bite %d of %s published %d times", k.seq, k.user, n)
-		}
-		if k.seq > 1 {
-			t.Errorf("bite %d of %s: want seqs 0 and 1", k.seq, k.user)
-		}
-	}
-	mu.Unlock()
+	bites.checkOnce(6, a, b)
 	if ba := a.metric("router_stage_events_total", `event="bites"`, `stage="bite-chunker"`); ba != 2 {
 		t.Errorf("router A made %v bites, want 2 (Alice's)", ba)
 	}
@@ -358,6 +265,80 @@ func TestClusterTwoRouterProcesses(t *testing.T) {
 	}
 	if after := a.metric("router_relay_packets_total", `direction="out"`); after != out {
 		t.Errorf("router A relayed %v packets after nobody on B listened in conv-1", after-out)
+	}
+}
+
+// biteLog counts the bites published on a NATS server, by user and
+// sequence number.
+type biteLog struct {
+	t  *testing.T
+	mu sync.Mutex
+	n  map[biteKey]int
+}
+
+type biteKey struct {
+	user string
+	seq  uint64
+}
+
+// watchBites subscribes to the bites published on the NATS server at url
+// until the end of the test.
+func watchBites(t *testing.T, url string) *biteLog {
+	t.Helper()
+	l := &biteLog{t: t, n: map[biteKey]int{}}
+	nc := testutil.ConnectNATS(t, url)
+	if _, err := nc.Subscribe("bite", func(m *nats.Msg) {
+		var bt beeppb.Bite
+		if err := proto.Unmarshal(m.Data, &bt); err != nil {
+			t.Errorf("bad bite: %v", err)
+			return
+		}
+		l.mu.Lock()
+		l.n[biteKey{bt.User, bt.Seq}]++
+		l.mu.Unlock()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// checkOnce waits for want distinct bites, two of each publisher (seqs 0
+// and 1), and for every bite the routers' nats-sink stages published, and
+// fails the test unless each was received exactly once.
+func (l *biteLog) checkOnce(want int, routers ...*routerProcess) {
+	l.t.Helper()
+	testutil.Eventually(l.t, 10*time.Second, "two bites of each publisher", func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.n) == want
+	})
+	published := func() (n float64) {
+		for _, r := range routers {
+			n += r.metric("router_stage_events_total", `event="published"`, `stage="nats-sink"`)
+		}
+		return n
+	}
+	testutil.Eventually(l.t, 5*time.Second, "every published bite received", func() bool {
+		l.mu.Lock()
+		n := 0
+		for _, c := range l.n {
+			n += c
+		}
+		l.mu.Unlock()
+		return float64(n) == published()
+	})
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k, n := range l.n {
+		if n != 1 {
+			l.t.Errorf("bite %d of %s published %d times", k.seq, k.user, n)
+		}
+		if k.seq > 1 {
+			l.t.Errorf("bite %d of %s: want seqs 0 and 1", k.seq, k.user)
+		}
 	}
 }
 
