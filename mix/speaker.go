@@ -2,6 +2,7 @@ package mix
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/thesyncim/gopus"
 )
@@ -202,10 +203,17 @@ func (m *Mixer) mixFrame(f int64) {
 		}
 	}
 	ts := uint32(f * FrameSamples)
+	if m.custom {
+		for _, x := range m.mixes {
+			m.encodeWithout(x, ts, voices)
+		}
+		m.stats.frames.Add(1)
+		return
+	}
 	for i, v := range m.sum {
 		m.pcm[i] = float32(v)
 	}
-	m.encode(&m.shared, "", ts, voices)
+	m.encode(&m.shared, "", "", ts, voices)
 	for _, s := range m.speakers {
 		for i, v := range m.sum {
 			m.pcm[i] = float32(v - float64(s.pcm[i]))
@@ -214,13 +222,34 @@ func (m *Mixer) mixFrame(f int64) {
 		if s.heard {
 			n--
 		}
-		m.encode(&s.out, s.id, ts, n)
+		m.encode(&s.out, s.id, s.id, ts, n)
 	}
 	m.stats.frames.Add(1)
 }
 
+// encodeWithout encodes one frame of the mix x of SetMixes: the sum
+// without x's speakers.
+func (m *Mixer) encodeWithout(x *setMix, ts uint32, voices int) {
+	m.acc = m.sum
+	for _, s := range m.speakers {
+		if !slices.Contains(x.Without, s.id) {
+			continue
+		}
+		for i, v := range s.pcm {
+			m.acc[i] -= float64(v)
+		}
+		if s.heard {
+			voices--
+		}
+	}
+	for i, v := range m.acc {
+		m.pcm[i] = float32(v)
+	}
+	m.encode(x.out, "", x.Key, ts, voices)
+}
+
 // encode limits m.pcm and encodes it as one frame of the mix o.
-func (m *Mixer) encode(o *mixOut, minus string, ts uint32, voices int) {
+func (m *Mixer) encode(o *mixOut, minus, key string, ts uint32, voices int) {
 	o.lim.process(m.pcm[:])
 	level := audioLevel(m.pcm[:])
 	n, err := o.enc.Encode(m.pcm[:], o.buf[:])
@@ -229,7 +258,7 @@ func (m *Mixer) encode(o *mixOut, minus string, ts uint32, voices int) {
 		return
 	}
 	m.stats.encoded.Add(1)
-	m.cfg.Output(Frame{Minus: minus, Timestamp: ts, Payload: o.buf[:n], Level: level, Voices: voices})
+	m.cfg.Output(Frame{Minus: minus, Key: key, Timestamp: ts, Payload: o.buf[:n], Level: level, Voices: voices})
 }
 
 // floorDiv is a/b rounded toward minus infinity (b > 0).
