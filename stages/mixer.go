@@ -77,7 +77,7 @@ type Mixer struct {
 	ended    mix.Stats // what stopped sessions counted
 
 	sent, failed, unmixable atomic.Uint64
-	started                 atomic.Uint64
+	started, stopped        atomic.Uint64
 }
 
 // NewMixer returns a mixing stage with settings s, refusing bad values
@@ -203,6 +203,7 @@ func (s *mixSession) Stop() {
 		delete(st.sessions, s)
 		addStats(&st.ended, s.eng.Stats())
 		st.mu.Unlock()
+		st.stopped.Add(1)
 	})
 }
 
@@ -332,6 +333,7 @@ func (m *Mixer) Stats() map[string]uint64 {
 	st, _ := m.totals()
 	return map[string]uint64{
 		"sessions_started": m.started.Load(),
+		"sessions_stopped": m.stopped.Load(),
 		"received":         st.Received,
 		"decoded":          st.Decoded,
 		"recovered_fec":    st.Recovered,

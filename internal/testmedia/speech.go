@@ -19,6 +19,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/thesyncim/gopus"
+
 	"github.com/beepvoice/router/oggopus"
 )
 
@@ -174,4 +176,92 @@ func makeFixture(source []string, effects ...string) (Speech, error) {
 		out.Packets = append(out.Packets, p)
 	}
 	return out, nil
+}
+
+// DecodeOpus decodes 20 ms Opus packets in order into 48 kHz mono PCM, one
+// frame per packet; a nil packet is a lost one, concealed by the decoder.
+// It fails tb on a packet the decoder refuses.
+func DecodeOpus(tb testing.TB, packets [][]byte) []float32 {
+	tb.Helper()
+	dec, err := gopus.NewDecoder(gopus.DefaultDecoderConfig(48000, 1))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	buf := make([]float32, frameSamples)
+	out := make([]float32, 0, len(packets)*frameSamples)
+	for i, p := range packets {
+		n, err := dec.Decode(p, buf)
+		if err != nil || n != frameSamples {
+			tb.Fatalf("decode packet %d of %d bytes: %d samples, %v", i, len(p), n, err)
+		}
+		out = append(out, buf...)
+	}
+	return out
+}
+
+// Correlation is the normalized cross-correlation of ref with x delayed by
+// lag samples (x[i+lag] against ref[i]), over their overlap.
+func Correlation(ref, x []float32, lag int) float64 {
+	var xy, xx, yy float64
+	for i, r := range ref {
+		j := i + lag
+		if j < 0 {
+			continue
+		}
+		if j >= len(x) {
+			break
+		}
+		v := float64(x[j])
+		xy += float64(r) * v
+		xx += float64(r) * float64(r)
+		yy += v * v
+	}
+	if xx == 0 || yy == 0 {
+		return 0
+	}
+	return xy / math.Sqrt(xx*yy)
+}
+
+// BestLag finds where ref lies in x: the lag in [minLag, maxLag] of the
+// largest correlation, searched on a 1/8 decimation first and refined at
+// full rate (fast enough for seconds of audio and lags of a second). It
+// returns that correlation and the lag.
+func BestLag(ref, x []float32, minLag, maxLag int) (best float64, lag int) {
+	const d = 8
+	dec := func(s []float32) []float32 {
+		out := make([]float32, len(s)/d)
+		for i := range out {
+			var sum float32
+			for _, v := range s[i*d : i*d+d] {
+				sum += v
+			}
+			out[i] = sum / d
+		}
+		return out
+	}
+	rd, xd := dec(ref), dec(x)
+	coarse, best := minLag, math.Inf(-1)
+	for l := minLag / d; l <= maxLag/d; l++ {
+		if c := Correlation(rd, xd, l); c > best {
+			best, coarse = c, l*d
+		}
+	}
+	best = math.Inf(-1)
+	for l := coarse - 2*d; l <= coarse+2*d; l++ {
+		if c := Correlation(ref, x, l); c > best {
+			best, lag = c, l
+		}
+	}
+	return best, lag
+}
+
+// MaxAbsCorrelation is the largest magnitude of the correlation of ref and
+// x at the lags within radius of center: how much of ref is in x near
+// where it would be.
+func MaxAbsCorrelation(ref, x []float32, center, radius int) float64 {
+	var m float64
+	for l := center - radius; l <= center+radius; l++ {
+		m = math.Max(m, math.Abs(Correlation(ref, x, l)))
+	}
+	return m
 }

@@ -1,0 +1,365 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/beepvoice/router/internal/beepclient"
+	"github.com/beepvoice/router/internal/testmedia"
+	"github.com/beepvoice/router/internal/testutil"
+	"github.com/beepvoice/router/oggopus"
+)
+
+// The mixing stage end to end (issue 17): real pion clients over loopback
+// publish espeak-ng speech (opusenc packets) to a router on its default
+// pipeline, and what devices with too few slots receive is decoded and
+// cross-correlated against each source.
+
+// talker is one speaking client and its speech fixture.
+type talker struct {
+	c *beepclient.Client
+	s testmedia.Speech
+}
+
+// talk sends frames [from, to) of every talker's speech, all in lockstep
+// every 20 ms, loud (so that each is an active speaker).
+func talk(t *testing.T, from, to int, ts ...talker) {
+	t.Helper()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for i := from; i < to; i++ {
+		for _, tk := range ts {
+			if err := tk.c.Send(tk.s.Packets[i%len(tk.s.Packets)], 10); err != nil {
+				t.Fatalf("send: %v", err)
+			}
+		}
+		<-tick.C
+	}
+}
+
+// stream returns the packets received on one m-line, in sequence order.
+func stream(c *beepclient.Client, mid string) []beepclient.Packet {
+	pkts := slices.Clone(c.Received()[mid])
+	slices.SortStableFunc(pkts, func(a, b beepclient.Packet) int {
+		return int(int16(a.SequenceNumber - b.SequenceNumber))
+	})
+	return pkts
+}
+
+// mids returns the m-lines a client received on, sorted.
+func mids(c *beepclient.Client) []string {
+	var out []string
+	for mid := range c.Received() {
+		out = append(out, mid)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// decodeStream checks that pkts are one continuous stream (consecutive
+// sequence numbers) and decodes it.
+func decodeStream(t *testing.T, pkts []beepclient.Packet) []float32 {
+	t.Helper()
+	payloads := make([][]byte, len(pkts))
+	for i, p := range pkts {
+		if i > 0 && p.SequenceNumber != pkts[i-1].SequenceNumber+1 {
+			t.Errorf("sequence gap: %d after %d", p.SequenceNumber, pkts[i-1].SequenceNumber)
+		}
+		payloads[i] = p.Payload
+	}
+	return testmedia.DecodeOpus(t, payloads)
+}
+
+// sourcePayloads indexes every packet the talkers may send.
+func sourcePayloads(ts ...talker) map[string]bool {
+	m := map[string]bool{}
+	for _, tk := range ts {
+		for _, p := range tk.s.Packets {
+			m[string(p)] = true
+		}
+	}
+	return m
+}
+
+// mixerStats returns the mixer stage's counts.
+func mixerStats(r *testRouter) map[string]uint64 { return r.a.pipe.Stats()["mixer"] }
+
+// waitPackets waits until c has received at least n packets on its m-lines
+// in total.
+func waitPackets(t *testing.T, c *beepclient.Client, n int) {
+	t.Helper()
+	err := c.WaitFor(deadline(t, 30*time.Second), func(rx map[string][]beepclient.Packet) bool {
+		total := 0
+		for _, p := range rx {
+			total += len(p)
+		}
+		return total >= n
+	})
+	if err != nil {
+		t.Fatalf("fewer than %d packets received: %v", n, err)
+	}
+}
+
+// presence is how clearly each source is in pcm: its best correlation
+// within the first second, and where.
+func presence(t *testing.T, pcm []float32, src testmedia.Speech, frames int) (float64, int) {
+	ref := src.PCM[:frames*960-src.PreSkip]
+	return testmedia.BestLag(ref, pcm, -5*960, 48000)
+}
+
+// TestMixOneSlot: three people talk at once (three voices and pitches) in
+// a conversation of devices with one slot each. A listener's one slot
+// carries all three; each speaker's carries the two others and never its
+// own voice.
+func TestMixOneSlot(t *testing.T) {
+	voices := []testmedia.Voice{testmedia.VoiceA, testmedia.VoiceB, testmedia.VoiceC}
+	names := []string{"alice", "bob", "carol"}
+	r := startRouter(t, nil)
+	for _, n := range append(slices.Clone(names), "dave") {
+		r.mustJoin(n, "conv-1")
+	}
+	var talkers []talker
+	for i, n := range names {
+		talkers = append(talkers, talker{c: r.dial(n, beepclient.Options{Publish: true, Receive: 1}), s: testmedia.Speak(t, voices[i])})
+	}
+	dave := r.dial("dave", beepclient.Options{Receive: 1})
+	const frames = 150 // 3 s, all three at once
+	talk(t, 0, frames, talkers...)
+	waitPackets(t, dave, frames)
+	for _, tk := range talkers {
+		waitPackets(t, tk.c, frames)
+	}
+	st := mixerStats(r)
+	t.Logf("mixer: %v", st)
+	// Four distinct mixes (dave's, and one without each speaker), not one
+	// per listener: dave and a second listener would share his.
+	if st["encoded"] == 0 || st["encoded"] > 4*(frames+100) {
+		t.Errorf("%d frames encoded: want about 4 mixes × %d frames", st["encoded"], frames)
+	}
+
+	listeners := append([]*beepclient.Client{dave}, talkers[0].c, talkers[1].c, talkers[2].c)
+	for li, c := range listeners {
+		who := "dave"
+		if li > 0 {
+			who = names[li-1]
+		}
+		m := mids(c)
+		if len(m) != 1 {
+			t.Fatalf("%s received on m-lines %v, want one", who, m)
+		}
+		pcm := decodeStream(t, stream(c, m[0]))
+		var lags []int
+		for k, tk := range talkers {
+			if li == k+1 {
+				continue // its own voice, checked below
+			}
+			c, lag := presence(t, pcm, tk.s, frames)
+			t.Logf("%s hears %s: correlation %.3f at lag %d", who, names[k], c, lag)
+			if c < 0.25 {
+				t.Errorf("%s does not hear %s: correlation %.3f", who, names[k], c)
+			}
+			lags = append(lags, lag)
+		}
+		if li == 0 {
+			continue
+		}
+		// The talkers sent in lockstep: the own voice would be near the
+		// others' lag (within a frame or two of jitter buffer anchoring).
+		own := talkers[li-1].s
+		ref := own.PCM[:frames*960-own.PreSkip]
+		c := testmedia.MaxAbsCorrelation(ref, pcm, lags[0], 2*960)
+		t.Logf("%s hears itself: correlation at most %.3f near lag %d", who, c, lags[0])
+		if c > 0.1 {
+			t.Errorf("%s hears its own voice: correlation %.3f", who, c)
+		}
+	}
+}
+
+// TestMixOverflowOnly: a device with two slots hears two speakers
+// forwarded, and nothing is decoded or encoded; a third speaker brings a
+// mix onto its second slot, which goes once that speaker's hangover is
+// over. The second slot stays one continuous stream that opusdec decodes
+// without a complaint.
+func TestMixOverflowOnly(t *testing.T) {
+	r := startRouter(t, nil)
+	for _, n := range []string{"alice", "bob", "carol", "eve"} {
+		r.mustJoin(n, "conv-1")
+	}
+	alice := talker{c: r.dial("alice", beepclient.Options{Publish: true}), s: testmedia.Speak(t, testmedia.VoiceA)}
+	bob := talker{c: r.dial("bob", beepclient.Options{Publish: true}), s: testmedia.Speak(t, testmedia.VoiceB)}
+	carol := talker{c: r.dial("carol", beepclient.Options{Publish: true}), s: testmedia.Speak(t, testmedia.VoiceC)}
+	eve := r.dial("eve", beepclient.Options{Receive: 2})
+	src := sourcePayloads(alice, bob, carol)
+
+	talk(t, 0, 100, alice, bob)
+	waitPackets(t, eve, 2*90)
+	if st := mixerStats(r); st["sessions_started"] != 0 || st["encoded"] != 0 || st["received"] != 0 {
+		t.Fatalf("two speakers for two slots: the mixer ran (%v)", st)
+	}
+	if m := mids(eve); len(m) != 2 {
+		t.Fatalf("eve receives on %v, want two m-lines", m)
+	}
+	for _, mid := range mids(eve) {
+		for _, p := range stream(eve, mid) {
+			if !src[string(p.Payload)] {
+				t.Fatalf("m-line %s carried a packet no speaker sent before any mix was needed", mid)
+			}
+		}
+	}
+
+	// carol talks for 2 s with the others, who go on for 2.5 s more.
+	talk(t, 100, 200, alice, bob, carol)
+	talk(t, 200, 325, alice, bob)
+	testutil.Eventually(t, 10*time.Second, "the mix to end after carol's hangover", func() bool {
+		st := mixerStats(r)
+		return st["sessions_started"] >= 1 && st["sessions_stopped"] == st["sessions_started"]
+	})
+	st := mixerStats(r)
+	t.Logf("mixer: %v", st)
+	m := mids(eve)
+	first, second := stream(eve, m[0]), stream(eve, m[1])
+	mixedOn := func(pkts []beepclient.Packet) (n int, lastMixed int) {
+		lastMixed = -1
+		for i, p := range pkts {
+			if !src[string(p.Payload)] {
+				n++
+				lastMixed = i
+			}
+		}
+		return n, lastMixed
+	}
+	if n, _ := mixedOn(first); n != 0 {
+		t.Errorf("eve's first slot carried %d mixed packets: the mix goes on the last slot", n)
+	}
+	n, last := mixedOn(second)
+	t.Logf("eve's second slot: %d packets, %d mixed, the last mixed at %d", len(second), n, last)
+	if n < 50 {
+		t.Errorf("eve's second slot carried %d mixed packets while three talked for 2 s", n)
+	}
+	if last < 0 || len(second)-last < 25 {
+		t.Errorf("eve's second slot is not back to forwarding after the hangover: last mixed packet %d of %d", last, len(second))
+	}
+	// One continuous stream: consecutive sequence numbers, timestamps
+	// that only grow, a marker where the source changes.
+	markers := 0
+	for i, p := range second {
+		if i == 0 {
+			continue
+		}
+		q := second[i-1]
+		if p.SequenceNumber != q.SequenceNumber+1 || int32(p.Timestamp-q.Timestamp) <= 0 {
+			t.Errorf("packet %d: seq %d ts %d after seq %d ts %d", i, p.SequenceNumber, p.Timestamp, q.SequenceNumber, q.Timestamp)
+		}
+		if p.Marker {
+			markers++
+		}
+	}
+	if markers < 2 {
+		t.Errorf("%d marker bits on eve's second slot: want one at each switch to and from the mix", markers)
+	}
+	opusdecClean(t, second)
+}
+
+// opusdecClean writes pkts as an Ogg Opus file with the project's writer
+// and checks that opusdec decodes it without a warning.
+func opusdecClean(t *testing.T, pkts []beepclient.Packet) {
+	t.Helper()
+	if _, err := exec.LookPath("opusdec"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("opusdec not installed (Debian opus-tools)")
+		}
+		t.Skip("opusdec not installed (Debian opus-tools)")
+	}
+	var buf bytes.Buffer
+	w, err := oggopus.NewWriter(&buf, oggopus.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pkts {
+		if err := w.WriteRTP(p.Payload, p.Timestamp); err != nil {
+			t.Fatalf("ogg: %v", err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "slot.opus")
+	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("opusdec", path, filepath.Join(dir, "slot.wav")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("opusdec: %v\n%s", err, out)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if ll := strings.ToLower(l); strings.Contains(ll, "warning") || strings.Contains(ll, "error") || strings.Contains(ll, "fail") {
+			t.Errorf("opusdec: %s", l)
+		}
+	}
+}
+
+// TestMixLossyContributor: one speaker reaches the router through a relay
+// that drops 10% of its packets and delays the rest by up to 30 ms
+// (reordering some), without NACK. The mix a one-slot listener gets stays
+// one continuous stream, a frame every 20 ms of RTP time, and the loss is
+// concealed.
+func TestMixLossyContributor(t *testing.T) {
+	port := testutil.FreeUDPPort(t)
+	r := startRouter(t, map[string]string{"UDP_PORT": strconv.Itoa(port)})
+	relay := testutil.NewRelay(t, port, testutil.RelayOptions{Loss: 0.1, Jitter: 30 * time.Millisecond})
+	for _, n := range []string{"alice", "bob", "carol", "dave"} {
+		r.mustJoin(n, "conv-1")
+	}
+	alice := talker{c: r.dial("alice", beepclient.Options{Publish: true, NoNACK: true, AnswerFilter: func(sdp string) string {
+		return strings.ReplaceAll(sdp, " "+strconv.Itoa(port)+" typ host", " "+strconv.Itoa(relay.Port())+" typ host")
+	}}), s: testmedia.Speak(t, testmedia.VoiceA)}
+	bob := talker{c: r.dial("bob", beepclient.Options{Publish: true}), s: testmedia.Speak(t, testmedia.VoiceB)}
+	carol := talker{c: r.dial("carol", beepclient.Options{Publish: true}), s: testmedia.Speak(t, testmedia.VoiceC)}
+	dave := r.dial("dave", beepclient.Options{Receive: 1})
+	src := sourcePayloads(alice, bob, carol)
+
+	const frames = 200
+	talk(t, 0, frames, alice, bob, carol)
+	waitPackets(t, dave, frames)
+	dropped, _ := relay.Counts()
+	st := mixerStats(r)
+	t.Logf("relay dropped %d of alice's packets; mixer: %v", dropped, st)
+	if dropped == 0 {
+		t.Fatal("the relay dropped nothing: the test proves nothing")
+	}
+	if st["concealed"]+st["recovered_fec"] == 0 {
+		t.Errorf("nothing concealed or recovered for %d lost packets", dropped)
+	}
+	pkts := stream(dave, mids(dave)[0])
+	var mixed []beepclient.Packet
+	for _, p := range pkts {
+		if !src[string(p.Payload)] {
+			mixed = append(mixed, p)
+		}
+	}
+	if len(mixed) < frames/2 {
+		t.Fatalf("dave got %d mixed packets of %d, want most of %d", len(mixed), len(pkts), frames)
+	}
+	for i := 1; i < len(mixed); i++ {
+		p, q := mixed[i], mixed[i-1]
+		if p.SequenceNumber != q.SequenceNumber+1 || p.Timestamp-q.Timestamp != 960 {
+			t.Errorf("mixed stream breaks: seq %d ts %d after seq %d ts %d", p.SequenceNumber, p.Timestamp, q.SequenceNumber, q.Timestamp)
+		}
+	}
+	pcm := decodeStream(t, pkts)
+	for k, tk := range []talker{alice, bob, carol} {
+		c, lag := presence(t, pcm, tk.s, frames)
+		t.Logf("dave hears %s: correlation %.3f at lag %d", []string{"alice", "bob", "carol"}[k], c, lag)
+		if c < 0.2 {
+			t.Errorf("speaker %d is not heard in the mix: correlation %.3f", k, c)
+		}
+	}
+}
