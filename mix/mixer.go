@@ -104,6 +104,10 @@ type Frame struct {
 	Level uint8
 	// Voices is the number of speakers heard in this mix.
 	Voices int
+	// Arrival is when the earliest of the packets decoded into this
+	// frame arrived (Push's arrival), zero when every voice was concealed
+	// or silent: the frame's latency is the time from then to its send.
+	Arrival time.Time
 }
 
 // Stats counts what a Mixer did. Every field only grows.

@@ -188,6 +188,11 @@ func TestMixMinus(t *testing.T) {
 			if v := out[frames/2].Voices; v != tt.voices {
 				t.Errorf("voices = %d, want %d", v, tt.voices)
 			}
+			// Frame n is mixed at the tick at(n+1), from packets that
+			// arrived Jitter before their turn plus up to 17 ms late.
+			if lat := at(frames/2 + 1).Sub(out[frames/2].Arrival); lat < DefaultJitter || lat > DefaultJitter+FrameDuration {
+				t.Errorf("frame's latency from its earliest packet's arrival %v, want %v to %v", lat, DefaultJitter, DefaultJitter+FrameDuration)
+			}
 			if l := out[frames/2].Level; l > 40 {
 				t.Errorf("level of a mix of speech = -%d dBov, want louder than -40", l)
 			}

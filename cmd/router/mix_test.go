@@ -121,7 +121,8 @@ func presence(t *testing.T, pcm []float32, src testmedia.Speech, frames int) (fl
 func TestMixOneSlot(t *testing.T) {
 	voices := []testmedia.Voice{testmedia.VoiceA, testmedia.VoiceB, testmedia.VoiceC}
 	names := []string{"alice", "bob", "carol"}
-	r := startRouter(t, nil)
+	maddr := testutil.FreeAddr(t)
+	r := startRouter(t, map[string]string{"METRICS_LISTEN": maddr})
 	for _, n := range append(slices.Clone(names), "dave") {
 		r.mustJoin(n, "conv-1")
 	}
@@ -143,6 +144,14 @@ func TestMixOneSlot(t *testing.T) {
 	if st["encoded"] == 0 || st["encoded"] > 4*(frames+100) {
 		t.Errorf("%d frames encoded: want about 4 mixes × %d frames", st["encoded"], frames)
 	}
+	_, body := scrape(t, "http://"+maddr+"/metrics")
+	for _, sample := range []string{"router_mix_encoded_total", "router_mix_decoded_total", "router_mix_latency_seconds_count"} {
+		if v := metric(t, body, sample); v < frames {
+			t.Errorf("%s = %v, want at least %d", sample, v, frames)
+		}
+	}
+	p50, p99 := histogramQuantiles(t, body, "router_mix_latency_seconds")
+	t.Logf("mix latency, arrival to send, jitter buffer included: p50 %.1f ms, p99 %.1f ms", p50*1e3, p99*1e3)
 
 	listeners := append([]*beepclient.Client{dave}, talkers[0].c, talkers[1].c, talkers[2].c)
 	for li, c := range listeners {
@@ -180,6 +189,40 @@ func TestMixOneSlot(t *testing.T) {
 			t.Errorf("%s hears its own voice: correlation %.3f", who, c)
 		}
 	}
+}
+
+// histogramQuantiles estimates the median and 99th percentile of a
+// Prometheus histogram from its buckets (the upper bound of the bucket
+// each falls in).
+func histogramQuantiles(t *testing.T, body, name string) (p50, p99 float64) {
+	t.Helper()
+	type bucket struct{ le, n float64 }
+	var bs []bucket
+	for _, l := range strings.Split(body, "\n") {
+		rest, ok := strings.CutPrefix(l, name+`_bucket{le="`)
+		if !ok {
+			continue
+		}
+		le, val, _ := strings.Cut(rest, `"} `)
+		b, err1 := strconv.ParseFloat(le, 64)
+		n, err2 := strconv.ParseFloat(val, 64)
+		if err1 == nil && err2 == nil {
+			bs = append(bs, bucket{b, n})
+		}
+	}
+	if len(bs) == 0 || bs[len(bs)-1].n == 0 {
+		t.Fatalf("no samples of %s", name)
+	}
+	total := bs[len(bs)-1].n
+	q := func(f float64) float64 {
+		for _, b := range bs {
+			if b.n >= f*total {
+				return b.le
+			}
+		}
+		return bs[len(bs)-1].le
+	}
+	return q(0.5), q(0.99)
 }
 
 // TestMixOverflowOnly: a device with two slots hears two speakers
