@@ -229,6 +229,10 @@ func TestSetMixes(t *testing.T) {
 	h.m.SetMixes([]Mix{{Key: "carol-only", Without: []string{"alice", "bob", "nobody"}}, {Key: "all"}})
 	for f := range frames {
 		if f == frames/2 {
+			// Frame f-1's tick again: it mixes nothing new, and its send
+			// returns once the previous tick is done, so that the new
+			// set applies from frame f on.
+			h.mix(f - 1)
 			// The shared mix goes; carol-only stays.
 			h.m.SetMixes([]Mix{{Key: "carol-only", Without: []string{"bob", "alice"}}})
 		}

@@ -186,6 +186,7 @@ func (c *Conversation) remove(u *User) (empty bool) {
 		if t.User() == u {
 			t.targets.Store(nil)
 			t.waiting.Store(false)
+			t.mixed.Store(false)
 			return true
 		}
 		return false
@@ -209,6 +210,7 @@ func (c *Conversation) removeTrack(t *Track) {
 	c.mu.Lock()
 	c.tracks = slices.DeleteFunc(c.tracks, func(q *Track) bool { return q == t })
 	t.targets.Store(nil)
+	t.mixed.Store(false)
 	c.mu.Unlock()
 	c.Reassign()
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -156,6 +157,13 @@ func (m *Mixer) StartMixing(c *room.Conversation) room.MixSession {
 	m.started.Add(1)
 	go func() {
 		defer close(s.done)
+		defer func() {
+			// A codec panic costs this conversation its mix, not the
+			// router; its pushes then fill the queue and are dropped.
+			if r := recover(); r != nil {
+				m.log.Error("panic: mixer stopped", "conversation", c.ID, "panic", r, "stack", string(debug.Stack()))
+			}
+		}()
 		if err := eng.Run(ctx); err != nil {
 			m.log.Error("mixer stopped", "conversation", c.ID, "err", err)
 		}
