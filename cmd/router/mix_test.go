@@ -153,6 +153,28 @@ func TestMixOneSlot(t *testing.T) {
 	p50, p99 := histogramQuantiles(t, body, "router_mix_latency_seconds")
 	t.Logf("mix latency, arrival to send, jitter buffer included: p50 %.1f ms, p99 %.1f ms", p50*1e3, p99*1e3)
 
+	// The mixed packets' audio level extension carries the mix's level:
+	// speech, voiced, louder than -40 dBov on most frames.
+	id := dave.ReceivedLevelID()
+	if id == 0 {
+		t.Fatal("dave negotiated no audio level extension")
+	}
+	src := sourcePayloads(talkers...)
+	mixed, loud := 0, 0
+	for _, p := range stream(dave, mids(dave)[0]) {
+		if src[string(p.Payload)] {
+			continue
+		}
+		mixed++
+		if ext := p.GetExtension(id); len(ext) == 1 && ext[0]&0x80 != 0 && ext[0]&0x7f <= 40 {
+			loud++
+		}
+	}
+	t.Logf("dave: %d mixed packets, %d with a voiced level of at least -40 dBov", mixed, loud)
+	if mixed < frames/2 || loud < mixed/2 {
+		t.Errorf("dave: %d mixed packets, %d of them with a voiced speech level; want most of %d, most loud", mixed, loud, frames)
+	}
+
 	listeners := append([]*beepclient.Client{dave}, talkers[0].c, talkers[1].c, talkers[2].c)
 	for li, c := range listeners {
 		who := "dave"
