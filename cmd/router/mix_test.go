@@ -428,3 +428,39 @@ func TestMixLossyContributor(t *testing.T) {
 		}
 	}
 }
+
+// TestMixAlways: with mode always, a device hears its conversation as one
+// mix on its first slot even when its slots would fit every speaker: here
+// one speaker, two slots.
+func TestMixAlways(t *testing.T) {
+	r := startRouter(t, map[string]string{"PIPELINE": writePipeline(t, `
+stages:
+  - name: permission-gate
+  - name: forwarder
+  - name: mixer
+    settings: {mode: always}
+`)})
+	r.mustJoin("alice", "conv-1")
+	r.mustJoin("bob", "conv-1")
+	alice := talker{c: r.dial("alice", beepclient.Options{Publish: true}), s: testmedia.Speak(t, testmedia.VoiceA)}
+	bob := r.dial("bob", beepclient.Options{Receive: 2})
+	const frames = 100
+	talk(t, 0, frames, alice)
+	waitPackets(t, bob, frames)
+	m := mids(bob)
+	if len(m) != 1 {
+		t.Fatalf("bob received on m-lines %v, want the first only", m)
+	}
+	pkts := stream(bob, m[0])
+	src := sourcePayloads(alice)
+	for i, p := range pkts {
+		if src[string(p.Payload)] {
+			t.Fatalf("packet %d of bob's slot is alice's own: want only the mix", i)
+		}
+	}
+	c, lag := presence(t, decodeStream(t, pkts), alice.s, frames-10)
+	t.Logf("bob hears alice in the mix: correlation %.3f at lag %d", c, lag)
+	if c < 0.3 {
+		t.Errorf("alice is not heard in bob's mix: correlation %.3f", c)
+	}
+}
