@@ -162,30 +162,37 @@ type sessionBox struct{ s MixSession }
 // the down-tracks that carry each.
 type mixPlan struct {
 	keys  []string
+	mixes map[string]*Mix
 	downs map[string][]*rtc.DownTrack
-	with  map[string][]string // key -> Without
 }
 
-// add binds slot to the mix that leaves out without.
-func (p *mixPlan) add(slot *rtc.DownTrack, without []string) {
+// add binds slot to c's mix that leaves out without: the mix c has under
+// that key, else a new one. The slot carries it from here on, so that the
+// policy never lists it among a speaker's targets.
+func (p *mixPlan) add(c *Conversation, slot *rtc.DownTrack, without []string) {
 	slices.Sort(without)
 	without = slices.Compact(without)
 	key := strings.Join(without, "\x00")
 	if p.downs == nil {
-		p.downs, p.with = map[string][]*rtc.DownTrack{}, map[string][]string{}
+		p.downs, p.mixes = map[string][]*rtc.DownTrack{}, map[string]*Mix{}
 	}
-	if _, ok := p.downs[key]; !ok {
+	x := p.mixes[key]
+	if x == nil {
+		if x = c.mixes[key]; x == nil {
+			x = newMix(c, key, without)
+		}
+		p.mixes[key] = x
 		p.keys = append(p.keys, key)
-		p.with[key] = without
 	}
 	p.downs[key] = append(p.downs[key], slot)
+	slot.SetSource(x.up)
 }
 
 // mixDevice fills d's slots under mixing mode, if d needs a mix: then the
 // slots it hears speakers on are assigned as usual, the mix slot is noted
 // in plan, and it reports true. Otherwise it does nothing and reports
 // false. Callers hold c.mu.
-func mixDevice(d *device, mode MixMode, ranked []*Track, byUp map[*rtc.UpTrack]*Track, now int64, plan *mixPlan) bool {
+func (c *Conversation) mixDevice(d *device, mode MixMode, ranked []*Track, byUp map[*rtc.UpTrack]*Track, now int64, plan *mixPlan) bool {
 	k := len(d.slots)
 	if mode == MixOff || k == 0 {
 		return false
@@ -222,7 +229,7 @@ func mixDevice(d *device, mode MixMode, ranked []*Track, byUp map[*rtc.UpTrack]*
 			without = append(without, up.ID)
 		}
 	}
-	plan.add(slot, without)
+	plan.add(c, slot, without)
 	return true
 }
 
@@ -236,15 +243,9 @@ func (c *Conversation) applyMixes(plan *mixPlan, ranked []*Track, now int64) {
 	mixes := make([]*Mix, 0, len(plan.keys))
 	next := make(map[string]*Mix, len(plan.keys))
 	for _, key := range plan.keys {
-		x := c.mixes[key]
-		if x == nil {
-			x = newMix(c, key, plan.with[key])
-		}
+		x := plan.mixes[key]
 		downs := plan.downs[key]
 		x.targets.Store(&downs)
-		for _, s := range downs {
-			s.SetSource(x.up)
-		}
 		next[key] = x
 		mixes = append(mixes, x)
 	}

@@ -82,16 +82,16 @@ func TestMixingPolicy(t *testing.T) {
 			mode:   MixOverflow,
 			spec:   "a:2 b:2 c:2",
 			active: []string{"a", "b"},
-			want:   map[string]string{"a": "b c", "b": "a c", "c": "b a"},
+			want:   map[string]string{"a": "b c", "b": "a c", "c": "a b"},
 		},
 		{
-			name:   "two slots, three speakers: the newest forwarded, the rest mixed on the last slot",
+			name:   "two slots, three speakers: the first keeps its slot, the others mixed on the last",
 			mode:   MixOverflow,
 			spec:   "a:2 b:2 c:2 d:2",
 			active: []string{"a", "b", "c"},
-			want:   map[string]string{"a": "c b", "b": "c a", "c": "b a", "d": "c mix(c)"},
+			want:   map[string]string{"a": "b c", "b": "a c", "c": "a b", "d": "a mix(a)"},
 			mixes:  1,
-			mixed:  []string{"a", "b"},
+			mixed:  []string{"b", "c"},
 		},
 		{
 			name:   "always: one mix on the first slot, for every device",
@@ -107,7 +107,7 @@ func TestMixingPolicy(t *testing.T) {
 			mode:   MixOff,
 			spec:   "a:1 b:1 c:1 d:1",
 			active: []string{"a", "b", "c"},
-			want:   map[string]string{"d": "c"},
+			want:   map[string]string{"d": "a"}, // the first keeps the slot
 		},
 	}
 	for _, tt := range tests {
@@ -121,6 +121,18 @@ func TestMixingPolicy(t *testing.T) {
 			for _, n := range tt.active {
 				now += int64(time.Millisecond)
 				r.tracks[n].MarkActive(now, time.Second)
+				// Reassigned as each starts: slots switch from
+				// forwarding to a mix as the speakers come, and a
+				// track's targets, which the forwarder writes to,
+				// never include a slot that now carries a mix.
+				r.reassign(now)
+				for n, tr := range r.tracks {
+					for _, s := range tr.Targets(r.c) {
+						if s.Source() != tr.UpTrack {
+							t.Errorf("%s targets a slot carrying something else", n)
+						}
+					}
+				}
 			}
 			r.reassign(now)
 			for user, want := range tt.want {

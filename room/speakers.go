@@ -49,7 +49,7 @@ func (c *Conversation) reassignLocked(now int64) {
 	}
 	var plan mixPlan
 	for _, d := range c.devices {
-		if !mixDevice(d, mode, ranked, byUp, now, &plan) {
+		if !c.mixDevice(d, mode, ranked, byUp, now, &plan) {
 			assign(d, d.slots, ranked, byUp, now, false)
 		}
 		for _, s := range d.slots {
