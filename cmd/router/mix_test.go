@@ -64,15 +64,27 @@ func mids(c *beepclient.Client) []string {
 }
 
 // decodeStream checks that pkts are one continuous stream (consecutive
-// sequence numbers) and decodes it.
+// sequence numbers) and decodes it, each packet at its place on the RTP
+// clock: a frame the mixer skipped (it counts them) is concealed there, so
+// that what follows stays aligned with the sources.
 func decodeStream(t *testing.T, pkts []beepclient.Packet) []float32 {
 	t.Helper()
-	payloads := make([][]byte, len(pkts))
+	var payloads [][]byte
 	for i, p := range pkts {
-		if i > 0 && p.SequenceNumber != pkts[i-1].SequenceNumber+1 {
-			t.Errorf("sequence gap: %d after %d", p.SequenceNumber, pkts[i-1].SequenceNumber)
+		if i > 0 {
+			q := pkts[i-1]
+			if p.SequenceNumber != q.SequenceNumber+1 {
+				t.Errorf("sequence gap: %d after %d", p.SequenceNumber, q.SequenceNumber)
+			}
+			// At most a second of missing frames: a longer jump is a
+			// switch of source, not a skip.
+			if gap := int32(p.Timestamp-q.Timestamp)/960 - 1; gap > 0 && gap <= 50 {
+				for range gap {
+					payloads = append(payloads, nil)
+				}
+			}
 		}
-		payloads[i] = p.Payload
+		payloads = append(payloads, p.Payload)
 	}
 	return testmedia.DecodeOpus(t, payloads)
 }
@@ -92,19 +104,31 @@ func sourcePayloads(ts ...talker) map[string]bool {
 func mixerStats(r *testRouter) map[string]uint64 { return r.a.pipe.Stats()["mixer"] }
 
 // waitPackets waits until c has received at least n packets on its m-lines
-// in total.
+// in total. Under the race detector, where the mixer skips frames it has
+// no time for, it settles for a third of them after 10 s.
 func waitPackets(t *testing.T, c *beepclient.Client, n int) {
 	t.Helper()
-	err := c.WaitFor(deadline(t, 30*time.Second), func(rx map[string][]beepclient.Packet) bool {
-		total := 0
-		for _, p := range rx {
-			total += len(p)
-		}
-		return total >= n
-	})
-	if err != nil {
-		t.Fatalf("fewer than %d packets received: %v", n, err)
+	wait := 30 * time.Second
+	if testutil.Race {
+		wait = 10 * time.Second
 	}
+	total := func(rx map[string][]beepclient.Packet) int {
+		sum := 0
+		for _, p := range rx {
+			sum += len(p)
+		}
+		return sum
+	}
+	err := c.WaitFor(deadline(t, wait), func(rx map[string][]beepclient.Packet) bool { return total(rx) >= n })
+	if err == nil {
+		return
+	}
+	got := total(c.Received())
+	if testutil.Race && got >= n/3 {
+		t.Logf("race detector: %d packets of %d received", got, n)
+		return
+	}
+	t.Fatalf("%d packets received, want %d: %v", got, n, err)
 }
 
 // present is the correlation above which a source counts as heard in a
@@ -121,11 +145,11 @@ func present() float64 {
 	return 0.25
 }
 
-// minPackets is how many packets of a stream of n frames the tests wait
+// minPackets is how many packets of a stream of n frames the tests ask
 // for: fewer under the race detector, where the mixer skips frames.
 func minPackets(n int) int {
 	if testutil.Race {
-		return n * 2 / 3
+		return n / 3
 	}
 	return n
 }
@@ -156,9 +180,9 @@ func TestMixOneSlot(t *testing.T) {
 	dave := r.dial("dave", beepclient.Options{Receive: 1})
 	const frames = 150 // 3 s, all three at once
 	talk(t, 0, frames, talkers...)
-	waitPackets(t, dave, minPackets(frames))
+	waitPackets(t, dave, frames)
 	for _, tk := range talkers {
-		waitPackets(t, tk.c, minPackets(frames))
+		waitPackets(t, tk.c, frames)
 	}
 	st := mixerStats(r)
 	t.Logf("mixer: %v", st)
@@ -416,7 +440,7 @@ func TestMixLossyContributor(t *testing.T) {
 
 	const frames = 200
 	talk(t, 0, frames, alice, bob, carol)
-	waitPackets(t, dave, minPackets(frames))
+	waitPackets(t, dave, frames)
 	dropped, _ := relay.Counts()
 	st := mixerStats(r)
 	t.Logf("relay dropped %d of alice's packets; mixer: %v", dropped, st)
@@ -479,7 +503,7 @@ stages:
 	bob := r.dial("bob", beepclient.Options{Receive: 2})
 	const frames = 100
 	talk(t, 0, frames, alice)
-	waitPackets(t, bob, minPackets(frames))
+	waitPackets(t, bob, frames)
 	m := mids(bob)
 	if len(m) != 1 {
 		t.Fatalf("bob received on m-lines %v, want the first only", m)
