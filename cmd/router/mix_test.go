@@ -145,6 +145,23 @@ func present() float64 {
 	return 0.25
 }
 
+// overloaded reports whether the mixer fell so far behind (it skipped
+// more than one frame in ten) that what listeners hear can no longer be
+// compared with the sources. Only the race detector may make it so: then
+// the tests say so and judge presence and levels no more; without it, it
+// is an error.
+func overloaded(t *testing.T, st map[string]uint64) bool {
+	t.Helper()
+	o := st["frames_skipped"]*10 > st["frames_mixed"]
+	switch {
+	case o && testutil.Race:
+		t.Logf("race detector: the mixer skipped %d frames and mixed %d: presence and levels not judged", st["frames_skipped"], st["frames_mixed"])
+	case o:
+		t.Errorf("the mixer skipped %d frames and mixed %d: it cannot keep up", st["frames_skipped"], st["frames_mixed"])
+	}
+	return o
+}
+
 // minPackets is how many packets of a stream of n frames the tests ask
 // for: fewer under the race detector, where the mixer skips frames.
 func minPackets(n int) int {
@@ -186,6 +203,7 @@ func TestMixOneSlot(t *testing.T) {
 	}
 	st := mixerStats(r)
 	t.Logf("mixer: %v", st)
+	judge := !overloaded(t, st)
 	// Four distinct mixes (dave's, and one without each speaker), not one
 	// per listener: dave and a second listener would share his.
 	if st["encoded"] == 0 || st["encoded"] > 4*(frames+100) {
@@ -193,7 +211,7 @@ func TestMixOneSlot(t *testing.T) {
 	}
 	_, body := scrape(t, "http://"+maddr+"/metrics")
 	for _, sample := range []string{"router_mix_encoded_total", "router_mix_decoded_total", "router_mix_latency_seconds_count"} {
-		if v := metric(t, body, sample); v < float64(minPackets(frames)) {
+		if v := metric(t, body, sample); v < float64(minPackets(frames)) && judge {
 			t.Errorf("%s = %v, want at least %d", sample, v, frames)
 		}
 	}
@@ -218,7 +236,7 @@ func TestMixOneSlot(t *testing.T) {
 		}
 	}
 	t.Logf("dave: %d mixed packets, %d with a voiced level of at least -40 dBov", mixed, loud)
-	if mixed < minPackets(frames)/2 || loud < mixed/2 {
+	if judge && (mixed < minPackets(frames)/2 || loud < mixed/2) {
 		t.Errorf("dave: %d mixed packets, %d of them with a voiced speech level; want most of %d, most loud", mixed, loud, frames)
 	}
 
@@ -240,7 +258,7 @@ func TestMixOneSlot(t *testing.T) {
 			}
 			c, lag := presence(t, pcm, tk.s, frames)
 			t.Logf("%s hears %s: correlation %.3f at lag %d", who, names[k], c, lag)
-			if c < present() {
+			if c < present() && judge {
 				t.Errorf("%s does not hear %s: correlation %.3f", who, names[k], c)
 			}
 			lags = append(lags, lag)
@@ -480,7 +498,7 @@ func TestMixLossyContributor(t *testing.T) {
 	for k, tk := range []talker{alice, bob, carol} {
 		c, lag := presence(t, pcm, tk.s, frames)
 		t.Logf("dave hears %s: correlation %.3f at lag %d", []string{"alice", "bob", "carol"}[k], c, lag)
-		if c < present()*0.8 {
+		if c < present()*0.8 && !overloaded(t, st) {
 			t.Errorf("speaker %d is not heard in the mix: correlation %.3f", k, c)
 		}
 	}
