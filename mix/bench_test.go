@@ -93,7 +93,7 @@ func BenchmarkEncodeMix(b *testing.B) {
 	at := 0
 	for b.Loop() {
 		copy(m.pcm[:], s.pcm[at:at+FrameSamples])
-		m.encode(&m.shared, "", 0, 1)
+		m.encode(&m.shared, "", "", 0, 1, -1)
 		if at += FrameSamples; at+FrameSamples > len(s.pcm) {
 			at = 0
 		}

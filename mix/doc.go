@@ -20,8 +20,10 @@
 //   - sums the speakers at 48 kHz and encodes each distinct mix once: one
 //     shared mix of every speaker for all the listeners who are not
 //     speaking, and one mix-minus per speaker, which leaves that speaker's
-//     own voice out. So the cost grows with the number of speakers, never
-//     with the number of listeners;
+//     own voice out; or, once SetMixes names them, exactly the mixes a
+//     policy needs, each the sum without the speakers it names. So the
+//     cost grows with the number of speakers, never with the number of
+//     listeners;
 //   - passes every mix through its own soft limiter (no clipping, and no
 //     pumping with two equal speakers), measures its RFC 6464 audio level
 //     and encodes it as Opus (20 ms frames, in-band FEC on, DTX off, a
@@ -34,6 +36,8 @@
 // good as libopus at 32 kb/s, at the same CPU, and the router keeps
 // building without cgo.
 //
-// Binding the engine into the room layer and the pipeline (the stage kind
-// mixer, its modes and slot continuity) is the rest of issue 17.
+// The stage kind mixer (package stages) binds the engine: the room's
+// speaker policy (room/mixing.go) decides which devices hear which mix and
+// asks for exactly those (SetMixes), each a local up-track whose packets
+// the slots carry like a forwarded speaker's.
 package mix

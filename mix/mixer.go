@@ -89,8 +89,12 @@ type Config struct {
 // Frame is one 20 ms frame of one distinct mix.
 type Frame struct {
 	// Minus is the speaker this mix leaves out, or "" for the shared mix
-	// of every speaker (for the listeners who are not speaking).
+	// of every speaker (for the listeners who are not speaking). It is ""
+	// for the mixes of SetMixes.
 	Minus string
+	// Key identifies the mix: its Mix.Key once SetMixes was called, else
+	// Minus.
+	Key string
 	// Timestamp is the frame's RTP timestamp on the mixer's clock (48 kHz,
 	// starting at 0 at Config.Start).
 	Timestamp uint32
@@ -100,6 +104,10 @@ type Frame struct {
 	Level uint8
 	// Voices is the number of speakers heard in this mix.
 	Voices int
+	// Arrival is when the earliest of the packets decoded into this
+	// frame arrived (Push's arrival), zero when every voice was concealed
+	// or silent: the frame's latency is the time from then to its send.
+	Arrival time.Time
 }
 
 // Stats counts what a Mixer did. Every field only grows.
@@ -137,13 +145,42 @@ type Mixer struct {
 	running atomic.Bool
 	stats   counters
 
+	// pending is the mix set of the last SetMixes, applied at the next
+	// tick; guarded by mu.
+	pending    []Mix
+	hasPending bool
+
 	// Owned by Run's goroutine.
 	next     int64 // next frame to mix
 	speakers []*speaker
 	spare    []*speaker // left speakers, kept for reuse (no allocation)
 	shared   mixOut
 	sum      [FrameSamples]float64
+	acc      [FrameSamples]float64
 	pcm      [FrameSamples]float32
+	// custom is set once SetMixes was applied: then exactly mixes are
+	// encoded (not the shared mix and the mix-minus of each speaker).
+	custom    bool
+	mixes     []*setMix
+	spareOuts []*mixOut // encoders of mixes no longer set, for reuse
+}
+
+// Mix is one distinct mix for SetMixes: the sum of every speaker except
+// those of Without.
+type Mix struct {
+	// Key identifies the mix in Frame.Key; unique in one SetMixes call. A
+	// mix keeps its encoder (its stream stays continuous) while its key
+	// stays in the set.
+	Key string
+	// Without are the speakers the mix leaves out (Push's speaker ids;
+	// ids of speakers not mixing are ignored).
+	Without []string
+}
+
+// setMix is a mix of SetMixes with its encoder.
+type setMix struct {
+	Mix
+	out *mixOut
 }
 
 // queued is a packet waiting in the queue.
@@ -263,6 +300,81 @@ func (m *Mixer) Push(speaker string, timestamp uint32, payload []byte, arrival t
 	return nil
 }
 
+// SetMixes replaces, from the next frame on, the distinct mixes the
+// mixer encodes. Until it is first called, the mixer encodes the shared
+// mix and one mix-minus per speaker; after, exactly mixes (none: nothing
+// is encoded). A policy that knows its listeners asks only for the mixes
+// someone hears, such as the mix without the speakers a device already
+// hears on its other slots. It copies mixes and may allocate: call it when
+// the listeners change, not per packet. Safe for concurrent use.
+func (m *Mixer) SetMixes(mixes []Mix) {
+	cp := make([]Mix, len(mixes))
+	for i, x := range mixes {
+		cp[i] = Mix{Key: x.Key, Without: append([]string(nil), x.Without...)}
+	}
+	m.mu.Lock()
+	m.pending, m.hasPending = cp, true
+	m.mu.Unlock()
+}
+
+// applyMixes takes the mix set of the last SetMixes, keeping the encoder
+// of each mix whose key stays. On Run's goroutine.
+func (m *Mixer) applyMixes() {
+	m.mu.Lock()
+	pending, ok := m.pending, m.hasPending
+	m.pending, m.hasPending = nil, false
+	m.mu.Unlock()
+	if !ok {
+		return
+	}
+	old := m.mixes
+	m.mixes = make([]*setMix, 0, len(pending))
+	for _, x := range pending {
+		var out *mixOut
+		for i, o := range old {
+			if o != nil && o.Key == x.Key {
+				out, old[i] = o.out, nil
+				break
+			}
+		}
+		if out == nil {
+			out = m.spareOut()
+			if out == nil {
+				continue
+			}
+		}
+		m.mixes = append(m.mixes, &setMix{Mix: x, out: out})
+	}
+	for _, o := range old {
+		if o != nil {
+			m.spareOuts = append(m.spareOuts, o.out)
+		}
+	}
+	m.custom = true
+}
+
+// spareOut returns a reset encoder for a new mix, nil if none can be
+// made (counted as an encode error).
+func (m *Mixer) spareOut() *mixOut {
+	if n := len(m.spareOuts); n > 0 {
+		o := m.spareOuts[n-1]
+		m.spareOuts = m.spareOuts[:n-1]
+		o.enc.Reset()
+		if err := configureEncoder(o.enc, m.cfg.Bitrate, m.cfg.ExpectedLoss); err == nil {
+			if err := o.enc.SetComplexity(m.cfg.Complexity); err == nil {
+				o.lim.reset()
+				return o
+			}
+		}
+	}
+	enc, err := m.newEncoder()
+	if err != nil {
+		m.stats.encodeErrors.Add(1)
+		return nil
+	}
+	return &mixOut{enc: enc}
+}
+
 // Run mixes until ctx ends (it then returns nil) or Config.Ticks is
 // closed. Only one Run may be active on a Mixer.
 func (m *Mixer) Run(ctx context.Context) error {
@@ -297,6 +409,7 @@ func (m *Mixer) tick(now time.Time) {
 		m.next = due - maxCatchUp
 	}
 	m.drain()
+	m.applyMixes()
 	for ; m.next < due; m.next++ {
 		m.mixFrame(m.next)
 	}

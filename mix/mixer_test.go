@@ -24,7 +24,7 @@ type harness struct {
 	t     *testing.T
 	m     *Mixer
 	ticks chan time.Time
-	out   map[string][]Frame // by Frame.Minus, payloads copied
+	out   map[string][]Frame // by Frame.Key, payloads copied
 	stop  func()
 }
 
@@ -34,7 +34,7 @@ func newHarness(t *testing.T, cfg Config) *harness {
 	cfg.Start, cfg.Ticks = t0, h.ticks
 	cfg.Output = func(f Frame) {
 		f.Payload = append([]byte(nil), f.Payload...)
-		h.out[f.Minus] = append(h.out[f.Minus], f)
+		h.out[f.Key] = append(h.out[f.Key], f)
 	}
 	m, err := New(cfg)
 	if err != nil {
@@ -188,6 +188,11 @@ func TestMixMinus(t *testing.T) {
 			if v := out[frames/2].Voices; v != tt.voices {
 				t.Errorf("voices = %d, want %d", v, tt.voices)
 			}
+			// Frame n is mixed at the tick at(n+1), from packets that
+			// arrived Jitter before their turn plus up to 17 ms late.
+			if lat := at(frames/2 + 1).Sub(out[frames/2].Arrival); lat < DefaultJitter || lat > DefaultJitter+FrameDuration {
+				t.Errorf("frame's latency from its earliest packet's arrival %v, want %v to %v", lat, DefaultJitter, DefaultJitter+FrameDuration)
+			}
 			if l := out[frames/2].Level; l > 40 {
 				t.Errorf("level of a mix of speech = -%d dBov, want louder than -40", l)
 			}
@@ -210,10 +215,65 @@ func TestMixMinus(t *testing.T) {
 	}
 }
 
+// TestSetMixes: once a policy names the mixes it needs, only those are
+// encoded, each leaving out exactly its speakers (here a mix of carol
+// alone, for a device that hears alice and bob on slots of their own, and
+// the shared mix), and a mix keeps its stream when the set changes.
+func TestSetMixes(t *testing.T) {
+	speakers := []struct {
+		id string
+		s  speech
+	}{{"alice", speak(t, voiceA)}, {"bob", speak(t, voiceB)}, {"carol", speak(t, voiceC)}}
+	const frames = 100
+	h := newHarness(t, Config{})
+	h.m.SetMixes([]Mix{{Key: "carol-only", Without: []string{"alice", "bob", "nobody"}}, {Key: "all"}})
+	for f := range frames {
+		if f == frames/2 {
+			// Frame f-1's tick again: it mixes nothing new, and its send
+			// returns once the previous tick is done, so that the new
+			// set applies from frame f on.
+			h.mix(f - 1)
+			// The shared mix goes; carol-only stays.
+			h.m.SetMixes([]Mix{{Key: "carol-only", Without: []string{"bob", "alice"}}})
+		}
+		for _, sp := range speakers {
+			h.push(sp.id, uint32(f*FrameSamples), sp.s.packets[f], at(f))
+		}
+		h.mix(f)
+	}
+	h.finish()
+	if len(h.out) != 2 || len(h.out["carol-only"]) != frames || len(h.out["all"]) != frames/2 {
+		t.Fatalf("mixes encoded: %d carol-only, %d all, %d keys; want %d, %d, 2", len(h.out["carol-only"]), len(h.out["all"]), len(h.out), frames, frames/2)
+	}
+	if st := h.m.Stats(); st.Encoded != frames+frames/2 {
+		t.Errorf("%d encodes, want %d (one per mix set per frame)", st.Encoded, frames+frames/2)
+	}
+	only := h.out["carol-only"]
+	if v := only[frames/2].Voices; v != 1 {
+		t.Errorf("carol-only has %d voices, want 1", v)
+	}
+	pcm, breaks := decodeMix(t, only)
+	if breaks != 0 {
+		t.Errorf("carol-only: %d timestamp breaks across SetMixes", breaks)
+	}
+	delay := mixDelay(t, speakers[0].s, DefaultJitter)
+	for k, sp := range speakers {
+		src := sp.s.pcm[:frames*FrameSamples-sp.s.preSkip]
+		c, _ := correlationAround(src, pcm, delay, 40)
+		t.Logf("carol-only vs %s: correlation %+.3f", sp.id, c)
+		if k == 2 && c < 0.3 {
+			t.Errorf("carol missing from her mix: correlation %.3f", c)
+		}
+		if k != 2 && math.Abs(c) > 0.05 {
+			t.Errorf("%s leaks into carol-only: correlation %.3f", sp.id, c)
+		}
+	}
+}
+
 // TestConcealment: a tone from one speaker, with losses and late or
 // reordered packets. The mix stays continuous and audible in every frame.
 func TestConcealment(t *testing.T) {
-	s := makeTone(t, tone{freq: 440, gainDB: -6, seconds: 2})
+	s := makeTone(t, tone{Freq: 440, GainDB: -6, Seconds: 2})
 	const frames = 90
 	normal := func(i int) time.Time { return at(i).Add(3 * time.Millisecond) }
 	tests := []struct {
@@ -316,8 +376,8 @@ func TestConcealment(t *testing.T) {
 // TestLimiterTwoFullScaleSpeakers: two full-scale tones mixed neither
 // clip nor pump: the decoded mix stays under full scale, its level steady.
 func TestLimiterTwoFullScaleSpeakers(t *testing.T) {
-	a := makeTone(t, tone{freq: 440, gainDB: 0, seconds: 2})
-	b := makeTone(t, tone{freq: 554, gainDB: 0, seconds: 2})
+	a := makeTone(t, tone{Freq: 440, GainDB: 0, Seconds: 2})
+	b := makeTone(t, tone{Freq: 554, GainDB: 0, Seconds: 2})
 	const frames = 90
 	h := newHarness(t, Config{})
 	for f := range frames + 5 {
@@ -448,7 +508,7 @@ func TestAudioLevel(t *testing.T) {
 // its mix-minus ends, the shared mix goes on; speakers beyond
 // MaxSpeakers are dropped and counted.
 func TestSpeakersComeAndGo(t *testing.T) {
-	s := makeTone(t, tone{freq: 440, gainDB: -6, seconds: 2})
+	s := makeTone(t, tone{Freq: 440, GainDB: -6, Seconds: 2})
 	h := newHarness(t, Config{MaxSpeakers: 2, Hangover: 100 * time.Millisecond})
 	const frames = 40
 	for f := range frames {

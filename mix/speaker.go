@@ -2,6 +2,8 @@ package mix
 
 import (
 	"fmt"
+	"slices"
+	"time"
 
 	"github.com/thesyncim/gopus"
 )
@@ -20,14 +22,18 @@ type speaker struct {
 	late   int    // late packets in a row
 	misses int    // frames in a row without a packet
 	heard  bool   // a packet was decoded since the speaker joined
-	pcm    [FrameSamples]float32
+	// arrival is when the packet decoded into pcm arrived (since
+	// Config.Start), -1 when pcm was concealed or is silence.
+	arrival time.Duration
+	pcm     [FrameSamples]float32
 }
 
 // slot is one frame of a jitter buffer.
 type slot struct {
-	frame int64 // -1 when empty
-	n     int
-	data  [maxPacket]byte
+	frame   int64 // -1 when empty
+	arrival time.Duration
+	n       int
+	data    [maxPacket]byte
 }
 
 // buffer puts q into its speaker's jitter buffer, adding the speaker if
@@ -64,7 +70,7 @@ func (m *Mixer) buffer(q *queued) {
 		m.stats.duplicateDrops.Add(1)
 		return
 	}
-	sl.frame, sl.n = frame, copy(sl.data[:], q.data[:q.n])
+	sl.frame, sl.arrival, sl.n = frame, q.arrival, copy(sl.data[:], q.data[:q.n])
 }
 
 // anchor aligns s so that q plays Jitter after its arrival, and empties
@@ -132,10 +138,11 @@ func (m *Mixer) newSpeaker() (*speaker, error) {
 func (m *Mixer) decode(s *speaker, f int64) (gone bool) {
 	pcm := s.pcm[:]
 	sl := &s.ring[f%ringFrames]
+	s.arrival = -1
 	if sl.frame == f {
 		sl.frame = -1
 		if _, err := s.dec.Decode(sl.data[:sl.n], pcm); err == nil {
-			s.misses, s.heard = 0, true
+			s.misses, s.heard, s.arrival = 0, true, sl.arrival
 			m.stats.decoded.Add(1)
 			return false
 		}
@@ -202,10 +209,17 @@ func (m *Mixer) mixFrame(f int64) {
 		}
 	}
 	ts := uint32(f * FrameSamples)
+	if m.custom {
+		for _, x := range m.mixes {
+			m.encodeWithout(x, ts, voices)
+		}
+		m.stats.frames.Add(1)
+		return
+	}
 	for i, v := range m.sum {
 		m.pcm[i] = float32(v)
 	}
-	m.encode(&m.shared, "", ts, voices)
+	m.encode(&m.shared, "", "", ts, voices, m.oldest(nil))
 	for _, s := range m.speakers {
 		for i, v := range m.sum {
 			m.pcm[i] = float32(v - float64(s.pcm[i]))
@@ -214,13 +228,50 @@ func (m *Mixer) mixFrame(f int64) {
 		if s.heard {
 			n--
 		}
-		m.encode(&s.out, s.id, ts, n)
+		m.encode(&s.out, s.id, s.id, ts, n, m.oldest(s))
 	}
 	m.stats.frames.Add(1)
 }
 
+// oldest is the earliest arrival of the packets decoded into this frame
+// by the speakers other than skip, -1 if none was.
+func (m *Mixer) oldest(skip *speaker) time.Duration {
+	arrival := time.Duration(-1)
+	for _, s := range m.speakers {
+		if s != skip && s.arrival >= 0 && (arrival < 0 || s.arrival < arrival) {
+			arrival = s.arrival
+		}
+	}
+	return arrival
+}
+
+// encodeWithout encodes one frame of the mix x of SetMixes: the sum
+// without x's speakers.
+func (m *Mixer) encodeWithout(x *setMix, ts uint32, voices int) {
+	m.acc = m.sum
+	arrival := time.Duration(-1)
+	for _, s := range m.speakers {
+		if !slices.Contains(x.Without, s.id) {
+			if s.arrival >= 0 && (arrival < 0 || s.arrival < arrival) {
+				arrival = s.arrival
+			}
+			continue
+		}
+		for i, v := range s.pcm {
+			m.acc[i] -= float64(v)
+		}
+		if s.heard {
+			voices--
+		}
+	}
+	for i, v := range m.acc {
+		m.pcm[i] = float32(v)
+	}
+	m.encode(x.out, "", x.Key, ts, voices, arrival)
+}
+
 // encode limits m.pcm and encodes it as one frame of the mix o.
-func (m *Mixer) encode(o *mixOut, minus string, ts uint32, voices int) {
+func (m *Mixer) encode(o *mixOut, minus, key string, ts uint32, voices int, arrival time.Duration) {
 	o.lim.process(m.pcm[:])
 	level := audioLevel(m.pcm[:])
 	n, err := o.enc.Encode(m.pcm[:], o.buf[:])
@@ -229,7 +280,11 @@ func (m *Mixer) encode(o *mixOut, minus string, ts uint32, voices int) {
 		return
 	}
 	m.stats.encoded.Add(1)
-	m.cfg.Output(Frame{Minus: minus, Timestamp: ts, Payload: o.buf[:n], Level: level, Voices: voices})
+	f := Frame{Minus: minus, Key: key, Timestamp: ts, Payload: o.buf[:n], Level: level, Voices: voices}
+	if arrival >= 0 {
+		f.Arrival = m.cfg.Start.Add(arrival)
+	}
+	m.cfg.Output(f)
 }
 
 // floorDiv is a/b rounded toward minus infinity (b > 0).

@@ -53,6 +53,18 @@ func (p *Pipeline) Names() []string {
 	return names
 }
 
+// Mixing returns the pipeline's mixing stage as the room's speaker policy
+// sees it (room.Config.Mixing): its first stage that implements
+// room.Mixing in a mode other than off, or nil.
+func (p *Pipeline) Mixing() room.Mixing {
+	for _, s := range p.stages {
+		if m, ok := s.stage.(room.Mixing); ok && m.MixMode() != room.MixOff {
+			return m
+		}
+	}
+	return nil
+}
+
 // Open returns the chain of processors for one published track.
 func (p *Pipeline) Open(t *room.Track) (rtc.TrackSink, error) {
 	return open(t, p.stages)

@@ -29,6 +29,16 @@ type Conversation struct {
 	// lastReassign (unix ns) rate-limits retries for waiting speakers.
 	lastReassign atomic.Int64
 
+	// mixing is the mixing stage, nil without one (mixing.go). mixes are
+	// the mixes devices hear now, by key; session mixes them while any is
+	// heard; expiry (unix ns) is when the next active speaker turns
+	// inactive, for the policy to run again then. mixes and expiry are
+	// guarded by mu.
+	mixing  Mixing
+	mixes   map[string]*Mix
+	session atomic.Pointer[sessionBox]
+	expiry  int64
+
 	kick     chan struct{}      // capacity 1: a reassignment is due
 	syncs    chan chan struct{} // a reassignment whose end is waited for
 	quit     chan struct{}      // closed when the conversation ends
@@ -36,10 +46,12 @@ type Conversation struct {
 	done     chan struct{} // closed when its goroutine has returned
 }
 
-// newConversation returns a conversation whose goroutine runs until stop.
-func newConversation(id string) *Conversation {
+// newConversation returns a conversation whose goroutine runs until stop;
+// mixing is the mixing stage, or nil.
+func newConversation(id string, mixing Mixing) *Conversation {
 	c := &Conversation{
 		ID:           id,
+		mixing:       mixing,
 		members:      make(map[*User]struct{}),
 		participants: make(map[string]*Participant),
 		kick:         make(chan struct{}, 1),
@@ -51,26 +63,50 @@ func newConversation(id string) *Conversation {
 	return c
 }
 
-// run reassigns whenever asked, until the conversation ends.
+// run reassigns whenever asked, until the conversation ends. With a
+// mixing stage it also reassigns when an active speaker turns inactive,
+// so that a mix it made necessary ends.
 func (c *Conversation) run() {
 	defer close(c.done)
+	defer c.stopMixing()
+	expire := time.NewTimer(time.Hour)
+	expire.Stop()
+	defer expire.Stop()
 	for {
+		var next int64
 		select {
 		case <-c.quit:
 			return
 		case <-c.kick:
-			c.reassign()
+			next = c.reassign()
+		case <-expire.C:
+			next = c.reassign()
 		case done := <-c.syncs:
-			c.reassign()
+			next = c.reassign()
 			close(done)
+		}
+		expire.Stop()
+		if next != 0 {
+			// A millisecond late, so that the speaker is inactive then.
+			expire.Reset(time.Duration(next-time.Now().UnixNano()) + time.Millisecond)
 		}
 	}
 }
 
-func (c *Conversation) reassign() {
+// reassign runs the policy now. It returns when the next active speaker
+// turns inactive (unix ns) if that should run it again, else 0.
+func (c *Conversation) reassign() (next int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reassignLocked(time.Now().UnixNano())
+	return c.expiry
+}
+
+// stopMixing ends the conversation's mix session, if any.
+func (c *Conversation) stopMixing() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stopMixingLocked()
 }
 
 // sync reassigns now and waits until that is done (or the conversation has
@@ -150,6 +186,7 @@ func (c *Conversation) remove(u *User) (empty bool) {
 		if t.User() == u {
 			t.targets.Store(nil)
 			t.waiting.Store(false)
+			t.mixed.Store(false)
 			return true
 		}
 		return false
@@ -173,6 +210,7 @@ func (c *Conversation) removeTrack(t *Track) {
 	c.mu.Lock()
 	c.tracks = slices.DeleteFunc(c.tracks, func(q *Track) bool { return q == t })
 	t.targets.Store(nil)
+	t.mixed.Store(false)
 	c.mu.Unlock()
 	c.Reassign()
 }

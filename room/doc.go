@@ -9,7 +9,11 @@
 // device's down-tracks ("slots") the conversation's currently active
 // speakers; each conversation recomputes it on a goroutine of its own, and
 // the packet path reads only the immutable snapshot it publishes on every
-// Track (Track.Targets).
+// Track (Track.Targets). With a mixing stage (Config.Mixing, mixing.go),
+// a device with fewer slots than the active speakers it would hear gets
+// the others mixed on its last slot: each distinct mix is a local up-track
+// the slots bind to like a speaker's, and the stage mixes a conversation
+// only while one of its devices hears a mix.
 //
 // Locking: Manager.mu guards the maps and membership; each Conversation's mu
 // guards its device and track lists and the assignment. Lock order is

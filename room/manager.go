@@ -62,6 +62,11 @@ type Config struct {
 	// and a device of a user who is a member of no conversation here takes
 	// the membership it names. Nil: memberships are this router's own.
 	Membership Membership
+	// Mixing, if set, is the mixing stage (the pipeline's, see
+	// pipeline.Pipeline.Mixing): devices with fewer slots than the
+	// active speakers they would hear get the others mixed (mixing.go).
+	// Nil: devices hear only forwarded speakers.
+	Mixing Mixing
 	// Changed, if set, is called whenever the conversations in which a
 	// device of this router listens may have changed (a join, a leave, a
 	// device connected or gone), for the cluster's interest in relayed
@@ -283,7 +288,7 @@ func (m *Manager) join(userID, convID string) (*Conversation, []*rtc.Peer, error
 		u.idleSince = time.Now() // the idle TTLs count from the last join
 	}
 	if !ok {
-		c = newConversation(convID)
+		c = newConversation(convID, m.cfg.Mixing)
 		m.convs[convID] = c
 	}
 	// The gate reads u.conv on every packet: from here on the user's

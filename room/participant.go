@@ -101,7 +101,7 @@ func (m *Manager) Enter(convID, id string, c claim.Claim, watch func(Event)) (*P
 		}
 	}
 	if !ok {
-		conv = newConversation(convID)
+		conv = newConversation(convID, m.cfg.Mixing)
 		m.convs[convID] = conv
 	}
 	p := &Participant{ID: id, Claim: c, m: m, c: conv, watch: watch}

@@ -18,7 +18,10 @@ import (
 //   - an active speaker without a slot takes a free slot, else the slot of
 //     the assigned speaker that has been inactive longest;
 //   - free slots left over take inactive speakers, most recent first, so
-//     that a quiet conversation still flows.
+//     that a quiet conversation still flows;
+//   - with a mixing stage (Config.Mixing, mixing.go), a device with fewer
+//     slots than the active speakers it would hear gets the ones that do
+//     not fit mixed on its last slot (mode always: one mix on its first).
 //
 // Speakers are ranked by how recently they spoke, then by age. Callers
 // hold c.mu.
@@ -40,13 +43,24 @@ func (c *Conversation) reassignLocked(now int64) {
 		t.waiting.Store(false)
 	}
 	assigned := make(map[*Track][]*rtc.DownTrack, len(c.tracks))
+	mode := MixOff
+	if c.mixing != nil {
+		mode = c.mixing.MixMode()
+	}
+	var plan mixPlan
 	for _, d := range c.devices {
-		assign(d, ranked, byUp, now)
+		if !c.mixDevice(d, mode, ranked, byUp, now, &plan) {
+			assign(d, d.slots, ranked, byUp, now, false)
+		}
 		for _, s := range d.slots {
 			if t := byUp[s.Source()]; t != nil {
 				assigned[t] = append(assigned[t], s)
 			}
 		}
+	}
+	if mode != MixOff {
+		c.applyMixes(&plan, ranked, now)
+		c.expiry = nextExpiry(ranked, now)
 	}
 	c.bindFeeds(assigned)
 	c.bindReceivers(assigned)
@@ -59,10 +73,11 @@ func (c *Conversation) reassignLocked(now int64) {
 	}
 }
 
-// assign fills d's slots from ranked, following the rules of
-// reassignLocked. byUp maps the conversation's up-tracks to its tracks.
-func assign(d *device, ranked []*Track, byUp map[*rtc.UpTrack]*Track, now int64) {
-	slots := d.slots
+// assign fills slots, d's slots that carry speakers, from ranked,
+// following the rules of reassignLocked. byUp maps the conversation's
+// up-tracks to its tracks. With mixed, d hears the speakers that find no
+// slot in a mix: they are not waiting for one.
+func assign(d *device, slots []*rtc.DownTrack, ranked []*Track, byUp map[*rtc.UpTrack]*Track, now int64, mixed bool) {
 	owns := func(t *Track) bool {
 		for _, s := range slots {
 			if s.Source() == t.UpTrack {
@@ -102,7 +117,9 @@ func assign(d *device, ranked []*Track, byUp map[*rtc.UpTrack]*Track, now int64)
 		}
 		if slot == nil {
 			if active {
-				t.waiting.Store(true)
+				if !mixed {
+					t.waiting.Store(true)
+				}
 				continue
 			}
 			return // the rest are inactive too: nothing more to place

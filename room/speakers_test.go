@@ -25,7 +25,7 @@ type speakerRoom struct {
 // publishes one track, started in the order given.
 func newSpeakerRoom(t *testing.T, spec string) *speakerRoom {
 	t.Helper()
-	r := &speakerRoom{c: newConversation("speakers"), users: map[string]*User{}, devices: map[string]*device{}, tracks: map[string]*Track{}}
+	r := &speakerRoom{c: newConversation("speakers", nil), users: map[string]*User{}, devices: map[string]*device{}, tracks: map[string]*Track{}}
 	t.Cleanup(r.c.stop)
 	start := time.Now()
 	for i, f := range strings.Fields(spec) {
@@ -209,7 +209,7 @@ func TestReassignRunsOffThePacketPath(t *testing.T) {
 // of them just started. It runs on the conversation's own goroutine, never
 // under Manager.mu or on the packet path.
 func BenchmarkReassign(b *testing.B) {
-	c := newConversation("bench")
+	c := newConversation("bench", nil)
 	b.Cleanup(c.stop)
 	now := time.Now().UnixNano()
 	for i := range 200 {

@@ -32,6 +32,9 @@ type Track struct {
 	waiting atomic.Bool
 	// targets are the down-tracks that receive this track now.
 	targets atomic.Pointer[targets]
+	// mixed is set while a mix that a device hears includes the track
+	// (mixing.go).
+	mixed atomic.Bool
 }
 
 // targets is an immutable snapshot of the down-tracks bound to a track

@@ -129,6 +129,7 @@ func startHarness(log *slog.Logger, udpPort int) (h *harness, err error) {
 			KeepaliveInterval:   2 * time.Second,
 		},
 		Sink:   timedSink{h.pipe, h},
+		Mixing: h.pipe.Mixing(),
 		Logger: log,
 	})
 	if err != nil {

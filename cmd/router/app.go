@@ -155,6 +155,7 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 			MaxSockets:          a.fds.iceSockets,
 		},
 		Sink:                    a.pipe,
+		Mixing:                  a.pipe.Mixing(),
 		Logger:                  log,
 		MaxPeersPerUser:         cfg.MaxPeersPerUser,
 		MaxPeersPerConversation: cfg.MaxPeersPerConv,

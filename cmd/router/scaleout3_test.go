@@ -178,7 +178,7 @@ func TestClusterThreeRoutersThreeNATS(t *testing.T) {
 	gus := cr.dial("gus", "gus-phone", beepclient.Options{Publish: true, Receive: 1})
 	b.join("hank", "conv-2")
 	hank := a.dial("hank", "hank-phone", beepclient.Options{Receive: 1})
-	talking := talk(gus, 'g', 0)
+	talking := startTalking(gus, 'g', 0)
 	defer talking.stop()
 	for id, cl := range clients {
 		if err := cl.WaitFor(deadline(t, 15*time.Second), func(rx map[string][]beepclient.Packet) bool {
@@ -244,18 +244,18 @@ func TestClusterThreeRoutersThreeNATS(t *testing.T) {
 	}
 }
 
-// talker publishes 20 ms packets (loud, speaker id and a counter) from one
+// loudTalker publishes 20 ms packets (loud, speaker id and a counter) from one
 // client until stopped.
-type talker struct {
+type loudTalker struct {
 	n    sync.Mutex
 	next int
 	quit chan struct{}
 	done chan struct{}
 }
 
-// talk starts a talker for c as speaker id, its counter from from.
-func talk(c *beepclient.Client, id byte, from int) *talker {
-	tk := &talker{next: from, quit: make(chan struct{}), done: make(chan struct{})}
+// startTalking starts a loudTalker for c as speaker id, its counter from from.
+func startTalking(c *beepclient.Client, id byte, from int) *loudTalker {
+	tk := &loudTalker{next: from, quit: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(tk.done)
 		tick := time.NewTicker(20 * time.Millisecond)
@@ -277,14 +277,14 @@ func talk(c *beepclient.Client, id byte, from int) *talker {
 }
 
 // sent returns the counter of the next packet.
-func (tk *talker) sent() int {
+func (tk *loudTalker) sent() int {
 	tk.n.Lock()
 	defer tk.n.Unlock()
 	return tk.next
 }
 
-// stop stops the talker; it may be called more than once.
-func (tk *talker) stop() {
+// stop stops the loudTalker; it may be called more than once.
+func (tk *loudTalker) stop() {
 	select {
 	case <-tk.quit:
 	default:
@@ -360,7 +360,7 @@ func (l *listener) maxGap(id byte, from, to time.Time) (gap time.Duration, n int
 type party struct {
 	t         *testing.T
 	listeners map[byte]*listener
-	talkers   map[byte]*talker
+	talkers   map[byte]*loudTalker
 	where     map[byte]int // router index
 }
 
@@ -369,7 +369,7 @@ func (p *party) connect(c *natsCluster3, i int, id byte, name string, from int) 
 	p.t.Helper()
 	l := dialListener(c.routers[i], name, name+"-phone", 5)
 	p.listeners[id], p.where[id] = l, i
-	p.talkers[id] = talk(l.c, id, from)
+	p.talkers[id] = startTalking(l.c, id, from)
 	p.t.Cleanup(p.talkers[id].stop)
 }
 
@@ -426,7 +426,7 @@ func TestClusterFailureIsolation(t *testing.T) {
 	}
 	c := startNATSCluster3(t)
 	a, b := c.routers[0], c.routers[1]
-	p := &party{t: t, listeners: map[byte]*listener{}, talkers: map[byte]*talker{}, where: map[byte]int{}}
+	p := &party{t: t, listeners: map[byte]*listener{}, talkers: map[byte]*loudTalker{}, where: map[byte]int{}}
 	names := map[byte]string{'a': "alice", 'b': "bob", 'c': "carol", 'd': "dan", 'e': "erin", 'f': "frank"}
 	for i, ids := range []string{"ab", "cd", "ef"} {
 		for _, id := range []byte(ids) {

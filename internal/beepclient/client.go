@@ -487,6 +487,23 @@ func (c *Client) Send(payload []byte, level int) error {
 	return c.track.WriteRTP(p)
 }
 
+// ReceivedLevelID returns the negotiated id of the RFC 6464 audio level
+// extension on the client's receiving m-lines, 0 when none has it.
+func (c *Client) ReceivedLevelID() uint8 {
+	for _, tr := range c.pc.GetTransceivers() {
+		r := tr.Receiver()
+		if r == nil {
+			continue
+		}
+		for _, e := range r.GetParameters().HeaderExtensions {
+			if e.URI == sdp.AudioLevelURI {
+				return uint8(e.ID)
+			}
+		}
+	}
+	return 0
+}
+
 // Bye is closed when the router sends RTCP BYE on a received stream.
 func (c *Client) Bye() <-chan struct{} { return c.bye }
 

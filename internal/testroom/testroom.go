@@ -40,7 +40,7 @@ func NewManager(tb testing.TB, media rtc.Config, log *slog.Logger) *room.Manager
 		tb.Fatal(err)
 	}
 	media.ICEIPs = []net.IP{net.IPv4(127, 0, 0, 1)}
-	m, err := room.New(room.Config{Media: media, Sink: p, Logger: log})
+	m, err := room.New(room.Config{Media: media, Sink: p, Mixing: p.Mixing(), Logger: log})
 	if err != nil {
 		_ = p.Close(context.Background())
 		tb.Fatal(err)

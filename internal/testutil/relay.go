@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Relay forwards UDP between one client and a router on loopback, dropping
@@ -37,6 +38,10 @@ type RelayOptions struct {
 	// PayloadTypes, if not empty, limits the drops to RTP of these payload
 	// types.
 	PayloadTypes []uint8
+	// Jitter delays each chosen RTP packet that is not dropped by a
+	// random time up to Jitter, so that packets also arrive late and out
+	// of order.
+	Jitter time.Duration
 }
 
 // NewRelay starts a relay to the router's UDP port on 127.0.0.1; it stops
@@ -83,18 +88,35 @@ func IsRTP(b []byte) bool {
 	return len(b) > 1 && b[0] >= 128 && b[0] <= 191 && (b[1]&0x7f < 64 || b[1]&0x7f > 95)
 }
 
-// drop decides, under r.mu, whether b goes.
-func (r *Relay) drop(b []byte) bool {
+// drop decides, under r.mu, whether b goes, and how late.
+func (r *Relay) drop(b []byte) (drop bool, delay time.Duration) {
 	if !IsRTP(b) || len(r.opts.PayloadTypes) > 0 && !slices.Contains(r.opts.PayloadTypes, b[1]&0x7f) {
-		return false
+		return false, 0
 	}
 	if r.rng.Float64() >= r.opts.Loss {
 		r.passed++
-		return false
+		if r.opts.Jitter > 0 {
+			delay = time.Duration(r.rng.Int64N(int64(r.opts.Jitter)))
+		}
+		return false, delay
 	}
 	r.dropped++
 	r.lost = append(r.lost, uint16(b[2])<<8|uint16(b[3]))
-	return true
+	return true, 0
+}
+
+// send writes b to addr through conn, after delay (b is copied then).
+func (r *Relay) send(conn net.PacketConn, b []byte, addr net.Addr, delay time.Duration) {
+	if delay <= 0 {
+		_, _ = conn.WriteTo(b, addr)
+		return
+	}
+	late := append([]byte(nil), b...)
+	r.wg.Add(1)
+	time.AfterFunc(delay, func() {
+		defer r.wg.Done()
+		_, _ = conn.WriteTo(late, addr)
+	})
 }
 
 // forward carries the client's packets to the router.
@@ -108,10 +130,13 @@ func (r *Relay) forward() {
 		}
 		r.mu.Lock()
 		r.client = from
-		drop := !r.opts.Downlink && r.drop(buf[:n])
+		drop, delay := false, time.Duration(0)
+		if !r.opts.Downlink {
+			drop, delay = r.drop(buf[:n])
+		}
 		r.mu.Unlock()
 		if !drop {
-			_, _ = r.back.WriteToUDP(buf[:n], r.router)
+			r.send(r.back, buf[:n], r.router, delay)
 		}
 	}
 }
@@ -127,10 +152,13 @@ func (r *Relay) backward() {
 		}
 		r.mu.Lock()
 		to := r.client
-		drop := r.opts.Downlink && r.drop(buf[:n])
+		drop, delay := false, time.Duration(0)
+		if r.opts.Downlink {
+			drop, delay = r.drop(buf[:n])
+		}
 		r.mu.Unlock()
 		if to != nil && !drop {
-			_, _ = r.front.WriteTo(buf[:n], to)
+			r.send(r.front, buf[:n], to, delay)
 		}
 	}
 }
