@@ -71,6 +71,27 @@ var errNoDirectEgress = errors.New("direct egress unavailable")
 // egressKeys returns the profile and the sending master key and salt of
 // pc's DTLS-SRTP session. pc must be connected.
 func egressKeys(pc *webrtc.PeerConnection) (*srtpKeys, error) {
+	k, err := ExportSRTPKeys(pc)
+	if err != nil {
+		return nil, err
+	}
+	return &srtpKeys{key: k.LocalKey, salt: k.LocalSalt, profile: k.Profile}, nil
+}
+
+// SRTPKeys are both directions' master keys and salts of a DTLS-SRTP
+// session, with its protection profile.
+type SRTPKeys struct {
+	Profile               srtp.ProtectionProfile
+	LocalKey, LocalSalt   []byte // what this side encrypts with
+	RemoteKey, RemoteSalt []byte // what the other side encrypts with
+}
+
+// ExportSRTPKeys returns the keys of pc's DTLS-SRTP session, which must be
+// connected. pion does not hand them out: they are read from its DTLS
+// transport by reflection (see dtlsConn), and an error says when this
+// pion's transport does not have them where expected. The direct egress
+// path uses the local keys; the load tool's floor (cmd/loadtest) both.
+func ExportSRTPKeys(pc *webrtc.PeerConnection) (*SRTPKeys, error) {
 	conn, err := dtlsConn(pc.SCTP().Transport())
 	if err != nil {
 		return nil, err
@@ -99,7 +120,11 @@ func egressKeys(pc *webrtc.PeerConnection) (*srtpKeys, error) {
 	if err := cfg.ExtractSessionKeysFromDTLS(&state, client); err != nil {
 		return nil, fmt.Errorf("%w: extract SRTP keys: %v", errNoDirectEgress, err)
 	}
-	return &srtpKeys{key: cfg.Keys.LocalMasterKey, salt: cfg.Keys.LocalMasterSalt, profile: profile}, nil
+	return &SRTPKeys{
+		Profile:  profile,
+		LocalKey: cfg.Keys.LocalMasterKey, LocalSalt: cfg.Keys.LocalMasterSalt,
+		RemoteKey: cfg.Keys.RemoteMasterKey, RemoteSalt: cfg.Keys.RemoteMasterSalt,
+	}, nil
 }
 
 var dtlsConnType = reflect.TypeOf((*dtls.Conn)(nil))
