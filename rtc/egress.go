@@ -61,6 +61,7 @@ type egress struct {
 	to   netip.AddrPort
 	// batch and addr, for a socket shared by all peers (the UDP_PORT
 	// mux): down-tracks queue their packets for one sendmmsg (batch.go).
+	// batch is the socket's own writer, the same for every peer on it.
 	batch batchWriter
 	addr  *net.UDPAddr
 }
@@ -461,6 +462,27 @@ type trackedConn struct {
 	addr    netip.AddrPort
 	stamped *stamp.Conn // nil without kernel timestamps
 	once    sync.Once
+
+	// batch4 and batch6 are the socket's one batch writer per address
+	// family, made on first use (see batchWriter).
+	batchOnce      sync.Once
+	batch4, batch6 batchWriter
+}
+
+// batchWriter returns the socket's batch writer (sendmmsg) for
+// destinations of to's address family. There is one per socket, shared by
+// every peer whose route uses the socket: a SendBuffer flushes when the
+// writer changes, so a writer per peer would send each copy of a fan-out
+// with a system call of its own.
+func (c *trackedConn) batchWriter(to netip.AddrPort) batchWriter {
+	c.batchOnce.Do(func() {
+		c.batch4 = ipv4.NewPacketConn(c.UDPConn)
+		c.batch6 = ipv6.NewPacketConn(c.UDPConn)
+	})
+	if to.Addr().Unmap().Is4() {
+		return c.batch4
+	}
+	return c.batch6
 }
 
 // ReadFrom reads one datagram, noting when it arrived.
@@ -602,11 +624,7 @@ func (p *Peer) updateRoute() {
 	}
 	e := egress{srtpKeys: *p.keys, conn: tc.UDPConn, to: to}
 	if p.e.mux != nil {
-		if to.Addr().Is4() {
-			e.batch = ipv4.NewPacketConn(tc.UDPConn)
-		} else {
-			e.batch = ipv6.NewPacketConn(tc.UDPConn)
-		}
+		e.batch = tc.batchWriter(to)
 		e.addr = net.UDPAddrFromAddrPort(to)
 	}
 	p.egress.Store(&e)
