@@ -29,6 +29,12 @@ type Config struct {
 	PublicIPs []string
 	// UDPPort, when positive, carries all ICE traffic on one UDP port.
 	UDPPort int
+	// SharedSocket, with UDPPort zero, carries all ICE traffic on one
+	// socket per local address on an ephemeral port (the mux of UDPPort,
+	// on a port the system picks), instead of sockets of each peer's own.
+	// Several routers then share a host without a socket per peer, and
+	// every copy of a fan-out leaves with one sendmmsg (batch.go).
+	SharedSocket bool
 	// ICEServers are STUN/TURN servers for gathering.
 	ICEServers []webrtc.ICEServer
 	// ConnectTimeout closes a peer that has not connected by then.

@@ -153,7 +153,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 
 	fs.BoolVar(&o.serveRouter, "serve-router", false, "run as the in-process router harness (used by -router-self)")
 	fs.BoolVar(&o.serveFloor, "serve-floor", false, "run as the floor (used by -floor)")
-	fs.IntVar(&o.udpPort, "udp-port", 0, "with -serve-router: one UDP port for all ICE traffic (0: ephemeral per peer)")
+	fs.IntVar(&o.udpPort, "udp-port", 0, "with -serve-router: one UDP port for all ICE traffic (0: an ephemeral one, shared by all peers)")
 	fs.IntVar(&o.memRate, "memprofilerate", 0, "with -serve-router: runtime.MemProfileRate (0: Go's default, one sample per 512 KiB)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

@@ -98,7 +98,7 @@ func (a *app) startupLog(cfg config) {
 	if warn != "" {
 		a.log.Warn(warn, "ice_addresses", strings.Join(ice, ","))
 	} else {
-		a.log.Info("ICE addresses announced to clients", "addresses", strings.Join(ice, ","), "udp_port", udpPortDesc(cfg.UDPPort))
+		a.log.Info("ICE addresses announced to clients", "addresses", strings.Join(ice, ","), "udp_port", udpPortDesc(cfg))
 	}
 	if cfg.Dev {
 		urls := pageURLs(a.scheme(), a.ln.Addr(), hostIPs())
@@ -109,11 +109,14 @@ func (a *app) startupLog(cfg config) {
 	}
 }
 
-func udpPortDesc(p int) string {
-	if p == 0 {
+func udpPortDesc(cfg config) string {
+	switch {
+	case cfg.UDPPort > 0:
+		return strconv.Itoa(cfg.UDPPort)
+	case cfg.ICEPerPeer:
 		return "ephemeral, one per peer"
 	}
-	return strconv.Itoa(p)
+	return "ephemeral, one shared by all peers"
 }
 
 // iceAddresses returns the addresses the router's ICE candidates will
