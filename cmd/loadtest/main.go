@@ -14,6 +14,13 @@
 // own added latency, from the router_forward_latency_seconds histogram of
 // its /metrics over the steady window (when the router exports it).
 //
+// -floor runs the same load again against the floor (floor.go), a minimal
+// SFU pinned like the router, right after each run, and reports the
+// router's cost per egress packet (CPU, user and system time, system calls
+// from perf, context switches and run-queue wait over all its threads) as
+// ratios to the floor's: absolute figures drift on a shared host, ratios
+// measured in the same run do not.
+//
 // All traffic stays on loopback: a router URL whose host is not a loopback
 // address is refused unless -allow-remote is given, a router the tool
 // starts gathers on 127.0.0.1 only, and the clients gather on 127.0.0.1
