@@ -8,12 +8,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
+
+	"github.com/pion/rtp"
+	"github.com/pion/srtp/v3"
+	"golang.org/x/sys/unix"
 
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/internal/beepclient"
@@ -237,5 +244,79 @@ func TestFloorRun(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "2x2 Kp=1 floor") || !strings.Contains(out.String(), "×floor CPU") {
 		t.Errorf("no floor row or ratio column in:\n%s", out.String())
+	}
+}
+
+// TestFloorPacketPathAllocates checks that the floor's per-packet work —
+// decrypt, three rewritten and encrypted copies, one sendmmsg to real
+// loopback sockets — allocates nothing.
+func TestFloorPacketPathAllocates(t *testing.T) {
+	f, err := startFloor(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.close()
+	key, salt := bytes.Repeat([]byte{3}, 16), bytes.Repeat([]byte{5}, 12)
+	ctx := func() *srtp.Context {
+		c, err := srtp.CreateContext(key, salt, srtp.ProtectionProfileAeadAes128Gcm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	pub := &floorPeer{publisher: true, addr: netip.MustParseAddrPort("127.0.0.1:9"), dec: ctx()}
+	route := &floorRoute{pub: pub}
+	var recvs []*net.UDPConn
+	for i := range 3 {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetReadBuffer(1 << 20)
+		recvs = append(recvs, c)
+		p := &floorPeer{addr: c.LocalAddr().(*net.UDPAddr).AddrPort(), enc: ctx()}
+		p.sa = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: p.addr.Addr().As4()}
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&p.sa.Port))[:], p.addr.Port())
+		route.copies = append(route.copies, &floorSlot{peer: p, ssrc: uint32(100 + i), pt: floorOpusPT})
+	}
+	f.table.Store(&floorTable{routes: map[netip.AddrPort]*floorRoute{pub.addr: route}})
+	enc := ctx()
+	o := newFloorIO(f)
+	seq := uint16(0)
+	packet := func() []byte {
+		seq++
+		raw, err := (&rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SequenceNumber: seq, SSRC: 1}, Payload: make([]byte, 80)}).Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ct, err := enc.EncryptRTP(nil, raw, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ct
+	}
+	pkts := make([][]byte, 60)
+	for i := range pkts {
+		pkts[i] = packet()
+	}
+	o.handle(pkts[0], pub.addr) // first use sizes the buffers
+	i := 1
+	allocs := testing.AllocsPerRun(50, func() {
+		o.handle(pkts[i], pub.addr)
+		i++
+	})
+	if allocs != 0 {
+		t.Errorf("%.1f allocations per packet, want 0", allocs)
+	}
+	if got, want := f.stats.sendCalls.Load(), f.stats.packetsIn.Load(); got != want || want < 50 {
+		t.Errorf("%d sendmmsg for %d packets", got, want)
+	}
+	buf := make([]byte, 1500)
+	for _, c := range recvs {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(buf); err != nil {
+			t.Errorf("a receiver got nothing: %v", err)
+		}
 	}
 }
