@@ -317,6 +317,16 @@ type Stats struct {
 	Overload uint64
 }
 
+// SharedAddrs returns the local addresses of the socket every peer shares
+// (UDP_PORT, or the ephemeral one of Config.SharedSocket); none when each
+// peer has sockets of its own.
+func (e *Engine) SharedAddrs() []net.Addr {
+	if e.mux == nil {
+		return nil
+	}
+	return e.mux.GetListenAddresses()
+}
+
 // Stats returns the current counts.
 func (e *Engine) Stats() Stats {
 	e.mu.Lock()

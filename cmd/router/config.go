@@ -116,7 +116,7 @@ var settings = []setting{
 	{"PERMISSIONS_HOST", "http://permissions", "backend-permissions base URL; `allow-all` skips the check (demos only)"},
 	{"PERMISSIONS_TIMEOUT", "5s", "deadline of one permission check; past it /join answers 503"},
 	{"UDP_PORT", "0", "one UDP port for all ICE traffic (pion UDP mux); 0: one ephemeral port, shared by all peers (see ICE_SOCKETS)"},
-	{"ICE_SOCKETS", "shared", "with UDP_PORT=0: `shared`, all peers on one socket per ICE address on an ephemeral port (every copy of a packet leaves with one sendmmsg); `per-peer`, sockets of each peer's own, as before round 4 of docs/performance.md (one sendto per copy)"},
+	{"ICE_SOCKETS", "shared", "with UDP_PORT=0: `shared`, all peers on one socket per ICE address on an ephemeral port, logged at start as udp_port (every copy of a packet leaves with one sendmmsg); `per-peer`, sockets of each peer's own, as before round 4 of docs/performance.md (one sendto per copy)"},
 	{"ICE_IPS", "", "comma list of local IPs ICE gathers on; empty: every non-loopback address; 127.0.0.1 keeps media on loopback"},
 	{"PUBLIC_IPS", "", "comma list of IPs announced instead of the local ones (1:1 NAT)"},
 	{"ICE_SERVERS", "", "comma list of STUN/TURN URLs"},

@@ -160,6 +160,11 @@ func TestSharedICESocketByDefault(t *testing.T) {
 			if same != tc.same {
 				t.Errorf("ICE ports of three peers: %v; want the same port: %v", ports, tc.same)
 			}
+			// The start-up log names the shared port.
+			shared := r.a.rooms.SharedAddrs()
+			if desc := udpPortDesc(config{ICEPerPeer: !tc.same}, shared); tc.same != strings.HasPrefix(desc, ports[0]+" ") {
+				t.Errorf("udp_port in the start-up log: %q (shared sockets %v); answered port %s", desc, shared, ports[0])
+			}
 		})
 	}
 }
