@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"sync"
 	"time"
@@ -366,6 +367,10 @@ type Stats struct {
 	// Users and Conversations are current sizes.
 	Users, Conversations int
 }
+
+// SharedAddrs returns the local addresses of the ICE socket all peers
+// share, if they share one (rtc.Engine.SharedAddrs).
+func (m *Manager) SharedAddrs() []net.Addr { return m.engine.SharedAddrs() }
 
 // Stats returns the current counts.
 func (m *Manager) Stats() Stats {

@@ -159,7 +159,7 @@ func newSettings(cfg *Config, c *counters, socks *sockets) (webrtc.SettingEngine
 		s.SetICETimeouts(cfg.DisconnectedTimeout, cfg.FailedTimeout, cfg.KeepaliveInterval)
 	}
 	var mux ice.UDPMux
-	if cfg.UDPPort > 0 {
+	if cfg.UDPPort > 0 || cfg.SharedSocket {
 		opts := []ice.UDPMuxFromPortOption{
 			ice.UDPMuxFromPortWithNetworks(iceNetworks(cfg.ICEIPs)...),
 			ice.UDPMuxFromPortWithNet(socks),
@@ -170,8 +170,11 @@ func newSettings(cfg *Config, c *counters, socks *sockets) (webrtc.SettingEngine
 				opts = append(opts, ice.UDPMuxFromPortWithLoopback())
 			}
 		}
-		mm, err := ice.NewMultiUDPMuxFromPort(cfg.UDPPort, opts...)
+		mm, err := ice.NewMultiUDPMuxFromPort(max(cfg.UDPPort, 0), opts...)
 		if err != nil {
+			if cfg.UDPPort == 0 {
+				return s, nil, fmt.Errorf("shared ICE socket: %w", err)
+			}
 			return s, nil, fmt.Errorf("UDP_PORT %d: %w", cfg.UDPPort, err)
 		}
 		s.SetICEUDPMux(mm)

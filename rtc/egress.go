@@ -61,6 +61,7 @@ type egress struct {
 	to   netip.AddrPort
 	// batch and addr, for a socket shared by all peers (the UDP_PORT
 	// mux): down-tracks queue their packets for one sendmmsg (batch.go).
+	// batch is the socket's own writer, the same for every peer on it.
 	batch batchWriter
 	addr  *net.UDPAddr
 }
@@ -71,6 +72,27 @@ var errNoDirectEgress = errors.New("direct egress unavailable")
 // egressKeys returns the profile and the sending master key and salt of
 // pc's DTLS-SRTP session. pc must be connected.
 func egressKeys(pc *webrtc.PeerConnection) (*srtpKeys, error) {
+	k, err := ExportSRTPKeys(pc)
+	if err != nil {
+		return nil, err
+	}
+	return &srtpKeys{key: k.LocalKey, salt: k.LocalSalt, profile: k.Profile}, nil
+}
+
+// SRTPKeys are both directions' master keys and salts of a DTLS-SRTP
+// session, with its protection profile.
+type SRTPKeys struct {
+	Profile               srtp.ProtectionProfile
+	LocalKey, LocalSalt   []byte // what this side encrypts with
+	RemoteKey, RemoteSalt []byte // what the other side encrypts with
+}
+
+// ExportSRTPKeys returns the keys of pc's DTLS-SRTP session, which must be
+// connected. pion does not hand them out: they are read from its DTLS
+// transport by reflection (see dtlsConn), and an error says when this
+// pion's transport does not have them where expected. The direct egress
+// path uses the local keys; the load tool's floor (cmd/loadtest) both.
+func ExportSRTPKeys(pc *webrtc.PeerConnection) (*SRTPKeys, error) {
 	conn, err := dtlsConn(pc.SCTP().Transport())
 	if err != nil {
 		return nil, err
@@ -99,7 +121,11 @@ func egressKeys(pc *webrtc.PeerConnection) (*srtpKeys, error) {
 	if err := cfg.ExtractSessionKeysFromDTLS(&state, client); err != nil {
 		return nil, fmt.Errorf("%w: extract SRTP keys: %v", errNoDirectEgress, err)
 	}
-	return &srtpKeys{key: cfg.Keys.LocalMasterKey, salt: cfg.Keys.LocalMasterSalt, profile: profile}, nil
+	return &SRTPKeys{
+		Profile:  profile,
+		LocalKey: cfg.Keys.LocalMasterKey, LocalSalt: cfg.Keys.LocalMasterSalt,
+		RemoteKey: cfg.Keys.RemoteMasterKey, RemoteSalt: cfg.Keys.RemoteMasterSalt,
+	}, nil
 }
 
 var dtlsConnType = reflect.TypeOf((*dtls.Conn)(nil))
@@ -436,6 +462,27 @@ type trackedConn struct {
 	addr    netip.AddrPort
 	stamped *stamp.Conn // nil without kernel timestamps
 	once    sync.Once
+
+	// batch4 and batch6 are the socket's one batch writer per address
+	// family, made on first use (see batchWriter).
+	batchOnce      sync.Once
+	batch4, batch6 batchWriter
+}
+
+// batchWriter returns the socket's batch writer (sendmmsg) for
+// destinations of to's address family. There is one per socket, shared by
+// every peer whose route uses the socket: a SendBuffer flushes when the
+// writer changes, so a writer per peer would send each copy of a fan-out
+// with a system call of its own.
+func (c *trackedConn) batchWriter(to netip.AddrPort) batchWriter {
+	c.batchOnce.Do(func() {
+		c.batch4 = ipv4.NewPacketConn(c.UDPConn)
+		c.batch6 = ipv6.NewPacketConn(c.UDPConn)
+	})
+	if to.Addr().Unmap().Is4() {
+		return c.batch4
+	}
+	return c.batch6
 }
 
 // ReadFrom reads one datagram, noting when it arrived.
@@ -577,11 +624,7 @@ func (p *Peer) updateRoute() {
 	}
 	e := egress{srtpKeys: *p.keys, conn: tc.UDPConn, to: to}
 	if p.e.mux != nil {
-		if to.Addr().Is4() {
-			e.batch = ipv4.NewPacketConn(tc.UDPConn)
-		} else {
-			e.batch = ipv6.NewPacketConn(tc.UDPConn)
-		}
+		e.batch = tc.batchWriter(to)
 		e.addr = net.UDPAddrFromAddrPort(to)
 	}
 	p.egress.Store(&e)

@@ -29,6 +29,12 @@ type Config struct {
 	PublicIPs []string
 	// UDPPort, when positive, carries all ICE traffic on one UDP port.
 	UDPPort int
+	// SharedSocket, with UDPPort zero, carries all ICE traffic on one
+	// socket per local address on an ephemeral port (the mux of UDPPort,
+	// on a port the system picks), instead of sockets of each peer's own.
+	// Several routers then share a host without a socket per peer, and
+	// every copy of a fan-out leaves with one sendmmsg (batch.go).
+	SharedSocket bool
 	// ICEServers are STUN/TURN servers for gathering.
 	ICEServers []webrtc.ICEServer
 	// ConnectTimeout closes a peer that has not connected by then.
@@ -309,6 +315,16 @@ type Stats struct {
 	// Overload counts received packets dropped because their track's reader
 	// was TrackBuffer behind.
 	Overload uint64
+}
+
+// SharedAddrs returns the local addresses of the socket every peer shares
+// (UDP_PORT, or the ephemeral one of Config.SharedSocket); none when each
+// peer has sockets of its own.
+func (e *Engine) SharedAddrs() []net.Addr {
+	if e.mux == nil {
+		return nil
+	}
+	return e.mux.GetListenAddresses()
 }
 
 // Stats returns the current counts.

@@ -123,6 +123,7 @@ func startHarness(log *slog.Logger, udpPort int) (h *harness, err error) {
 		Media: rtc.Config{
 			ICEIPs:              []net.IP{net.IPv4(127, 0, 0, 1)},
 			UDPPort:             udpPort,
+			SharedSocket:        true, // cmd/router's default (ICE_SOCKETS=shared)
 			ConnectTimeout:      30 * time.Second,
 			DisconnectedTimeout: 5 * time.Second,
 			FailedTimeout:       10 * time.Second,

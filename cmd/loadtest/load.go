@@ -107,6 +107,9 @@ type loadConfig struct {
 	// Wire makes the receiving devices timestamp datagrams in the kernel
 	// (beepclient.Options.ArrivalTimes), for the wire latency.
 	Wire bool
+	// Syscalls counts the router's system calls over the window with
+	// perf stat (when perf is there and allowed to).
+	Syscalls bool
 	// DialTimeout bounds one device's join and connect.
 	DialTimeout time.Duration
 	// Logf reports progress; nil: quiet.
@@ -292,7 +295,12 @@ type runResult struct {
 		Skipped    uint64  `json:"skipped"` // packets the tool fell too far behind to send (whole run)
 	} `json:"ingress"`
 	Egress struct {
-		Received         uint64  `json:"received"`
+		Received uint64 `json:"received"`
+		// ToSubscribers and ToPublishers split Received: copies that
+		// subscribers received, and copies that publishers with slots
+		// (-publisher-slots) received of the other publishers.
+		ToSubscribers    uint64  `json:"to_subscribers"`
+		ToPublishers     uint64  `json:"to_publishers"`
 		PPS              float64 `json:"pps"`
 		ExpectedByFanout float64 `json:"expected_by_fanout"`
 		DeliveryPct      float64 `json:"delivery_pct"`
@@ -346,6 +354,10 @@ type runResult struct {
 	} `json:"udp_drops"`
 	RouterLog  []string `json:"router_warnings,omitempty"`
 	CPUProfile string   `json:"cpu_profile,omitempty"`
+	// Floor is the floor's run (-floor) right after this one, with the
+	// same clients and shape; VsFloor the router's figures divided by its.
+	Floor   *runResult  `json:"floor,omitempty"`
+	VsFloor *floorRatio `json:"vs_floor,omitempty"`
 }
 
 type latencyMS struct {
@@ -410,6 +422,7 @@ func durQuantiles(d durations) quantiles {
 type routerFigures struct {
 	PID               int     `json:"pid"`
 	CPUSeconds        float64 `json:"cpu_s"`
+	UserSeconds       float64 `json:"user_s"`
 	SysSeconds        float64 `json:"sys_s"` // of which in the kernel
 	Cores             float64 `json:"cores"`
 	USPerEgressPacket float64 `json:"us_per_egress_packet"`
@@ -419,6 +432,61 @@ type routerFigures struct {
 	HWMKiB            int64   `json:"hwm_kib"`
 	Threads           int     `json:"threads_peak"`
 	CPUs              string  `json:"cpus_allowed"`
+	// PerEgress is what the router spent per egress packet in the window.
+	PerEgress *perEgress `json:"per_egress_packet,omitempty"`
+	// RunQueueWaitPct is the time its threads waited on a run queue, as a
+	// share of the window.
+	RunQueueWaitPct float64 `json:"run_queue_wait_pct"`
+}
+
+// perEgress is the router's cost per egress packet over the steady window.
+// Everything the router does in the window counts (ingress, ICE, RTCP).
+type perEgress struct {
+	CPUUS  float64 `json:"cpu_us"`
+	UserUS float64 `json:"user_us"`
+	SysUS  float64 `json:"sys_us"`
+	// CPUPerSubscriberCopyUS divides the CPU by the copies subscribers
+	// received only (publishers hear one another too, with
+	// -publisher-slots).
+	CPUPerSubscriberCopyUS float64 `json:"cpu_per_subscriber_copy_us"`
+	// Syscalls are system calls per egress packet by name, "syscalls"
+	// for all of them (perf stat on the router's threads; absent without
+	// perf).
+	Syscalls         map[string]float64 `json:"syscalls,omitempty"`
+	VoluntaryCtxSw   float64            `json:"voluntary_ctxt_switches"`
+	InvoluntaryCtxSw float64            `json:"nonvoluntary_ctxt_switches"`
+	// RunQueueWaitUS is the time the router's threads were runnable but
+	// waited for a CPU (schedstat), per egress packet.
+	RunQueueWaitUS float64 `json:"run_queue_wait_us"`
+}
+
+// floorRatio is the router's cost per egress packet divided by the
+// floor's, measured in the same invocation right after it. A ratio whose
+// floor figure is zero or unknown is left out (0).
+type floorRatio struct {
+	CPU         float64 `json:"cpu"`
+	User        float64 `json:"user"`
+	Sys         float64 `json:"sys"`
+	Syscalls    float64 `json:"syscalls,omitempty"`
+	CtxSwitches float64 `json:"ctxt_switches,omitempty"`
+}
+
+// ratioTo returns a's per-packet figures over b's.
+func ratioTo(a, b *perEgress) *floorRatio {
+	if a == nil || b == nil {
+		return nil
+	}
+	div := func(x, y float64) float64 {
+		if y <= 0 {
+			return 0
+		}
+		return x / y
+	}
+	return &floorRatio{
+		CPU: div(a.CPUUS, b.CPUUS), User: div(a.UserUS, b.UserUS), Sys: div(a.SysUS, b.SysUS),
+		Syscalls:    div(a.Syscalls["syscalls"], b.Syscalls["syscalls"]),
+		CtxSwitches: div(a.VoluntaryCtxSw+a.InvoluntaryCtxSw, b.VoluntaryCtxSw+b.InvoluntaryCtxSw),
+	}
 }
 
 type toolFigures struct {
@@ -766,7 +834,15 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 	// the scrapes' CPU does not count in the router's figures.
 	fwd0, fwdErr0 := scrapeHistogram(ctx, k.httpc, cfg.URL, forwardLatencyMetric)
 	multi := newMultiWindow(ctx, k, cfg.Others, logf)
+	var perf *perfCounter
+	if cfg.Syscalls && cfg.RouterPID > 0 {
+		var err error
+		if perf, err = startPerf(cfg.RouterPID); err != nil {
+			logf("perf: %v (no system call counts)", err)
+		}
+	}
 	r0, rerr := readProc(cfg.RouterPID)
+	tk0, tkerr := readTasks(cfg.RouterPID)
 	m0, _ := readMachine()
 	s0 := selfCPU()
 	rd0, rderr := udpDrops(cfg.RouterPID)
@@ -814,7 +890,15 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 	}
 	r1, rerr1 := readProc(cfg.RouterPID)
 	multi.endProc()
+	tk1, tkerr1 := readTasks(cfg.RouterPID)
 	m1, _ := readMachine()
+	var syscalls map[string]uint64
+	if perf != nil {
+		var err error
+		if syscalls, err = perf.stop(); err != nil {
+			logf("perf: %v", err)
+		}
+	}
 	s1 := selfCPU()
 	multi.endRelay(ctx, k)
 	fwd1, fwdErr1 := scrapeHistogram(ctx, k.httpc, cfg.URL, forwardLatencyMetric)
@@ -863,9 +947,29 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 			RSSStartKiB: r0.RSSKiB, RSSPeakKiB: max(peakRSS, r1.RSSKiB), HWMKiB: r1.HWMKiB,
 			Threads: max(peakThreads, r1.Threads), CPUs: cpusAllowed(cfg.RouterPID),
 		}
+		rf.UserSeconds = rf.CPUSeconds - rf.SysSeconds
 		if res.Egress.Received > 0 {
 			rf.USPerEgressPacket = float64(cpu.Microseconds()) / float64(res.Egress.Received)
 			rf.EgressPPSPerCore = 1e6 / rf.USPerEgressPacket
+			n := float64(res.Egress.Received)
+			pe := &perEgress{CPUUS: rf.USPerEgressPacket, UserUS: rf.UserSeconds * 1e6 / n, SysUS: rf.SysSeconds * 1e6 / n}
+			if res.Egress.ToSubscribers > 0 {
+				pe.CPUPerSubscriberCopyUS = float64(cpu.Microseconds()) / float64(res.Egress.ToSubscribers)
+			}
+			if tkerr == nil && tkerr1 == nil {
+				d := tk1.sub(tk0)
+				pe.VoluntaryCtxSw = float64(d.Voluntary) / n
+				pe.InvoluntaryCtxSw = float64(d.Involuntary) / n
+				pe.RunQueueWaitUS = float64(d.RunQueueWait.Microseconds()) / n
+				rf.RunQueueWaitPct = 100 * d.RunQueueWait.Seconds() / winS
+			}
+			if len(syscalls) > 0 {
+				pe.Syscalls = map[string]float64{}
+				for k, v := range syscalls {
+					pe.Syscalls[k] = float64(v) / n
+				}
+			}
+			rf.PerEgress = pe
 		}
 		res.Router = rf
 		multi.report(res, devs, cpu, rerr == nil && rerr1 == nil)
@@ -923,6 +1027,11 @@ func aggregate(res *runResult, devs []*device) {
 				}
 			}
 			res.Egress.Received += s.received
+			if d.publisher {
+				res.Egress.ToPublishers += s.received
+			} else {
+				res.Egress.ToSubscribers += s.received
+			}
 			res.Loss.Late += s.late
 			res.Loss.Duplicates += s.dups
 			res.Loss.Switches += s.switches

@@ -24,7 +24,7 @@ import (
 // TestMain lets the test binary act as the router harness, so that
 // -router-self (which starts os.Executable() -serve-router) works in tests.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == "-serve-router" {
+	if len(os.Args) > 1 && (os.Args[1] == "-serve-router" || os.Args[1] == "-serve-floor") {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())

@@ -14,6 +14,13 @@
 // own added latency, from the router_forward_latency_seconds histogram of
 // its /metrics over the steady window (when the router exports it).
 //
+// -floor runs the same load again against the floor (floor.go), a minimal
+// SFU pinned like the router, right after each run, and reports the
+// router's cost per egress packet (CPU, user and system time, system calls
+// from perf, context switches and run-queue wait over all its threads) as
+// ratios to the floor's: absolute figures drift on a shared host, ratios
+// measured in the same run do not.
+//
 // All traffic stays on loopback: a router URL whose host is not a loopback
 // address is refused unless -allow-remote is given, a router the tool
 // starts gathers on 127.0.0.1 only, and the clients gather on 127.0.0.1
@@ -94,7 +101,11 @@ type options struct {
 	wire       bool
 	verbose    bool
 
+	floor    bool
+	syscalls bool
+
 	serveRouter bool
+	serveFloor  bool
 	udpPort     int
 	memRate     int
 }
@@ -148,9 +159,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.nack, "nack", false, "clients negotiate NACK for Opus, as pion clients do; default off, as browsers and libwebrtc offer only transport-cc for Opus")
 	fs.BoolVar(&o.wire, "wire", true, "receiving clients timestamp datagrams in the kernel (SO_TIMESTAMPNS, on a UDP socket of their own through pion's ICE UDP mux, which adds one goroutine hand-off to their receive path) for the wire latency")
 	fs.BoolVar(&o.verbose, "v", false, "log progress to stderr")
+	fs.BoolVar(&o.floor, "floor", false, "after each run, run the same load against the floor (this tool's minimal SFU: one socket, recvmmsg + decrypt, header rewrite + AES-GCM + one sendmmsg per packet; pinned like the router) and report the router's figures as ratios to it")
+	fs.BoolVar(&o.syscalls, "syscalls", true, "count the router's system calls over the window with perf stat, when perf is installed and allowed")
 
 	fs.BoolVar(&o.serveRouter, "serve-router", false, "run as the in-process router harness (used by -router-self)")
-	fs.IntVar(&o.udpPort, "udp-port", 0, "with -serve-router: one UDP port for all ICE traffic (0: ephemeral per peer)")
+	fs.BoolVar(&o.serveFloor, "serve-floor", false, "run as the floor (used by -floor)")
+	fs.IntVar(&o.udpPort, "udp-port", 0, "with -serve-router: one UDP port for all ICE traffic (0: an ephemeral one, shared by all peers)")
 	fs.IntVar(&o.memRate, "memprofilerate", 0, "with -serve-router: runtime.MemProfileRate (0: Go's default, one sample per 512 KiB)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -213,6 +227,9 @@ func (o *options) validate() error {
 	}
 	if o.permissions != "allow-all" && o.permissions != "standin" {
 		errs = append(errs, errors.New("-permissions: want allow-all or standin"))
+	}
+	if o.floor && (o.url != "" || o.framing != "bare" || o.idle > 0) {
+		errs = append(errs, errors.New("-floor needs a router the tool starts (-router-bin or -router-self), -framing bare, and a load run (not -idle)"))
 	}
 	if o.cpuProfile != "" && !o.routerSelf {
 		errs = append(errs, errors.New("-cpuprofile needs -router-self (cmd/router has no pprof listener)"))
@@ -350,6 +367,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return serveRouter(o.udpPort)
 	}
+	if o.serveFloor {
+		return serveFloor()
+	}
 	if err := o.validate(); err != nil {
 		fmt.Fprintf(stderr, "loadtest: %v\n", err)
 		return 2
@@ -392,6 +412,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	// withRouter runs f against the router: a fresh subprocess, or -url.
+	// withFloor runs f against a fresh floor, pinned as the router is.
+	withFloor := func(f func(url string, pid int) error) ([]string, error) {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		r, err := startRouter(ctx, routerSpec{Bin: exe, Args: []string{"-serve-floor"}, CPUs: o.routerCPUs, Log: logW})
+		if err != nil {
+			return nil, fmt.Errorf("floor: %w", err)
+		}
+		logf("floor pid %d at %s", r.PID, r.URL)
+		ferr := f(r.URL, r.PID)
+		if serr := r.Stop(20 * time.Second); serr != nil && ferr == nil {
+			logf("floor stop: %v", serr)
+		}
+		return r.Problems(), ferr
+	}
 	withRouter := func(f func(url string, pid int, debugURL string) error) ([]string, error) {
 		if o.url != "" {
 			return nil, f(o.url, o.routerPID, "")
@@ -497,19 +534,41 @@ func run(args []string, stdout, stderr io.Writer) int {
 					}
 				}
 				var res *runResult
+				cfg := loadConfig{
+					Scenario: sc, Rate: o.rate, Settle: o.settle, Hold: o.hold, Grace: o.grace,
+					SizeMin: o.sizeMin, SizeMax: o.sizeMax, Level: o.level, Framing: framing,
+					CPUProfile: prof, ToolProfile: o.toolProf, NACK: o.nack, Wire: o.wire,
+					Syscalls: o.syscalls, DialTimeout: o.dialTO, Logf: logf,
+				}
 				problems, err := withRouters(sc.Routers, func(rs []routerRef, dbg string) error {
+					c := cfg
+					c.URL, c.Others, c.RouterPID, c.DebugURL = rs[0].URL, rs[1:], rs[0].PID, dbg
 					var err error
-					res, err = runLoad(ctx, loadConfig{
-						URL: rs[0].URL, Others: rs[1:], Scenario: sc, Rate: o.rate, Settle: o.settle, Hold: o.hold, Grace: o.grace,
-						SizeMin: o.sizeMin, SizeMax: o.sizeMax, Level: o.level, Framing: framing,
-						RouterPID: rs[0].PID, DebugURL: dbg, CPUProfile: prof, ToolProfile: o.toolProf, NACK: o.nack, Wire: o.wire,
-						DialTimeout: o.dialTO, Logf: logf,
-					}, i)
+					res, err = runLoad(ctx, c, i)
 					return err
 				})
 				if res != nil {
 					res.RouterLog = problems
 					rep.Runs = append(rep.Runs, res)
+				}
+				if o.floor && err == nil && ctx.Err() == nil {
+					var fres *runResult
+					fproblems, ferr := withFloor(func(u string, pid int) error {
+						c := cfg
+						c.URL, c.RouterPID, c.CPUProfile, c.ToolProfile = u, pid, "", ""
+						var err error
+						fres, err = runLoad(ctx, c, i)
+						return err
+					})
+					if fres != nil {
+						fres.Name += " floor"
+						fres.RouterLog = fproblems
+						res.Floor = fres
+						if res.Router != nil && fres.Router != nil {
+							res.VsFloor = ratioTo(res.Router.PerEgress, fres.Router.PerEgress)
+						}
+					}
+					err = ferr
 				}
 				if err != nil {
 					fmt.Fprintf(stderr, "loadtest: %s run %d: %v\n", sc.Name(), i, err)
@@ -623,6 +682,7 @@ func printReport(w io.Writer, rep *report) {
 				r.ConnectMS.P50, r.ConnectMS.P99, cores, sys, us, ppc, rss, r.Tool.Cores, r.Machine.OtherCores)
 		}
 		tw.Flush()
+		printCosts(w, rep.Runs)
 		if slices.ContainsFunc(rep.Runs, func(r *runResult) bool { return r.WireLatencyMS != nil }) {
 			fmt.Fprintln(w, "lat: the subscriber's read from its pion track − the send time in the payload; wire: the kernel's receive time at the subscriber's socket − the send time")
 		}
@@ -676,4 +736,48 @@ func printReport(w io.Writer, rep *report) {
 			fmt.Fprintf(w, "heap profile: %s (baseline %s.before): go tool pprof -top -sample_index=inuse_space -diff_base %s.before %s\n", r.HeapProfile, r.HeapProfile, r.HeapProfile, r.HeapProfile)
 		}
 	}
+}
+
+// printCosts prints, per run, the router's cost per egress packet in
+// detail and, with -floor, the floor's and the ratios.
+func printCosts(w io.Writer, runs []*runResult) {
+	if !slices.ContainsFunc(runs, func(r *runResult) bool { return r.Router != nil && r.Router.PerEgress != nil }) {
+		return
+	}
+	fmt.Fprintln(w, "per egress packet (CPU, user and system µs; system calls; context switches voluntary/involuntary; run-queue wait µs):")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\trun\tdelivery %\tloss %\tto subscribers\tto publishers\tCPU µs\tuser\tsys\tper subscriber copy\tsyscalls\tsendmmsg\tsendto\trecvmmsg\tctxsw vol\tinvol\trunq µs\trunq %\t×floor CPU\tuser\tsys\tsyscalls\tctxsw\t")
+	row := func(r *runResult, vs *floorRatio) {
+		if r.Router == nil || r.Router.PerEgress == nil {
+			return
+		}
+		pe := r.Router.PerEgress
+		sc := func(k string) string {
+			if v, ok := pe.Syscalls[k]; ok {
+				return fmt.Sprintf("%.3f", v)
+			}
+			return "-"
+		}
+		x := func(v float64) string {
+			if vs == nil || v == 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%.2f", v)
+		}
+		var rc, ru, rs, rsc, rcs float64
+		if vs != nil {
+			rc, ru, rs, rsc, rcs = vs.CPU, vs.User, vs.Sys, vs.Syscalls, vs.CtxSwitches
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%.3f\t%d\t%d\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%.2f\t%.1f\t%s\t%s\t%s\t%s\t%s\t\n",
+			r.Name, r.Run, r.Egress.DeliveryPct, r.Loss.Pct, r.Egress.ToSubscribers, r.Egress.ToPublishers, pe.CPUUS, pe.UserUS, pe.SysUS, pe.CPUPerSubscriberCopyUS,
+			sc("syscalls"), sc("sendmmsg"), sc("sendto"), sc("recvmmsg"), pe.VoluntaryCtxSw, pe.InvoluntaryCtxSw, pe.RunQueueWaitUS,
+			r.Router.RunQueueWaitPct, x(rc), x(ru), x(rs), x(rsc), x(rcs))
+	}
+	for _, r := range runs {
+		row(r, r.VsFloor)
+		if r.Floor != nil {
+			row(r.Floor, nil)
+		}
+	}
+	tw.Flush()
 }

@@ -111,6 +111,10 @@ func startRouter(ctx context.Context, spec routerSpec) (*routerProc, error) {
 		"PERMISSIONS_HOST="+perms,
 		"LOG_FORMAT=json",
 		"LOG_LEVEL=info",
+		// Every client dials from 127.0.0.1: the per-address bound on
+		// /connect sockets waiting for their offer (16) would refuse a
+		// ramp's burst with 429. -router-env may set it again.
+		"CONNECT_MAX_PENDING_PER_ADDR=0",
 	)
 	for _, kv := range spec.Env {
 		k, _, ok := strings.Cut(kv, "=")

@@ -140,6 +140,7 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 			ICEIPs:              cfg.ICEIPs,
 			PublicIPs:           cfg.PublicIPs,
 			UDPPort:             cfg.UDPPort,
+			SharedSocket:        !cfg.ICEPerPeer,
 			ICEServers:          cfg.ICEServers,
 			ConnectTimeout:      cfg.ConnectTimeout,
 			DisconnectedTimeout: cfg.ICEDisconnected,

@@ -27,6 +27,7 @@ type config struct {
 	PermissionsHost string // "allow-all" skips the check
 	PermTimeout     time.Duration
 	UDPPort         int
+	ICEPerPeer      bool // ICE_SOCKETS=per-peer: without UDP_PORT, sockets of each peer's own
 	ICEIPs          []net.IP
 	PublicIPs       []string
 	ICEServers      []webrtc.ICEServer
@@ -119,7 +120,8 @@ var settings = []setting{
 	{"NATS_TLS_KEY", "", "path of the PEM private key of NATS_TLS_CERT"},
 	{"PERMISSIONS_HOST", "http://permissions", "backend-permissions base URL; `allow-all` skips the check (demos only)"},
 	{"PERMISSIONS_TIMEOUT", "5s", "deadline of one permission check; past it /join answers 503"},
-	{"UDP_PORT", "0", "one UDP port for all ICE traffic (pion UDP mux); 0: an ephemeral port per peer"},
+	{"UDP_PORT", "0", "one UDP port for all ICE traffic (pion UDP mux); 0: one ephemeral port, shared by all peers (see ICE_SOCKETS)"},
+	{"ICE_SOCKETS", "shared", "with UDP_PORT=0: `shared`, all peers on one socket per ICE address on an ephemeral port, logged at start as udp_port (every copy of a packet leaves with one sendmmsg); `per-peer`, sockets of each peer's own, as before round 4 of docs/performance.md (one sendto per copy)"},
 	{"ICE_IPS", "", "comma list of local IPs ICE gathers on; empty: every non-loopback address; 127.0.0.1 keeps media on loopback"},
 	{"PUBLIC_IPS", "", "comma list of IPs announced instead of the local ones (1:1 NAT)"},
 	{"ICE_SERVERS", "", "comma list of STUN/TURN URLs"},
@@ -266,6 +268,13 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 	}
 	c.PermTimeout = duration("PERMISSIONS_TIMEOUT")
 	c.UDPPort = integer("UDP_PORT", 0, 65535)
+	switch get("ICE_SOCKETS") {
+	case "shared":
+	case "per-peer":
+		c.ICEPerPeer = true
+	default:
+		bad("ICE_SOCKETS", errors.New("want shared or per-peer"))
+	}
 	for _, s := range splitList(get("ICE_IPS")) {
 		ip := net.ParseIP(s)
 		if ip == nil {

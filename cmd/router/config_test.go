@@ -40,6 +40,12 @@ func TestLoadConfig(t *testing.T) {
 		{name: "bad nats", env: map[string]string{"NATS": "localhost"}, wantErr: "NATS"},
 		{name: "bad permissions", env: map[string]string{"PERMISSIONS_HOST": "permissions"}, wantErr: "PERMISSIONS_HOST"},
 		{name: "bad udp port", env: map[string]string{"UDP_PORT": "70000"}, wantErr: "UDP_PORT"},
+		{name: "ice sockets per peer", env: map[string]string{"ICE_SOCKETS": "per-peer"}, check: func(t *testing.T, c config) {
+			if !c.ICEPerPeer || c.UDPPort != 0 {
+				t.Fatalf("ICE_SOCKETS=per-peer: %+v", c)
+			}
+		}},
+		{name: "bad ice sockets", env: map[string]string{"ICE_SOCKETS": "one"}, wantErr: "ICE_SOCKETS"},
 		{name: "bad ice ip", env: map[string]string{"ICE_IPS": "127.0.0.1,localhost"}, wantErr: "ICE_IPS"},
 		{name: "bad public ip", env: map[string]string{"PUBLIC_IPS": "example.org"}, wantErr: "PUBLIC_IPS"},
 		{name: "turn without credentials", env: map[string]string{"ICE_SERVERS": "turn:turn.example.org"}, wantErr: "ICE_SERVERS"},

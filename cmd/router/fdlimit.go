@@ -120,10 +120,10 @@ func planFDs(cfg config, limit uint64, log *slog.Logger) fdBudget {
 		}
 	}
 	perPeer = max(1, perPeer)
-	if cfg.UDPPort > 0 {
+	if cfg.UDPPort > 0 || !cfg.ICEPerPeer {
 		perPeer = 0
 	}
-	peers := "no bound (UDP_PORT: one socket for all peers)"
+	peers := "no bound (one ICE socket for all peers)"
 	if perPeer > 0 {
 		peers = fmt.Sprintf("about %d", b.iceSockets/perPeer)
 	}

@@ -56,7 +56,8 @@ func TestFDBudget(t *testing.T) {
 // before their ICE sockets pass their share and new HTTP connections (503
 // with Retry-After) past theirs, never running out of descriptors, while
 // an established call goes on and /healthz answers on METRICS_LISTEN; once
-// connections close, new ones are served again.
+// connections close, new ones are served again. ICE_SOCKETS=per-peer: the
+// default shared socket needs no socket per peer.
 func TestFDHeadroom(t *testing.T) {
 	prlimit, err := exec.LookPath("prlimit")
 	if err != nil {
@@ -69,7 +70,7 @@ func TestFDHeadroom(t *testing.T) {
 	c := runChild(t, []string{prlimit, fmt.Sprintf("--nofile=%d:%d", limit, limit), bin}, map[string]string{
 		"LISTEN": addr, "METRICS_LISTEN": metricsAddr, "ICE_IPS": "127.0.0.1", "PERMISSIONS_HOST": "allow-all",
 		"CONNECT_TIMEOUT": "120s", "ICE_DISCONNECTED_TIMEOUT": "2s", "ICE_FAILED_TIMEOUT": "2s", "ICE_KEEPALIVE": "250ms",
-		"MAX_PEERS_PER_USER": "0", "CONNECT_MAX_PENDING_PER_ADDR": "0",
+		"MAX_PEERS_PER_USER": "0", "CONNECT_MAX_PENDING_PER_ADDR": "0", "ICE_SOCKETS": "per-peer",
 	})
 	line, _ := c.waitLine(0, 20*time.Second, "file descriptor limit")
 	if logValue(line, "limit") != strconv.Itoa(limit) || logValue(line, "http_connections") != strconv.Itoa(budget.httpConns) || logValue(line, "ice_sockets") != strconv.Itoa(budget.iceSockets) {

@@ -112,6 +112,63 @@ func TestSingleUDPPort(t *testing.T) {
 	}
 }
 
+// TestSharedICESocketByDefault checks that without UDP_PORT the router
+// answers every peer with the same ICE port (one shared socket, ICE_SOCKETS
+// shared), and with ICE_SOCKETS=per-peer with a port of each peer's own.
+func TestSharedICESocketByDefault(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		same bool
+	}{
+		{"default", nil, true},
+		{"per-peer", map[string]string{"ICE_SOCKETS": "per-peer"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startRouter(t, tc.env)
+			offer := audioOffer(t)
+			var ports []string
+			for i := range 3 {
+				user := fmt.Sprintf("u%d", i)
+				r.mustJoin(user, "conv-1")
+				ws, _, err := websocket.DefaultDialer.Dial(r.wsURL(), claimHeader(user, "phone"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer ws.Close()
+				if err := ws.WriteMessage(websocket.TextMessage, []byte(offer)); err != nil {
+					t.Fatal(err)
+				}
+				_ = ws.SetReadDeadline(time.Now().Add(15 * time.Second))
+				_, answer, err := ws.ReadMessage()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var port string
+				for _, l := range strings.Split(string(answer), "\n") {
+					// a=candidate:foundation component udp priority address port typ host
+					if f := strings.Fields(l); len(f) >= 8 && strings.HasPrefix(f[0], "a=candidate:") && f[4] == "127.0.0.1" {
+						port = f[5]
+					}
+				}
+				if port == "" {
+					t.Fatalf("answer without a loopback candidate: %q", answer)
+				}
+				ports = append(ports, port)
+			}
+			same := ports[0] == ports[1] && ports[1] == ports[2]
+			if same != tc.same {
+				t.Errorf("ICE ports of three peers: %v; want the same port: %v", ports, tc.same)
+			}
+			// The start-up log names the shared port.
+			shared := r.a.rooms.SharedAddrs()
+			if desc := udpPortDesc(config{ICEPerPeer: !tc.same}, shared); tc.same != strings.HasPrefix(desc, ports[0]+" ") {
+				t.Errorf("udp_port in the start-up log: %q (shared sockets %v); answered port %s", desc, shared, ports[0])
+			}
+		})
+	}
+}
+
 func TestPeerThatNeverConnectsIsReleased(t *testing.T) {
 	r := startRouter(t, map[string]string{"CONNECT_TIMEOUT": "1s"})
 	// A real offer from a peer that never applies the answer.

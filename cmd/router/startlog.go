@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -98,7 +99,7 @@ func (a *app) startupLog(cfg config) {
 	if warn != "" {
 		a.log.Warn(warn, "ice_addresses", strings.Join(ice, ","))
 	} else {
-		a.log.Info("ICE addresses announced to clients", "addresses", strings.Join(ice, ","), "udp_port", udpPortDesc(cfg.UDPPort))
+		a.log.Info("ICE addresses announced to clients", "addresses", strings.Join(ice, ","), "udp_port", udpPortDesc(cfg, a.rooms.SharedAddrs()))
 	}
 	if cfg.Dev {
 		urls := pageURLs(a.scheme(), a.ln.Addr(), hostIPs())
@@ -109,11 +110,20 @@ func (a *app) startupLog(cfg config) {
 	}
 }
 
-func udpPortDesc(p int) string {
-	if p == 0 {
+func udpPortDesc(cfg config, shared []net.Addr) string {
+	switch {
+	case cfg.UDPPort > 0:
+		return strconv.Itoa(cfg.UDPPort)
+	case cfg.ICEPerPeer:
 		return "ephemeral, one per peer"
 	}
-	return strconv.Itoa(p)
+	var ports []string
+	for _, a := range shared {
+		if u, ok := a.(*net.UDPAddr); ok && !slices.Contains(ports, strconv.Itoa(u.Port)) {
+			ports = append(ports, strconv.Itoa(u.Port))
+		}
+	}
+	return strings.Join(ports, ",") + " (ephemeral, shared by all peers)"
 }
 
 // iceAddresses returns the addresses the router's ICE candidates will
