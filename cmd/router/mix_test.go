@@ -104,14 +104,12 @@ func sourcePayloads(ts ...talker) map[string]bool {
 func mixerStats(r *testRouter) map[string]uint64 { return r.a.pipe.Stats()["mixer"] }
 
 // waitPackets waits until c has received at least n packets on its m-lines
-// in total. Under the race detector, where the mixer skips frames it has
-// no time for, it settles for a third of them after 10 s.
+// in total. Under the race detector, where the mixer skips the frames it
+// has no time for (how many depends on the machine's load, not on the
+// router), it settles for minPackets(n) once the wait is over.
 func waitPackets(t *testing.T, c *beepclient.Client, n int) {
 	t.Helper()
-	wait := 30 * time.Second
-	if testutil.Race {
-		wait = 10 * time.Second
-	}
+	const wait = 30 * time.Second
 	total := func(rx map[string][]beepclient.Packet) int {
 		sum := 0
 		for _, p := range rx {
@@ -124,7 +122,7 @@ func waitPackets(t *testing.T, c *beepclient.Client, n int) {
 		return
 	}
 	got := total(c.Received())
-	if testutil.Race && got >= n/3 {
+	if testutil.Race && got >= minPackets(n) {
 		t.Logf("race detector: %d packets of %d received", got, n)
 		return
 	}
@@ -163,10 +161,13 @@ func overloaded(t *testing.T, st map[string]uint64) bool {
 }
 
 // minPackets is how many packets of a stream of n frames the tests ask
-// for: fewer under the race detector, where the mixer skips frames.
+// for: under the race detector, where the mixer skips frames (a full
+// `go test -race ./...` on two busy cores let through 34 of 150), only
+// enough to show that the mix flows; the tests without it judge the rest
+// (.ci/run runs the mixing tests without the race detector too).
 func minPackets(n int) int {
 	if testutil.Race {
-		return n / 3
+		return max(5, n/15)
 	}
 	return n
 }
