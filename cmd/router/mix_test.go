@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/beepvoice/router/beeppb"
 	"github.com/beepvoice/router/internal/beepclient"
 	"github.com/beepvoice/router/internal/testmedia"
 	"github.com/beepvoice/router/internal/testutil"
@@ -196,12 +197,14 @@ func TestMixOneSlot(t *testing.T) {
 		talkers = append(talkers, talker{c: r.dial(n, beepclient.Options{Publish: true, Receive: 1}), s: testmedia.Speak(t, voices[i])})
 	}
 	dave := r.dial("dave", beepclient.Options{Receive: 1})
+	bites := r.bites("bite")
 	const frames = 150 // 3 s, all three at once
 	talk(t, 0, frames, talkers...)
 	waitPackets(t, dave, frames)
 	for _, tk := range talkers {
 		waitPackets(t, tk.c, frames)
 	}
+	defer mixBites(t, bites, talkers, names)
 	st := mixerStats(r)
 	t.Logf("mixer: %v", st)
 	judge := !overloaded(t, st)
@@ -275,6 +278,33 @@ func TestMixOneSlot(t *testing.T) {
 		t.Logf("%s hears itself: correlation at most %.3f near lag %d", who, c, lags[0])
 		if c > 0.1 {
 			t.Errorf("%s hears its own voice: correlation %.3f", who, c)
+		}
+	}
+}
+
+// mixBites ends the talkers' tracks and checks the bites: one of each
+// speaker, made from its own packets, and never one of a mix (mixes are
+// not published tracks: they never reach the bite chunker).
+func mixBites(t *testing.T, bites <-chan *beeppb.Bite, talkers []talker, names []string) {
+	t.Helper()
+	if t.Failed() {
+		return
+	}
+	for _, tk := range talkers {
+		tk.c.Close()
+	}
+	got := map[string]bool{}
+	timeout := time.After(30 * time.Second)
+	for len(got) < len(names) {
+		select {
+		case b := <-bites:
+			if !slices.Contains(names, b.User) || b.Key != "conv-1" {
+				t.Errorf("a bite of %q (client %q) keyed %q: only the speakers make bites", b.User, b.Client, b.Key)
+				continue
+			}
+			got[b.User] = true
+		case <-timeout:
+			t.Fatalf("bites of %v, want one of each of %v", got, names)
 		}
 	}
 }
