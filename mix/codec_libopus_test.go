@@ -112,7 +112,7 @@ func TestCodecAgainstLibopus(t *testing.T) {
 		}
 		secs := float64(len(s.pcm)) / SampleRate
 		t.Logf("%s p%d (%.1f s): decode gopus vs libopus SNR %.1f dB (with 10%% loss, PLC: %.1f dB)",
-			v.name, v.pitch, secs, decSNR, plcSNR)
+			v.Name, v.Pitch, secs, decSNR, plcSNR)
 		t.Logf("  encode 32 kb/s  gopus: %.1f kb/s, lag %d, corr %.3f, SNR %.1f dB, segSNR %.1f dB, LSD %.2f dB",
 			float64(gBytes*8)/secs/1000, gLag, gCorr, snr(s.pcm, gAligned), segSNR(s.pcm, gAligned), lsd(s.pcm, gAligned))
 		t.Logf("  encode 32 kb/s libopus: %.1f kb/s, lag %d, corr %.3f, SNR %.1f dB, segSNR %.1f dB, LSD %.2f dB",
@@ -128,10 +128,10 @@ func TestCodecAgainstLibopus(t *testing.T) {
 			DefaultComplexity, cCorr, snr(s.pcm, cAligned), segSNR(s.pcm, cAligned), lsd(s.pcm, cAligned))
 
 		if decSNR < 40 {
-			t.Errorf("%s: gopus decodes %.1f dB from libopus, want ≥ 40", v.name, decSNR)
+			t.Errorf("%s: gopus decodes %.1f dB from libopus, want ≥ 40", v.Name, decSNR)
 		}
 		if gCorr < 0.9 || lsd(s.pcm, gAligned) > lsd(s.pcm, lAligned)+1.5 {
-			t.Errorf("%s: gopus encoder: correlation %.3f, LSD %.2f vs libopus %.2f", v.name, gCorr, lsd(s.pcm, gAligned), lsd(s.pcm, lAligned))
+			t.Errorf("%s: gopus encoder: correlation %.3f, LSD %.2f vs libopus %.2f", v.Name, gCorr, lsd(s.pcm, gAligned), lsd(s.pcm, lAligned))
 		}
 	}
 }
