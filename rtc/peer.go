@@ -102,7 +102,8 @@ type Peer struct {
 	egress       atomic.Pointer[egress]
 	arrivals     atomic.Pointer[stamp.Table]
 	egressMu     sync.Mutex
-	keys         *srtpKeys // nil: down-tracks write through pion
+	keys         *srtpKeys  // nil: down-tracks write through pion
+	sealer       *gcmSealer // the down-tracks' one sealer; nil for a profile without
 	pair         *webrtc.ICECandidatePair
 	egressLogged bool
 }
