@@ -71,7 +71,7 @@ type DownTrack struct {
 	level [1]byte
 
 	// The direct egress path (egress.go), once the down-track has sent
-	// on it: the peer's sealer (AES-128-GCM), or for another SRTP profile
+	// on it: the peer's sealer (AES-GCM), or for another SRTP profile
 	// a pion context of the down-track's own.
 	sealer  *gcmSealer
 	nonce   [gcmNonceLen]byte

@@ -35,10 +35,10 @@ import (
 //
 // A down-track instead encrypts with the peer's DTLS-SRTP keys itself, into
 // a buffer it reuses, and sends on the UDP socket of the peer's selected
-// ICE candidate pair. With AEAD_AES_128_GCM all of a peer's down-tracks
-// share one sealer (sealer.go); with another profile each keeps a pion
-// SRTP context of its own. pion keeps doing
-// everything else (ICE, DTLS, RTCP, the receive side). Nothing in pion's
+// ICE candidate pair. With AES-GCM (either key size) all of a peer's
+// down-tracks share one sealer (sealer.go); with another profile each
+// keeps a pion SRTP context of its own. pion keeps doing everything else
+// (ICE, DTLS, RTCP, the receive side). Nothing in pion's
 // API hands out the DTLS connection's keys, so egressKeys reads the
 // DTLSTransport's connection by reflection; if that ever fails (another
 // pion version), the down-track keeps writing through pion, logged once.
@@ -61,7 +61,7 @@ type srtpKeys struct {
 // and the route of its selected ICE candidate pair.
 type egress struct {
 	srtpKeys
-	// sealer is the peer's one AES-128-GCM sealer, the same in every
+	// sealer is the peer's one AES-GCM sealer, the same in every
 	// route of the peer; nil for another SRTP profile.
 	sealer *gcmSealer
 	conn   *net.UDPConn

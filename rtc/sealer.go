@@ -10,7 +10,7 @@ import (
 	"github.com/pion/srtp/v3"
 )
 
-// One AES-128-GCM sealer per peer (RFC 7714).
+// One AES-GCM sealer per peer (RFC 7714).
 //
 // Every down-track of a peer encrypts with the same DTLS-SRTP master key
 // and salt, and so with the same session key and salt: SRTP's key
@@ -29,11 +29,13 @@ import (
 // each extended sequence number once (markSent) or, for a NACK, the very
 // same bytes again (DownTrack.resend).
 //
-// Only AEAD_AES_128_GCM, what browsers offer first and pion prefers, has
-// a sealer; a session that negotiated another profile gets a pion Context
-// per down-track, as before (newGCMSealer refuses it).
+// The AEAD profiles have a sealer: AEAD_AES_256_GCM, which pion and
+// Chromium both list first, so what the router's sessions negotiate, and
+// AEAD_AES_128_GCM. A session that negotiated AES_CM_128_HMAC_SHA1_80 (a
+// client without GCM) gets a pion Context per down-track, as before
+// (newGCMSealer refuses it).
 
-// gcmSealer seals the RTP packets of one SRTP session with AEAD_AES_128_GCM.
+// gcmSealer seals the RTP packets of one SRTP session with AES-GCM.
 type gcmSealer struct {
 	aead cipher.AEAD
 	salt [gcmNonceLen]byte // the session salt
@@ -52,21 +54,28 @@ const (
 var errNoSealer = errors.New("no shared SRTP sealer")
 
 // newGCMSealer derives the session key and salt of k's SRTP session, which
-// must be AEAD_AES_128_GCM.
+// must be AEAD_AES_128_GCM or AEAD_AES_256_GCM.
 func newGCMSealer(k srtpKeys) (*gcmSealer, error) {
-	if k.profile != srtp.ProtectionProfileAeadAes128Gcm {
-		return nil, fmt.Errorf("%w for SRTP profile %s (only AEAD_AES_128_GCM)", errNoSealer, k.profile)
+	var keyLen int
+	switch k.profile {
+	case srtp.ProtectionProfileAeadAes128Gcm:
+		keyLen = 16
+	case srtp.ProtectionProfileAeadAes256Gcm:
+		keyLen = 32
+	default:
+		return nil, fmt.Errorf("%w for SRTP profile %s (only the AEAD_AES_GCM ones)", errNoSealer, k.profile)
 	}
-	if len(k.key) != 16 || len(k.salt) != gcmNonceLen {
-		return nil, fmt.Errorf("%w: master key of %d bytes and salt of %d, want 16 and 12", errNoSealer, len(k.key), len(k.salt))
+	if len(k.key) != keyLen || len(k.salt) != gcmNonceLen {
+		return nil, fmt.Errorf("%w: %s master key of %d bytes and salt of %d, want %d and %d",
+			errNoSealer, k.profile, len(k.key), len(k.salt), keyLen, gcmNonceLen)
 	}
 	master, err := aes.NewCipher(k.key)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errNoSealer, err)
 	}
-	var sessionKey [16]byte
-	srtpKDF(master, labelSRTPEncryption, k.salt, sessionKey[:])
-	block, err := aes.NewCipher(sessionKey[:])
+	sessionKey := make([]byte, keyLen)
+	srtpKDF(master, labelSRTPEncryption, k.salt, sessionKey)
+	block, err := aes.NewCipher(sessionKey)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errNoSealer, err)
 	}
@@ -86,9 +95,10 @@ const (
 )
 
 // srtpKDF fills out with SRTP's AES-CM key derivation of label, at a key
-// derivation rate of 0 (RFC 3711 section 4.3.1): the blocks AES(master
-// key, x·2^16 + i), i = 0, 1, …, where x is the master salt (AES-GCM's 96
-// bits padded with zeros, RFC 7714 section 11) XOR the label at bit 48.
+// derivation rate of 0 (RFC 3711 section 4.3.1, with AES-256 for a 256-bit
+// master key as RFC 6188 has it): the blocks AES(master key, x·2^16 + i),
+// i = 0, 1, …, where x is the master salt (AES-GCM's 96 bits padded with
+// zeros, RFC 7714 section 11) XOR the label at bit 48.
 func srtpKDF(master cipher.Block, label byte, salt, out []byte) {
 	var in, block [aes.BlockSize]byte
 	copy(in[:], salt)

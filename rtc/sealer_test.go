@@ -11,15 +11,20 @@ import (
 
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
+	"github.com/pion/webrtc/v3"
 	"golang.org/x/net/ipv4"
 
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/internal/testutil"
 )
 
-// gcmTestKeys are AES-128-GCM master keys that are not all one byte.
-func gcmTestKeys() srtpKeys {
-	k := srtpKeys{key: make([]byte, 16), salt: make([]byte, 12), profile: srtp.ProtectionProfileAeadAes128Gcm}
+// gcmTestKeys are AES-GCM master keys of profile that are not all one byte.
+func gcmTestKeys(profile srtp.ProtectionProfile) srtpKeys {
+	keyLen := 16
+	if profile == srtp.ProtectionProfileAeadAes256Gcm {
+		keyLen = 32
+	}
+	k := srtpKeys{key: make([]byte, keyLen), salt: make([]byte, 12), profile: profile}
 	for i := range k.key {
 		k.key[i] = byte(i*37 + 11)
 	}
@@ -31,11 +36,16 @@ func gcmTestKeys() srtpKeys {
 
 // TestGCMSealerMatchesPion checks that the shared sealer produces, byte for
 // byte, what a pion/srtp v3 context encrypts for the same keys, and that a
-// pion context decrypts it: for two SSRCs on one sealer, with and without
-// the audio level extension, across a sequence number wrap (rollover
-// counter 1) and at a rollover counter of 7.
+// pion context decrypts it: for both AES-GCM profiles, two SSRCs on one
+// sealer, with and without the audio level extension, across a sequence
+// number wrap (rollover counter 1) and at a rollover counter of 7.
 func TestGCMSealerMatchesPion(t *testing.T) {
-	keys := gcmTestKeys()
+	for _, profile := range []srtp.ProtectionProfile{srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAeadAes256Gcm} {
+		t.Run(profile.String(), func(t *testing.T) { sealerMatchesPion(t, gcmTestKeys(profile)) })
+	}
+}
+
+func sealerMatchesPion(t *testing.T, keys srtpKeys) {
 	g, err := newGCMSealer(keys)
 	if err != nil {
 		t.Fatal(err)
@@ -132,7 +142,7 @@ func TestGCMIndex(t *testing.T) {
 // each for an SSRC and with a nonce buffer of its own, as a peer's
 // down-tracks do; every packet must decrypt (run with -race).
 func TestGCMSealerConcurrent(t *testing.T) {
-	keys := gcmTestKeys()
+	keys := gcmTestKeys(srtp.ProtectionProfileAeadAes256Gcm)
 	g, err := newGCMSealer(keys)
 	if err != nil {
 		t.Fatal(err)
@@ -212,18 +222,19 @@ func TestPutHeader(t *testing.T) {
 }
 
 // TestSRTPKeysRefused checks which sessions get the shared sealer: only
-// AEAD_AES_128_GCM with its key and salt sizes. A down-track of a session
-// with another profile encrypts with a pion context of its own (what it
-// sends decrypts: TestDirectEgress).
+// the AES-GCM ones, with their key and salt sizes. A down-track of a
+// session with another profile encrypts with a pion context of its own
+// (what it sends decrypts: TestDirectEgress).
 func TestSRTPKeysRefused(t *testing.T) {
-	gcm := gcmTestKeys()
+	gcm := gcmTestKeys(srtp.ProtectionProfileAeadAes128Gcm)
 	for _, tc := range []struct {
 		name string
 		keys srtpKeys
 	}{
 		{"AES_CM_128_HMAC_SHA1_80", srtpKeys{key: make([]byte, 16), salt: make([]byte, 14), profile: srtp.ProtectionProfileAes128CmHmacSha1_80}},
-		{"AEAD_AES_256_GCM", srtpKeys{key: make([]byte, 32), salt: make([]byte, 12), profile: srtp.ProtectionProfileAeadAes256Gcm}},
+		{"AES_CM_128_HMAC_SHA1_32", srtpKeys{key: make([]byte, 16), salt: make([]byte, 14), profile: srtp.ProtectionProfileAes128CmHmacSha1_32}},
 		{"AES-128-GCM with a short key", srtpKeys{key: gcm.key[:8], salt: gcm.salt, profile: gcm.profile}},
+		{"AES-256-GCM with a 128-bit key", srtpKeys{key: gcm.key, salt: gcm.salt, profile: srtp.ProtectionProfileAeadAes256Gcm}},
 		{"AES-128-GCM with a 14-byte salt", srtpKeys{key: gcm.key, salt: make([]byte, 14), profile: gcm.profile}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -239,6 +250,7 @@ func TestSRTPKeysRefused(t *testing.T) {
 		sealer  bool
 	}{
 		{"AEAD_AES_128_GCM", srtp.ProtectionProfileAeadAes128Gcm, true},
+		{"AEAD_AES_256_GCM", srtp.ProtectionProfileAeadAes256Gcm, true},
 		{"AES_CM_128_HMAC_SHA1_80", srtp.ProtectionProfileAes128CmHmacSha1_80, false},
 	} {
 		t.Run("down-track/"+tc.name, func(t *testing.T) {
@@ -435,5 +447,87 @@ func TestDirectWriteAllocs(t *testing.T) {
 				t.Error("the down-track did not use the peer's sealer")
 			}
 		})
+	}
+}
+
+// TestPeerSealer connects a pion client to an Engine: the DTLS-SRTP session
+// it negotiates (AEAD_AES_256_GCM, what pion and Chromium list first) gives
+// the peer one sealer, shared by the routes of all its down-tracks; and
+// what two down-tracks seal with it, across their sequence numbers' wrap,
+// the client's own SRTP stack decrypts, in order.
+func TestPeerSealer(t *testing.T) {
+	e, err := NewEngine(Config{ICEIPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Logger: testutil.Logger(t, 8)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeEngine(t, e)
+	client, p := connectSubscriber(t, e, 2)
+
+	const packets = 12
+	type got struct {
+		track int
+		seq   uint16
+		pl    byte
+		err   error
+	}
+	// Room for every result, so that a reader never blocks: each ends
+	// after its packets, or with an error once the client closes.
+	results := make(chan got, 2*packets+2)
+	client.OnTrack(func(tr *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
+		for range packets {
+			pkt, _, err := tr.ReadRTP()
+			if err != nil {
+				results <- got{err: err}
+				return
+			}
+			results <- got{track: int(tr.SSRC()), seq: pkt.SequenceNumber, pl: pkt.Payload[0]}
+		}
+	})
+
+	p.egressMu.Lock()
+	keys, sealer := p.keys, p.sealer
+	p.egressMu.Unlock()
+	if keys == nil || sealer == nil {
+		t.Fatalf("peer keys %v, sealer %v: want the direct path with a sealer", keys, sealer)
+	}
+	if eg := p.egress.Load(); eg == nil || eg.sealer != sealer {
+		t.Fatalf("the peer's route does not use its sealer (%v)", eg)
+	}
+	t.Logf("SRTP profile %s", keys.profile)
+
+	src := NewUpTrack(claim.Claim{UserID: "speaker", ClientID: "s"}, 1, 1)
+	downs := p.DownTracks()
+	for _, d := range downs {
+		d.SetSource(src)
+	}
+	now := time.Now().UnixNano()
+	for i := range packets {
+		pkt := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 1, SequenceNumber: uint16(65530 + i), Timestamp: uint32(i * 960)}, Payload: []byte{byte(i), 0xf8, 0xff, 0xfe}}
+		now += int64(20 * time.Millisecond)
+		if w, _, err := Fanout(downs, src.SendBuffer(), src, pkt, 0x90, true, now); w != 2 || err != nil {
+			t.Fatalf("packet %d: %d copies written: %v", i, w, err)
+		}
+	}
+	for _, d := range downs {
+		if d.sealer != sealer {
+			t.Errorf("down-track %s sealed with %p, not the peer's sealer %p", d.ID(), d.sealer, sealer)
+		}
+	}
+	next := map[int]int{}
+	deadline := time.After(10 * time.Second)
+	for range 2 * packets {
+		select {
+		case g := <-results:
+			if g.err != nil {
+				t.Fatalf("client read: %v", g.err)
+			}
+			i := next[g.track]
+			next[g.track]++
+			if g.seq != uint16(65530+i) || g.pl != byte(i) {
+				t.Errorf("track %d packet %d: seq %d payload %d, want %d and %d", g.track, i, g.seq, g.pl, uint16(65530+i), i)
+			}
+		case <-deadline:
+			t.Fatalf("the client got %v packets per track of %d", next, packets)
+		}
 	}
 }
