@@ -175,7 +175,8 @@ func BenchmarkVideoFanout(b *testing.B) {
 // and subs subscribers who each hear every publisher, so that each
 // subscriber's peer has pubs down-tracks and keys of its own. A packet of
 // each publisher in turn is fanned out (Fanout) to its down-track in every
-// subscriber's peer: rewritten, encrypted with the peer's keys and queued
+// subscriber's peer: rewritten, encrypted with the peer's keys
+// (AEAD_AES_256_GCM, what the router's sessions negotiate) and queued
 // on one shared socket, sent with one sendmmsg per fan-out as on the
 // UDP_PORT path. "discard" hands the batches to a writer that drops them,
 // so ns/copy is the router's own work per copy; "loopback" sends them to
@@ -210,7 +211,8 @@ func BenchmarkDirectRoom(b *testing.B) {
 			}
 			downs := make([][]*DownTrack, pubs)
 			for i := range bc.subs {
-				keys := srtpKeys{key: make([]byte, 16), salt: make([]byte, 12), profile: srtp.ProtectionProfileAeadAes128Gcm}
+				// AES-256-GCM: what pion and Chromium clients negotiate.
+				keys := srtpKeys{key: make([]byte, 32), salt: make([]byte, 12), profile: srtp.ProtectionProfileAeadAes256Gcm}
 				keys.key[0], keys.key[1], keys.salt[0] = byte(i), byte(i>>8), 9
 				e := testEgress(keys, send, to)
 				e.batch, e.addr = batch, net.UDPAddrFromAddrPort(to)
