@@ -644,6 +644,22 @@ func (p *Peer) updateRoute() {
 	p.egress.Store(&e)
 }
 
+// egressDesc says, for the log, how the peer's down-tracks encrypt: the
+// negotiated SRTP profile, and whether with the peer's one sealer or a pion
+// context each; "pion" when they write through pion.
+func (p *Peer) egressDesc() string {
+	p.egressMu.Lock()
+	defer p.egressMu.Unlock()
+	switch {
+	case p.keys == nil:
+		return "pion"
+	case p.sealer != nil:
+		return p.keys.profile.String() + ", one sealer"
+	default:
+		return p.keys.profile.String() + ", a context per down-track"
+	}
+}
+
 // egressErr logs, once per peer, why its down-tracks cannot use the direct path.
 // Callers hold p.egressMu.
 func (p *Peer) egressErr(err error) {

@@ -144,7 +144,7 @@ func (p *Peer) start() {
 				}
 				p.h.Connected(p)
 				close(p.connected)
-				p.log.Info("peer connected", "down_tracks", len(p.downs))
+				p.log.Info("peer connected", "down_tracks", len(p.downs), "srtp", p.egressDesc())
 			})
 		case webrtc.PeerConnectionStateFailed:
 			p.logFailure()
