@@ -176,19 +176,26 @@ func BenchmarkVideoFanout(b *testing.B) {
 // subscriber's peer has pubs down-tracks and keys of its own. A packet of
 // each publisher in turn is fanned out (Fanout) to its down-track in every
 // subscriber's peer: rewritten, encrypted with the peer's keys
-// (AEAD_AES_256_GCM, what the router's sessions negotiate) and queued
+// (AEAD_AES_256_GCM, what sessions with pion clients negotiate) and queued
 // on one shared socket, sent with one sendmmsg per fan-out as on the
 // UDP_PORT path. "discard" hands the batches to a writer that drops them,
 // so ns/copy is the router's own work per copy; "loopback" sends them to
 // a loopback socket that another goroutine drains, so ns/copy includes
 // the kernel's (about the same for every build: compare the first).
+// "aescm" is the same with AES_CM_128_HMAC_SHA1_80, what Chromium sessions
+// negotiate: each down-track then keeps a pion context.
 func BenchmarkDirectRoom(b *testing.B) {
 	const pubs = 10
+	gcm, cm := srtp.ProtectionProfileAeadAes256Gcm, srtp.ProtectionProfileAes128CmHmacSha1_80
 	for _, bc := range []struct {
 		name     string
 		subs     int
 		loopback bool
-	}{{"discard/10x50", 50, false}, {"discard/10x100", 100, false}, {"loopback/10x100", 100, true}} {
+		profile  srtp.ProtectionProfile
+	}{
+		{"discard/10x50", 50, false, gcm}, {"discard/10x100", 100, false, gcm}, {"loopback/10x100", 100, true, gcm},
+		{"aescm/discard/10x100", 100, false, cm},
+	} {
 		b.Run(bc.name, func(b *testing.B) {
 			send, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 			if err != nil {
@@ -211,8 +218,9 @@ func BenchmarkDirectRoom(b *testing.B) {
 			}
 			downs := make([][]*DownTrack, pubs)
 			for i := range bc.subs {
-				// AES-256-GCM: what pion and Chromium clients negotiate.
-				keys := srtpKeys{key: make([]byte, 32), salt: make([]byte, 12), profile: srtp.ProtectionProfileAeadAes256Gcm}
+				keyLen, _ := bc.profile.KeyLen()
+				saltLen, _ := bc.profile.SaltLen()
+				keys := srtpKeys{key: make([]byte, keyLen), salt: make([]byte, saltLen), profile: bc.profile}
 				keys.key[0], keys.key[1], keys.salt[0] = byte(i), byte(i>>8), 9
 				e := testEgress(keys, send, to)
 				e.batch, e.addr = batch, net.UDPAddrFromAddrPort(to)
