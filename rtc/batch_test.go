@@ -69,7 +69,11 @@ func TestFanoutOneSendmmsg(t *testing.T) {
 			t.Fatal(err)
 		}
 		decs = append(decs, dec)
-		p := &Peer{Claim: claim.Claim{UserID: "u" + strconv.Itoa(i), ClientID: "d"}, e: e, keys: keys}
+		sealer, err := newGCMSealer(*keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &Peer{Claim: claim.Claim{UserID: "u" + strconv.Itoa(i), ClientID: "d"}, e: e, keys: keys, sealer: sealer}
 		p.pair = &webrtc.ICECandidatePair{
 			Local:  &webrtc.ICECandidate{Protocol: webrtc.ICEProtocolUDP, Typ: webrtc.ICECandidateTypeHost, Address: shared.Addr().String(), Port: shared.Port()},
 			Remote: &webrtc.ICECandidate{Protocol: webrtc.ICEProtocolUDP, Typ: webrtc.ICECandidateTypeHost, Address: "127.0.0.1", Port: uint16(recv.LocalAddr().(*net.UDPAddr).Port)},

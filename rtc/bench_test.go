@@ -1,13 +1,16 @@
 package rtc
 
 import (
+	"net"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/pion/interceptor"
 	"github.com/pion/rtp"
+	"github.com/pion/srtp/v3"
 	"github.com/pion/webrtc/v3"
+	"golang.org/x/net/ipv4"
 
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/rtc/codec"
@@ -167,3 +170,99 @@ func BenchmarkVideoFanout(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDirectRoom measures the direct path of a room: pubs publishers
+// and subs subscribers who each hear every publisher, so that each
+// subscriber's peer has pubs down-tracks and keys of its own. A packet of
+// each publisher in turn is fanned out (Fanout) to its down-track in every
+// subscriber's peer: rewritten, encrypted with the peer's keys
+// (AEAD_AES_256_GCM, what sessions with pion clients negotiate) and queued
+// on one shared socket, sent with one sendmmsg per fan-out as on the
+// UDP_PORT path. "discard" hands the batches to a writer that drops them,
+// so ns/copy is the router's own work per copy; "loopback" sends them to
+// a loopback socket that another goroutine drains, so ns/copy includes
+// the kernel's (about the same for every build: compare the first).
+// "aescm" is the same with AES_CM_128_HMAC_SHA1_80, what Chromium sessions
+// negotiate: each down-track then keeps a pion context.
+func BenchmarkDirectRoom(b *testing.B) {
+	const pubs = 10
+	gcm, cm := srtp.ProtectionProfileAeadAes256Gcm, srtp.ProtectionProfileAes128CmHmacSha1_80
+	for _, bc := range []struct {
+		name     string
+		subs     int
+		loopback bool
+		profile  srtp.ProtectionProfile
+	}{
+		{"discard/10x50", 50, false, gcm}, {"discard/10x100", 100, false, gcm}, {"loopback/10x100", 100, true, gcm},
+		{"aescm/discard/10x100", 100, false, cm},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			send, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			recv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { send.Close() })
+			drain(b, recv)
+			to := recv.LocalAddr().(*net.UDPAddr).AddrPort()
+			var batch batchWriter = discardBatch{}
+			if bc.loopback {
+				batch = ipv4.NewPacketConn(send)
+			}
+			ups := make([]*UpTrack, pubs)
+			for j := range ups {
+				ups[j] = NewUpTrack(claim.Claim{UserID: "pub" + strconv.Itoa(j), ClientID: "p"}, uint32(j+1), 1)
+			}
+			downs := make([][]*DownTrack, pubs)
+			for i := range bc.subs {
+				keyLen, _ := bc.profile.KeyLen()
+				saltLen, _ := bc.profile.SaltLen()
+				keys := srtpKeys{key: make([]byte, keyLen), salt: make([]byte, saltLen), profile: bc.profile}
+				keys.key[0], keys.key[1], keys.salt[0] = byte(i), byte(i>>8), 9
+				e := testEgress(keys, send, to)
+				e.batch, e.addr = batch, net.UDPAddrFromAddrPort(to)
+				p := &Peer{Claim: claim.Claim{UserID: "sub" + strconv.Itoa(i), ClientID: "d"}}
+				p.egress.Store(e)
+				for j := range pubs {
+					d := newDownTrack(p, webrtc.RTPCodecTypeAudio, j)
+					if _, err := d.Bind(boundContext{ssrc: webrtc.SSRC(1000*i + j)}); err != nil {
+						b.Fatal(err)
+					}
+					d.SetSource(ups[j])
+					downs[j] = append(downs[j], d)
+				}
+			}
+			pkts := make([]rtp.Packet, pubs)
+			for j := range pkts {
+				pkts[j] = rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: uint32(j + 1)}, Payload: make([]byte, 100)}
+			}
+			now := time.Now().UnixNano()
+			forward := func() {
+				now += int64(20 * time.Millisecond)
+				for j, up := range ups {
+					p := &pkts[j]
+					p.SequenceNumber++
+					p.Timestamp += 960
+					if w, _, err := Fanout(downs[j], up.SendBuffer(), up, p, 0x8a, true, now); err != nil || w != uint64(bc.subs) {
+						b.Fatalf("%d of %d copies written: %v", w, bc.subs, err)
+					}
+				}
+			}
+			forward() // the first packets make the buffers and SRTP state
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				forward()
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*pubs*bc.subs), "ns/copy")
+		})
+	}
+}
+
+// discardBatch is a batch writer that drops what it is given.
+type discardBatch struct{}
+
+func (discardBatch) WriteBatch(ms []ipv4.Message, _ int) (int, error) { return len(ms), nil }

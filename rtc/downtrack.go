@@ -56,7 +56,9 @@ type DownTrack struct {
 	lastPT    uint8    // payload type for last
 	clockRate uint32   // of last's codec
 	in        unwrapper
+	srcFirst  uint64 // extended number (in) of last's first packet written
 	started   bool
+	firstSeq  uint64 // extended number of the first packet sent
 	seqOffset uint64 // extended out = extended in + seqOffset (mod 2^64)
 	tsOffset  uint32
 	lastSeq   uint64 // highest extended sequence number sent
@@ -68,8 +70,11 @@ type DownTrack struct {
 	ext   [1]rtp.Extension
 	level [1]byte
 
-	// The direct egress path (egress.go): the down-track's own SRTP
-	// context, once it has sent with it.
+	// The direct egress path (egress.go), once the down-track has sent
+	// on it: the peer's sealer (AES-GCM), or for another SRTP profile
+	// a pion context of the down-track's own.
+	sealer  *gcmSealer
+	nonce   [gcmNonceLen]byte
 	srtp    *srtp.Context
 	scratch rtp.Header
 	// history says what went out under each recent sequence number, so
@@ -84,11 +89,14 @@ type DownTrack struct {
 	// packet of history.
 	limit nackLimiter
 
-	written     atomic.Uint64
-	bytes       atomic.Uint64
-	drops       atomic.Uint64 // packets held back waiting for a keyframe
-	nackResent  atomic.Uint64 // packets sent again for NACKs
-	nackRefused atomic.Uint64 // NACKed packets not sent again (see nackLimiter)
+	// Counts, under mu like everything above: the writes that change
+	// them hold it anyway, and a count read now and then (sender
+	// reports, Stats) may wait for one copy.
+	written     uint64 // packets sent
+	bytes       uint64 // their payload bytes
+	drops       uint64 // packets held back waiting for a keyframe
+	nackResent  uint64 // packets sent again for NACKs
+	nackRefused uint64 // NACKed packets not sent again (see nackLimiter)
 }
 
 // boundCodec is one codec the receiver accepted on the down-track's m-line.
@@ -208,7 +216,9 @@ func (s *DownTrack) Peer() *Peer { return s.peer }
 // Stats returns the packets and payload bytes the down-track has sent, and
 // the packets it held back while waiting for a keyframe.
 func (s *DownTrack) Stats() (packets, bytes, waitingForKeyframe uint64) {
-	return s.written.Load(), s.bytes.Load(), s.drops.Load()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.written, s.bytes, s.drops
 }
 
 // Retransmissions returns the packets the down-track sent again for its
@@ -218,7 +228,9 @@ func (s *DownTrack) Stats() (packets, bytes, waitingForKeyframe uint64) {
 // nackLimiter). Only the direct egress path counts here: the pion path's
 // refusals are counted by its nackGuard.
 func (s *DownTrack) Retransmissions() (resent, refused uint64) {
-	return s.nackResent.Load(), s.nackRefused.Load()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nackResent, s.nackRefused
 }
 
 // codecFor returns the receiver's payload type and clock rate for mime.
@@ -238,8 +250,18 @@ func (s *DownTrack) codecFor(mime string) (boundCodec, bool) {
 // packet from an up-track that is not the down-track's source is dropped:
 // it reports false. So is a packet that would reuse a sequence number the
 // down-track has already sent (a duplicate, or a late packet of a new
-// source): SRTP would encrypt two packets under one nonce. A video
-// down-track drops a new source's packets until its first keyframe.
+// source): SRTP would encrypt two packets under one nonce; and a late
+// packet of the source from before its first packet written, which has
+// no place in the stream (and, before the down-track's first packet, no
+// SRTP index: see srtpIndex). A video down-track drops a new source's
+// packets until its first keyframe.
+//
+// The down-track's lock is held from the choice of the sequence number to
+// the send. Around a speaker switch the old and the new source's packets
+// reach a down-track from different goroutines (each source's forwarder,
+// or a fan-out worker), and the lock is what makes each extended sequence
+// number, so each SRTP nonce, go to one packet only, and the copies leave
+// in the order of their numbers' choice.
 func (s *DownTrack) Write(buf *SendBuffer, src *UpTrack, p *rtp.Packet, levelByte byte, hasLevel bool, now int64) (bool, error) {
 	if s.source.Load() != src {
 		return false, nil
@@ -249,20 +271,21 @@ func (s *DownTrack) Write(buf *SendBuffer, src *UpTrack, p *rtp.Packet, levelByt
 	if s.writer == nil {
 		return false, nil
 	}
-	marker := p.Marker
-	pt := s.lastPT
+	h := outHeader{pt: s.lastPT, marker: p.Marker, level: levelByte, hasLevel: hasLevel}
+	var in uint64
 	if src != s.last {
 		c, ok := s.codecFor(src.mime)
 		if !ok {
 			return false, nil // the receiver cannot decode this source
 		}
 		if src.Kind == webrtc.RTPCodecTypeVideo && !codec.Keyframe(src.mime, p.Payload) {
-			s.drops.Add(1)
+			s.drops++
 			src.RequestKeyframe()
 			return false, nil
 		}
 		s.in = unwrapper{}
-		in := s.in.extend(p.SequenceNumber)
+		in = s.in.extend(p.SequenceNumber)
+		s.srcFirst = in
 		if s.started {
 			// Continue the stream: the next sequence number, and a
 			// timestamp advanced by the wall-clock time since the last
@@ -282,21 +305,22 @@ func (s *DownTrack) Write(buf *SendBuffer, src *UpTrack, p *rtp.Packet, levelByt
 			s.seqOffset = 0
 			s.tsOffset = 0
 		}
-		s.last, s.lastPT, s.clockRate, pt = src, c.pt, c.clockRate, c.pt
-		marker = marker || src.Kind == webrtc.RTPCodecTypeAudio
+		s.last, s.lastPT, s.clockRate, h.pt = src, c.pt, c.clockRate, c.pt
+		h.marker = h.marker || src.Kind == webrtc.RTPCodecTypeAudio
+	} else if in = s.in.extend(p.SequenceNumber); in < s.srcFirst {
+		return false, nil // from before the source's first packet
 	}
-	seq := s.in.extend(p.SequenceNumber) + s.seqOffset
-	ts := p.Timestamp + s.tsOffset
-	if !s.markSent(seq) {
+	h.seq = in + s.seqOffset
+	h.ts = p.Timestamp + s.tsOffset
+	if !s.markSent(h.seq) {
 		return false, nil
 	}
-	if int64(seq-s.lastSeq) >= 0 {
-		s.lastSeq, s.lastTS = seq, ts
+	if int64(h.seq-s.lastSeq) >= 0 {
+		s.lastSeq, s.lastTS = h.seq, h.ts
 	}
 	s.lastAt = now
 
-	h := s.header(uint16(seq), ts, pt, marker, levelByte, hasLevel)
-	if e := s.peer.egress.Load(); e != nil || s.srtp != nil {
+	if e := s.peer.egress.Load(); e != nil || s.direct() {
 		out, err := s.writeDirect(e, h, p.Payload, buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
@@ -305,39 +329,55 @@ func (s *DownTrack) Write(buf *SendBuffer, src *UpTrack, p *rtp.Packet, levelByt
 			return false, err
 		}
 		if s.history != nil {
-			s.history[uint16(seq)%uint16(len(s.history))] = sentPacket{
-				seq: uint16(seq), ok: true, src: src, srcSeq: p.SequenceNumber,
-				tsOffset: s.tsOffset, pt: pt, marker: marker, level: levelByte, hasLevel: hasLevel,
+			s.history[uint16(h.seq)%uint16(len(s.history))] = sentPacket{
+				seq: h.seq, ok: true, src: src, srcSeq: p.SequenceNumber,
+				tsOffset: s.tsOffset, pt: h.pt, marker: h.marker, level: levelByte, hasLevel: hasLevel,
 			}
 			// A retransmission is the same bytes again: out's length.
-			s.limit.sent(uint16(seq), len(out))
+			s.limit.sent(uint16(h.seq), len(out))
 		}
-	} else if _, err := s.writer.WriteRTP(h, p.Payload); err != nil {
+	} else if _, err := s.writer.WriteRTP(s.header(h), p.Payload); err != nil {
 		if errors.Is(err, io.ErrClosedPipe) {
 			return false, nil
 		}
 		return false, err
 	}
-	s.written.Add(1)
-	s.bytes.Add(uint64(len(p.Payload)))
+	s.written++
+	s.bytes += uint64(len(p.Payload))
 	return true, nil
 }
 
-// header fills the down-track's reused header. Callers hold s.mu.
-func (s *DownTrack) header(seq uint16, ts uint32, pt uint8, marker bool, levelByte byte, hasLevel bool) *rtp.Header {
+// outHeader is what the header of one of the down-track's packets says,
+// besides the SSRC.
+type outHeader struct {
+	seq      uint64 // extended sequence number: the SRTP index comes from it
+	ts       uint32
+	pt       uint8
+	marker   bool
+	level    byte // RFC 6464 byte, sent if hasLevel and negotiated
+	hasLevel bool
+}
+
+// direct reports whether the down-track has encrypted its own packets
+// (egress.go): then it never writes through pion again. Callers hold s.mu.
+func (s *DownTrack) direct() bool { return s.sealer != nil || s.srtp != nil }
+
+// header fills the down-track's reused header for pion's write path.
+// Callers hold s.mu.
+func (s *DownTrack) header(o outHeader) *rtp.Header {
 	h := &s.hdr
 	h.Version = 2
 	h.Padding = false
-	h.Marker = marker
-	h.PayloadType = pt
-	h.SequenceNumber = seq
-	h.Timestamp = ts
+	h.Marker = o.marker
+	h.PayloadType = o.pt
+	h.SequenceNumber = uint16(o.seq)
+	h.Timestamp = o.ts
 	h.SSRC = s.ssrc
 	h.CSRC = nil
 	h.Extension = false
 	h.Extensions = s.ext[:0] // reused: SetExtension appends within capacity
-	if hasLevel && s.levelID != 0 {
-		s.level[0] = levelByte
+	if o.hasLevel && s.levelID != 0 {
+		s.level[0] = o.level
 		// Cannot fail: the id is 1 to 14 and the value one byte.
 		_ = h.SetExtension(s.levelID, s.level[:])
 	}
@@ -350,7 +390,7 @@ func (s *DownTrack) header(seq uint16, ts uint32, pt uint8, marker bool, levelBy
 func (s *DownTrack) markSent(seq uint64) bool {
 	if !s.started {
 		s.started = true
-		s.lastSeq = seq
+		s.firstSeq, s.lastSeq = seq, seq
 		s.sent = 1
 		return true
 	}
@@ -386,7 +426,7 @@ const (
 // sentPacket is what went out under one sequence number: enough to build
 // the packet again from its source's cache.
 type sentPacket struct {
-	seq      uint16
+	seq      uint64 // extended
 	ok       bool
 	src      *UpTrack
 	srcSeq   uint16
@@ -405,20 +445,24 @@ const (
 	videoHistory = 512
 )
 
-// writeDirect encrypts h and payload with the down-track's SRTP context, in
-// place in a buffer of b, and sends the packet on e's socket (see
-// egress.go): at once, or queued in b when the socket takes batches. It
-// returns the encrypted packet. Callers hold s.mu.
-func (s *DownTrack) writeDirect(e *egress, h *rtp.Header, payload []byte, b *SendBuffer) ([]byte, error) {
+// writeDirect writes h and payload into a buffer of b, encrypts them in
+// place (see seal) and sends the packet on e's socket (see egress.go): at
+// once, or queued in b when the socket takes batches. It returns the
+// encrypted packet. Callers hold s.mu.
+func (s *DownTrack) writeDirect(e *egress, h outHeader, payload []byte, b *SendBuffer) ([]byte, error) {
 	if e == nil {
 		return nil, errNoRoute
 	}
-	if s.srtp == nil {
-		ctx, err := srtp.CreateContext(e.key, e.salt, e.profile)
-		if err != nil {
-			return nil, fmt.Errorf("down-track SRTP context: %w", err)
+	if !s.direct() {
+		if e.sealer != nil {
+			s.sealer = e.sealer
+		} else {
+			ctx, err := srtp.CreateContext(e.key, e.salt, e.profile)
+			if err != nil {
+				return nil, fmt.Errorf("down-track SRTP context: %w", err)
+			}
+			s.srtp = ctx
 		}
-		s.srtp = ctx
 		if s.nack {
 			n, burst := audioHistory, audioResendBurst
 			if s.kind == webrtc.RTPCodecTypeVideo {
@@ -441,18 +485,34 @@ func (s *DownTrack) writeDirect(e *egress, h *rtp.Header, payload []byte, b *Sen
 	return out, err
 }
 
-// seal writes h and payload into buf and encrypts them in place: pion
-// marshals the header again over itself and seals the payload onto itself,
-// which AES-GCM and AES-CM allow. Callers hold s.mu.
-func (s *DownTrack) seal(h *rtp.Header, payload, buf []byte) ([]byte, error) {
-	n, err := h.MarshalTo(buf)
-	if err != nil {
-		return nil, fmt.Errorf("marshal RTP header: %w", err)
+// errSRTPIndex refuses a packet without an SRTP index: one from before the
+// down-track's first, or past the packets a master key may protect.
+var errSRTPIndex = errors.New("down-track: sequence number has no SRTP index")
+
+// seal writes h's header and payload into buf and encrypts them in place:
+// with the peer's sealer, under the index of h's extended sequence number,
+// or, for another SRTP profile, with the down-track's pion context, which
+// parses the header again and works out the index from its own count of
+// wraps. Both write over the plaintext, which AES-GCM and AES-CM allow.
+// The same h and payload give the same bytes again (a NACK's answer).
+// Callers hold s.mu.
+func (s *DownTrack) seal(h outHeader, payload, buf []byte) ([]byte, error) {
+	var levelID uint8
+	if h.hasLevel {
+		levelID = s.levelID
 	}
-	if n+len(payload)+srtpOverhead > len(buf) {
-		return nil, fmt.Errorf("RTP packet of %d bytes: too large", n+len(payload))
+	hdrLen := putHeader(buf, h.pt, h.marker, uint16(h.seq), h.ts, s.ssrc, levelID, h.level)
+	if hdrLen+len(payload)+srtpOverhead > len(buf) {
+		return nil, fmt.Errorf("RTP packet of %d bytes: too large", hdrLen+len(payload))
 	}
-	n += copy(buf[n:], payload)
+	n := hdrLen + copy(buf[hdrLen:], payload)
+	if s.sealer != nil {
+		index, ok := srtpIndex(h.seq, s.firstSeq)
+		if !ok {
+			return nil, errSRTPIndex
+		}
+		return s.sealer.seal(buf, hdrLen, n, s.ssrc, index, &s.nonce), nil
+	}
 	out, err := s.srtp.EncryptRTP(buf[:0], buf[:n], &s.scratch)
 	if err != nil {
 		return nil, fmt.Errorf("SRTP encrypt: %w", err)
@@ -462,11 +522,13 @@ func (s *DownTrack) seal(h *rtp.Header, payload, buf []byte) ([]byte, error) {
 
 // resend sends again the packets of seqs that the down-track's history and
 // their sources' caches still hold (NACK): the same header, the same
-// payload, so the same bytes as the first time. It reports how many it
-// sent. A packet resent less than nackWindow ago is not sent again, nor
-// any beyond the budget the down-track's own packets refill (see
-// nackLimiter); those are counted (Retransmissions). pion's NACK responder
-// answers for packets written through pion (bounded by nackGuard).
+// payload under the same SRTP index, so the same bytes as the first time
+// (a nonce used again on the same plaintext tells an eavesdropper nothing
+// new). It reports how many it sent. A packet resent less than nackWindow
+// ago is not sent again, nor any beyond the budget the down-track's own
+// packets refill (see nackLimiter); those are counted (Retransmissions).
+// pion's NACK responder answers for packets written through pion (bounded
+// by nackGuard).
 func (s *DownTrack) resend(seqs []uint16) int {
 	return s.resendAt(seqs, time.Now().UnixNano())
 }
@@ -485,23 +547,18 @@ func (s *DownTrack) resendAt(seqs []uint16, now int64) int {
 	if s.resendBuf == nil {
 		s.resendBuf = make([]byte, maxPacket+srtpOverhead)
 	}
-	sent, refused := 0, uint64(0)
-	defer func() {
-		s.nackResent.Add(uint64(sent))
-		if refused > 0 {
-			s.nackRefused.Add(refused)
-		}
-	}()
+	sent := 0
+	defer func() { s.nackResent += uint64(sent) }()
 	for _, seq := range seqs {
 		m := s.history[seq%uint16(len(s.history))]
-		if !m.ok || m.seq != seq {
+		if !m.ok || uint16(m.seq) != seq {
 			continue
 		}
 		switch s.limit.allow(seq, now) {
 		case nackUnknown:
 			continue
 		case nackDuplicate, nackOverBudget:
-			refused++
+			s.nackRefused++
 			continue
 		}
 		raw, ok := m.src.cache.get(m.srcSeq, s.resendRaw[:0])
@@ -512,7 +569,7 @@ func (s *DownTrack) resendAt(seqs []uint16, now int64) int {
 		if err := s.resent.Unmarshal(raw); err != nil {
 			continue
 		}
-		h := s.header(seq, s.resent.Timestamp+m.tsOffset, m.pt, m.marker, m.level, m.hasLevel)
+		h := outHeader{seq: m.seq, ts: s.resent.Timestamp + m.tsOffset, pt: m.pt, marker: m.marker, level: m.level, hasLevel: m.hasLevel}
 		out, err := s.seal(h, s.resent.Payload, s.resendBuf)
 		if err != nil {
 			continue
@@ -523,4 +580,12 @@ func (s *DownTrack) resendAt(seqs []uint16, now int64) int {
 		sent++
 	}
 	return sent
+}
+
+// counts returns the packets and payload bytes sent, and the NACKed
+// packets refused.
+func (s *DownTrack) counts() (packets, bytes, nackRefused uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.written, s.bytes, s.nackRefused
 }

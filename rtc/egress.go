@@ -33,18 +33,22 @@ import (
 // subscribers, that stack cost about 4.9 µs per egress packet besides the
 // system call, mostly cache misses across a dozen objects per write.
 //
-// A down-track instead keeps its own SRTP context, made from the peer's
-// DTLS-SRTP keys, encrypts into a buffer it reuses and sends on the UDP
-// socket of the peer's selected ICE candidate pair. pion keeps doing
-// everything else (ICE, DTLS, RTCP, the receive side). Nothing in pion's
+// A down-track instead encrypts with the peer's DTLS-SRTP keys itself, into
+// a buffer it reuses, and sends on the UDP socket of the peer's selected
+// ICE candidate pair. With AES-GCM (either key size) all of a peer's
+// down-tracks share one sealer (sealer.go); with another profile each
+// keeps a pion SRTP context of its own. pion keeps doing everything else
+// (ICE, DTLS, RTCP, the receive side). Nothing in pion's
 // API hands out the DTLS connection's keys, so egressKeys reads the
 // DTLSTransport's connection by reflection; if that ever fails (another
 // pion version), the down-track keeps writing through pion, logged once.
 //
-// A down-track's SSRC is encrypted by one context only: the down-track's, once it has
-// one. Packets that went through pion before it carry lower sequence
-// numbers, so no (SSRC, index) pair, that is no AES-GCM nonce, is used
-// twice. Sender reports (see report.go) and NACK retransmissions (see
+// A down-track's SSRC is encrypted by the down-track only, once it has
+// encrypted a packet itself. Packets that went through pion before carry
+// lower sequence numbers, so no (SSRC, index) pair, that is no AES-GCM
+// nonce, is used twice: the sealer's index counts the wraps from the
+// down-track's first packet, whichever path it took, as pion's context
+// and the receiver do. Sender reports (see report.go) and NACK retransmissions (see
 // DownTrack.resend) come from the down-track, since pion no longer sees its packets.
 
 // srtpKeys are the sending side's keys of a peer's DTLS-SRTP session.
@@ -57,8 +61,11 @@ type srtpKeys struct {
 // and the route of its selected ICE candidate pair.
 type egress struct {
 	srtpKeys
-	conn *net.UDPConn
-	to   netip.AddrPort
+	// sealer is the peer's one AES-GCM sealer, the same in every
+	// route of the peer; nil for another SRTP profile.
+	sealer *gcmSealer
+	conn   *net.UDPConn
+	to     netip.AddrPort
 	// batch and addr, for a socket shared by all peers (the UDP_PORT
 	// mux): down-tracks queue their packets for one sendmmsg (batch.go).
 	// batch is the socket's own writer, the same for every peer on it.
@@ -582,18 +589,25 @@ func (p *Peer) watchRoute() {
 // startEgress gives the peer's down-tracks the direct path once DTLS is up.
 func (p *Peer) startEgress() {
 	var (
-		keys *srtpKeys
-		err  error
+		keys   *srtpKeys
+		sealer *gcmSealer
+		err    error
 	)
 	if !p.e.cfg.PionEgress {
 		keys, err = egressKeys(p.pc)
+	}
+	if keys != nil {
+		var serr error
+		if sealer, serr = newGCMSealer(*keys); serr != nil {
+			p.log.Debug("down-tracks encrypt with an SRTP context each", "reason", serr)
+		}
 	}
 	p.egressMu.Lock()
 	defer p.egressMu.Unlock()
 	if err != nil {
 		p.egressErr(err)
 	}
-	p.keys = keys
+	p.keys, p.sealer = keys, sealer
 	if p.pair == nil {
 		if pair, err := p.pc.SCTP().Transport().ICETransport().GetSelectedCandidatePair(); err == nil {
 			p.pair = pair
@@ -622,12 +636,28 @@ func (p *Peer) updateRoute() {
 	if p.keys == nil {
 		return
 	}
-	e := egress{srtpKeys: *p.keys, conn: tc.UDPConn, to: to}
+	e := egress{srtpKeys: *p.keys, sealer: p.sealer, conn: tc.UDPConn, to: to}
 	if p.e.mux != nil {
 		e.batch = tc.batchWriter(to)
 		e.addr = net.UDPAddrFromAddrPort(to)
 	}
 	p.egress.Store(&e)
+}
+
+// egressDesc says, for the log, how the peer's down-tracks encrypt: the
+// negotiated SRTP profile, and whether with the peer's one sealer or a pion
+// context each; "pion" when they write through pion.
+func (p *Peer) egressDesc() string {
+	p.egressMu.Lock()
+	defer p.egressMu.Unlock()
+	switch {
+	case p.keys == nil:
+		return "pion"
+	case p.sealer != nil:
+		return p.keys.profile.String() + ", one sealer"
+	default:
+		return p.keys.profile.String() + ", a context per down-track"
+	}
 }
 
 // egressErr logs, once per peer, why its down-tracks cannot use the direct path.

@@ -56,11 +56,16 @@ func directRoute(t testing.TB, profile srtp.ProtectionProfile) (*egress, *net.UD
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { send.Close(); recv.Close() })
-	return &egress{
-		srtpKeys: srtpKeys{key: bytes.Repeat([]byte{7}, keyLen), salt: bytes.Repeat([]byte{9}, saltLen), profile: profile},
-		conn:     send,
-		to:       recv.LocalAddr().(*net.UDPAddr).AddrPort(),
-	}, recv
+	keys := srtpKeys{key: bytes.Repeat([]byte{7}, keyLen), salt: bytes.Repeat([]byte{9}, saltLen), profile: profile}
+	return testEgress(keys, send, recv.LocalAddr().(*net.UDPAddr).AddrPort()), recv
+}
+
+// testEgress returns a peer's direct path with keys from conn to to, as
+// startEgress makes it: with the peer's sealer for AES-128-GCM, none for
+// another profile.
+func testEgress(keys srtpKeys, conn *net.UDPConn, to netip.AddrPort) *egress {
+	sealer, _ := newGCMSealer(keys)
+	return &egress{srtpKeys: keys, sealer: sealer, conn: conn, to: to}
 }
 
 // loopbackEgress returns a batched (sendmmsg) AES-GCM egress path to a
@@ -73,8 +78,8 @@ func loopbackEgress(b *testing.B) *egress {
 	return e
 }
 
-// drain reads and drops what reaches conn until the benchmark ends.
-func drain(b *testing.B, conn *net.UDPConn) {
+// drain reads and drops what reaches conn until the test or benchmark ends.
+func drain(b testing.TB, conn *net.UDPConn) {
 	drained := make(chan struct{})
 	go func() {
 		defer close(drained)

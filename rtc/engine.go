@@ -271,9 +271,10 @@ func (e *Engine) peerClosed(p *Peer) {
 	delete(e.peers, p)
 	if p.connectedFlag {
 		for _, d := range p.downs {
-			e.count.packetsOut.Add(d.written.Load())
-			e.count.bytesOut.Add(d.bytes.Load())
-			e.count.nacksRefused.Add(d.nackRefused.Load())
+			packets, bytes, refused := d.counts()
+			e.count.packetsOut.Add(packets)
+			e.count.bytesOut.Add(bytes)
+			e.count.nacksRefused.Add(refused)
 		}
 	}
 }
@@ -340,9 +341,10 @@ func (e *Engine) Stats() Stats {
 		}
 		for _, d := range p.downs {
 			s.DownTracks++
-			s.PacketsOut += d.written.Load()
-			s.BytesOut += d.bytes.Load()
-			s.NACKsRefused += d.nackRefused.Load()
+			packets, bytes, refused := d.counts()
+			s.PacketsOut += packets
+			s.BytesOut += bytes
+			s.NACKsRefused += refused
 		}
 	}
 	e.mu.Unlock()

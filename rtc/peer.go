@@ -102,7 +102,8 @@ type Peer struct {
 	egress       atomic.Pointer[egress]
 	arrivals     atomic.Pointer[stamp.Table]
 	egressMu     sync.Mutex
-	keys         *srtpKeys // nil: down-tracks write through pion
+	keys         *srtpKeys  // nil: down-tracks write through pion
+	sealer       *gcmSealer // the down-tracks' one sealer; nil for a profile without
 	pair         *webrtc.ICECandidatePair
 	egressLogged bool
 }
@@ -143,7 +144,7 @@ func (p *Peer) start() {
 				}
 				p.h.Connected(p)
 				close(p.connected)
-				p.log.Info("peer connected", "down_tracks", len(p.downs))
+				p.log.Info("peer connected", "down_tracks", len(p.downs), "srtp", p.egressDesc())
 			})
 		case webrtc.PeerConnectionStateFailed:
 			p.logFailure()

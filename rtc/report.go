@@ -30,8 +30,8 @@ func (s *DownTrack) report(now time.Time) (rtcp.SenderReport, bool) {
 		SSRC:        s.ssrc,
 		NTPTime:     ntpTime(now),
 		RTPTime:     s.lastTS + uint32(uint64(max(since, 0))*uint64(s.clockRate)/1e9),
-		PacketCount: uint32(s.written.Load()),
-		OctetCount:  uint32(s.bytes.Load()),
+		PacketCount: uint32(s.written),
+		OctetCount:  uint32(s.bytes),
 	}, true
 }
 
