@@ -59,8 +59,9 @@ func newAPIs(cfg *Config, c *counters, socks *sockets) (*apis, ice.UDPMux, error
 	if err != nil {
 		return nil, nil, err
 	}
-	// One logger factory for all: pion makes one per API otherwise.
-	s.LoggerFactory = logging.NewDefaultLoggerFactory()
+	// One logger factory for all (pion makes one per API otherwise), and
+	// one logger per scope (sharedLoggers).
+	s.LoggerFactory = newSharedLoggers(logging.NewDefaultLoggerFactory())
 	a := &apis{settings: s, videoSettings: s}
 	// The video peers' buffers are larger (VideoTrackBuffer).
 	a.videoSettings.BufferFactory = bufferFactory(cfg.VideoTrackBuffer, &c.overload)
