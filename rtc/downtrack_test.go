@@ -1,8 +1,6 @@
 package rtc
 
 import (
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -155,23 +153,11 @@ func TestIdleDownTrackHasNoReader(t *testing.T) {
 	downs[0].SetSource(nil)
 	downs[0].SetSource(src)
 	downs[1].SetSource(src)
-	testutil.Eventually(t, 10*time.Second, "two RTCP readers after two down-tracks got a source", func() bool { return feedbackReaders() == 2 })
+	testutil.Eventually(t, 10*time.Second, "two RTCP readers after two down-tracks got a source", func() bool { return goroutinesIn("rtc.(*Peer).readFeedback") == 2 })
 	p.Close()
-	testutil.Eventually(t, 10*time.Second, "no RTCP reader after Close", func() bool { return feedbackReaders() == 0 })
+	testutil.Eventually(t, 10*time.Second, "no RTCP reader after Close", func() bool { return goroutinesIn("rtc.(*Peer).readFeedback") == 0 })
 	downs[2].SetSource(src) // closed: starts nothing
 	if err := goleak.Find(before); err != nil {
 		t.Errorf("a source set on a closed peer's down-track started a goroutine: %v", err)
-	}
-}
-
-// feedbackReaders counts the goroutines in Peer.readFeedback.
-func feedbackReaders() int {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			return strings.Count(string(buf[:n]), "rtc.(*Peer).readFeedback(")
-		}
-		buf = make([]byte, 2*len(buf))
 	}
 }
