@@ -59,13 +59,14 @@ func newAPIs(cfg *Config, c *counters, socks *sockets) (*apis, ice.UDPMux, error
 	if err != nil {
 		return nil, nil, err
 	}
-	// One logger factory for all: pion makes one per API otherwise.
-	s.LoggerFactory = logging.NewDefaultLoggerFactory()
+	// One logger factory for all (pion makes one per API otherwise), and
+	// one logger per scope (sharedLoggers).
+	s.LoggerFactory = newSharedLoggers(logging.NewDefaultLoggerFactory())
 	a := &apis{settings: s, videoSettings: s}
 	// The video peers' buffers are larger (VideoTrackBuffer).
 	a.videoSettings.BufferFactory = bufferFactory(cfg.VideoTrackBuffer, &c.overload)
-	if a.audio, a.audioReg, err = newMedia(c, false); err == nil {
-		a.video, a.videoReg, err = newMedia(c, true)
+	if a.audio, a.audioReg, err = newMedia(c, false, s.LoggerFactory); err == nil {
+		a.video, a.videoReg, err = newMedia(c, true, s.LoggerFactory)
 	}
 	if err != nil {
 		if mux != nil {
@@ -77,8 +78,9 @@ func newAPIs(cfg *Config, c *counters, socks *sockets) (*apis, ice.UDPMux, error
 }
 
 // newMedia returns the codecs, header extensions and interceptors of a
-// peer connection, with or without video.
-func newMedia(c *counters, video bool) (*webrtc.MediaEngine, *interceptor.Registry, error) {
+// peer connection, with or without video. The interceptors log through
+// logs: each would keep a logger factory's worth of its own otherwise.
+func newMedia(c *counters, video bool, logs logging.LoggerFactory) (*webrtc.MediaEngine, *interceptor.Registry, error) {
 	m := &webrtc.MediaEngine{}
 	if err := codec.Register(m, video); err != nil {
 		return nil, nil, err
@@ -91,7 +93,7 @@ func newMedia(c *counters, video bool) (*webrtc.MediaEngine, *interceptor.Regist
 	// First in the chain, so that the NACK generator and the TWCC
 	// interceptor write through it.
 	reg.Add(rtcpCounterFactory{nacks: &c.nacksSent, twcc: &c.twccSent})
-	gen, err := nack.NewGeneratorInterceptor()
+	gen, err := nack.NewGeneratorInterceptor(nack.GeneratorLog(logs.NewLogger("nack_generator")))
 	if err != nil {
 		return nil, nil, fmt.Errorf("nack generator: %w", err)
 	}
@@ -100,7 +102,7 @@ func newMedia(c *counters, video bool) (*webrtc.MediaEngine, *interceptor.Regist
 	// retransmission, far more than a NACK's round trip, and an eighth of
 	// the memory of 512 (measured: 512 cost about 0.7 MiB per receiving
 	// down-track).
-	resp, err := nack.NewResponderInterceptor(nack.ResponderSize(pionNACKHistory))
+	resp, err := nack.NewResponderInterceptor(nack.ResponderSize(pionNACKHistory), nack.ResponderLog(logs.NewLogger("nack_responder")))
 	if err != nil {
 		return nil, nil, fmt.Errorf("nack responder: %w", err)
 	}
@@ -111,7 +113,7 @@ func newMedia(c *counters, video bool) (*webrtc.MediaEngine, *interceptor.Regist
 	reg.Add(nackGuard{Factory: resp, refused: &c.nacksRefused})
 	// Receiver reports only: down-tracks send their own sender reports
 	// (report.go), since pion does not see what the direct path sends.
-	rr, err := report.NewReceiverInterceptor()
+	rr, err := report.NewReceiverInterceptor(report.ReceiverLog(logs.NewLogger("receiver_interceptor")))
 	if err != nil {
 		return nil, nil, fmt.Errorf("rtcp receiver reports: %w", err)
 	}

@@ -45,6 +45,14 @@ type DownTrack struct {
 	// source is the up-track the down-track carries now.
 	source atomic.Pointer[UpTrack]
 
+	// sender is the pion sender of the down-track's m-line (nil in tests
+	// without a connection). Its RTCP is read from the first SetSource on
+	// (reading): until the down-track has a source it sends nothing, so
+	// its receiver has nothing to ask for, and a listener's slots that
+	// never carry anybody cost no goroutine.
+	sender  *webrtc.RTPSender
+	reading atomic.Bool
+
 	mu      sync.Mutex
 	writer  webrtc.TrackLocalWriter // nil until bound
 	ssrc    uint32
@@ -200,8 +208,12 @@ func (s *DownTrack) Unbind(webrtc.TrackLocalContext) error {
 
 // SetSource binds the down-track to up-track t (nil: none). The next
 // packet of t continues the down-track's stream; for video, the next
-// keyframe of t, which the down-track asks t for.
+// keyframe of t, which the down-track asks t for. The first source starts
+// the reader of the receiver's RTCP for the down-track (NACKs, PLIs).
 func (s *DownTrack) SetSource(t *UpTrack) {
+	if t != nil && s.sender != nil && !s.reading.Load() && s.reading.CompareAndSwap(false, true) {
+		s.peer.goroutine(func() { s.peer.readFeedback(s, s.sender) })
+	}
 	if old := s.source.Swap(t); old != t && t != nil && s.kind == webrtc.RTPCodecTypeVideo {
 		t.RequestKeyframe()
 	}

@@ -6,8 +6,10 @@ import (
 
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v3"
+	"go.uber.org/goleak"
 
 	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 // TestMarkSent checks the window of sequence numbers a down-track has sent.
@@ -118,5 +120,44 @@ func TestSwitchTimestamps(t *testing.T) {
 				t.Errorf("switch: seq %d after %d, marker %v", h.SequenceNumber, w.hdrs[0].SequenceNumber, h.Marker)
 			}
 		})
+	}
+}
+
+// TestIdleDownTrackHasNoReader: a down-track reads its receiver's RTCP
+// only once it has had a source, so a listener's idle slots cost no
+// goroutine; Close ends the readers.
+func TestIdleDownTrackHasNoReader(t *testing.T) {
+	e, err := NewEngine(Config{ICEIPs: loopback4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeEngine(t, e)
+	p, err := e.NewPeer(claim.Claim{UserID: "u", ClientID: "c"}, nopHandler{}, PeerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := goleak.IgnoreCurrent()
+	var downs []*DownTrack
+	for range 3 {
+		d, err := p.AddSendRecvTrack(webrtc.RTPCodecTypeAudio)
+		if err != nil {
+			t.Fatal(err)
+		}
+		downs = append(downs, d)
+	}
+	if err := goleak.Find(before); err != nil {
+		t.Fatalf("down-tracks without a source started goroutines: %v", err)
+	}
+	src := NewUpTrack(claim.Claim{UserID: "v", ClientID: "d"}, 1, 1)
+	downs[0].SetSource(src)
+	downs[0].SetSource(nil)
+	downs[0].SetSource(src)
+	downs[1].SetSource(src)
+	testutil.Eventually(t, 10*time.Second, "two RTCP readers after two down-tracks got a source", func() bool { return goroutinesIn("rtc.(*Peer).readFeedback") == 2 })
+	p.Close()
+	testutil.Eventually(t, 10*time.Second, "no RTCP reader after Close", func() bool { return goroutinesIn("rtc.(*Peer).readFeedback") == 0 })
+	downs[2].SetSource(src) // closed: starts nothing
+	if err := goleak.Find(before); err != nil {
+		t.Errorf("a source set on a closed peer's down-track started a goroutine: %v", err)
 	}
 }

@@ -26,9 +26,8 @@ func (p *Peer) AddSendRecvTrack(kind webrtc.RTPCodecType) (*DownTrack, error) {
 	if err != nil {
 		return nil, fmt.Errorf("add %s send-receive track: %w", kind, err)
 	}
+	d.sender = tr.Sender()
 	p.downs = append(p.downs, d)
-	sender := tr.Sender()
-	p.goroutine(func() { p.readFeedback(d, sender) })
 	return d, nil
 }
 

@@ -120,6 +120,9 @@ type Engine struct {
 	tracks atomic.Int64
 	count  counters
 
+	// certs is the DTLS certificate every new peer gets.
+	certs certificates
+
 	stop chan struct{}
 	done chan struct{}
 }
@@ -174,6 +177,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 		peers: make(map[*Peer]struct{}),
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
+		certs: certificates{renew: certRenewal, now: time.Now},
 	}
 	socks, err := newSockets()
 	if err != nil {
@@ -230,9 +234,16 @@ func (e *Engine) NewPeer(c claim.Claim, h Handler, opts PeerOptions) (*Peer, err
 	if err := e.admitSockets(); err != nil {
 		return nil, err
 	}
+	cert, err := e.certs.get()
+	if err != nil {
+		return nil, err
+	}
 	n := &peerNet{sockets: e.socks}
 	g := &streamGuard{limit: streamLimit(e.cfg.MaxMediaLines)}
-	pc, err := e.apis.api(opts.Video, n, g).NewPeerConnection(webrtc.Configuration{ICEServers: e.cfg.ICEServers})
+	pc, err := e.apis.api(opts.Video, n, g).NewPeerConnection(webrtc.Configuration{
+		ICEServers:   e.cfg.ICEServers,
+		Certificates: []webrtc.Certificate{cert},
+	})
 	if err != nil {
 		return nil, fmt.Errorf("new peer connection: %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pion/interceptor"
+	"github.com/pion/logging"
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
@@ -255,7 +256,7 @@ func TestNACKLimiterFilter(t *testing.T) {
 // once, within the budget, and still answers a first NACK for packets
 // missed.
 func TestNACKFloodPion(t *testing.T) {
-	_, reg, err := newMedia(&counters{}, false)
+	_, reg, err := newMedia(&counters{}, false, logging.NewDefaultLoggerFactory())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -268,8 +268,8 @@ func (p *Peer) attachDownTracks(o offer) error {
 				detach = append(detach, sender)
 				continue
 			}
+			d.sender = sender
 			p.downs = append(p.downs, d)
-			p.goroutine(func() { p.readFeedback(d, sender) })
 		}
 	}
 	for _, sender := range detach {
@@ -299,9 +299,8 @@ func (p *Peer) AddDownTrack(kind webrtc.RTPCodecType) (*DownTrack, error) {
 	if err != nil {
 		return nil, fmt.Errorf("add %s down-track: %w", kind, err)
 	}
+	d.sender = tr.Sender()
 	p.downs = append(p.downs, d)
-	sender := tr.Sender()
-	p.goroutine(func() { p.readFeedback(d, sender) })
 	return d, nil
 }
 

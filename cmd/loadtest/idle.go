@@ -24,7 +24,7 @@ type idleConfig struct {
 	Hold          time.Duration // CPU window once every device is connected
 	RouterPID     int
 	DebugURL      string // harness: /stats and heap profiles
-	HeapProfile   string // harness: write heap profiles here (and .before)
+	HeapProfile   string // harness: write heap profiles here (and .before), goroutines to .goroutines
 	DialTimeout   time.Duration
 	NACK          bool
 	Logf          func(string, ...any)
@@ -187,6 +187,11 @@ func runIdle(ctx context.Context, cfg idleConfig) (*idleResult, error) {
 		}
 		if cfg.HeapProfile != "" {
 			if err := fetchTo(ctx, cfg.DebugURL+"/debug/pprof/heap", cfg.HeapProfile, 30*time.Second); err != nil {
+				return nil, err
+			}
+			// The goroutines too, as text (who started how many): an
+			// idle device's cost is its stacks as well as its heap.
+			if err := fetchTo(ctx, cfg.DebugURL+"/debug/pprof/goroutine?debug=1", cfg.HeapProfile+".goroutines", 30*time.Second); err != nil {
 				return nil, err
 			}
 			res.HeapProfile = cfg.HeapProfile

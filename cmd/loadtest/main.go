@@ -154,7 +154,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 
 	fs.StringVar(&o.jsonPath, "json", "", "write the report as JSON to this file")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "with -router-self: write the router's CPU profile of each steady window here (suffixed per scenario and run when there are several)")
-	fs.StringVar(&o.heapProf, "heapprofile", "", "with -router-self and -idle: write the router's heap profile after the idle devices here (and the baseline to FILE.before)")
+	fs.StringVar(&o.heapProf, "heapprofile", "", "with -router-self and -idle: write the router's heap profile after the idle devices here (the baseline to FILE.before, its goroutines to FILE.goroutines)")
 	fs.StringVar(&o.toolProf, "tool-cpuprofile", "", "write this tool's own CPU profile (the clients) of the steady window here (last run)")
 	fs.BoolVar(&o.nack, "nack", false, "clients negotiate NACK for Opus, as pion clients do; default off, as browsers and libwebrtc offer only transport-cc for Opus")
 	fs.BoolVar(&o.wire, "wire", true, "receiving clients timestamp datagrams in the kernel (SO_TIMESTAMPNS, on a UDP socket of their own through pion's ICE UDP mux, which adds one goroutine hand-off to their receive path) for the wire latency")
@@ -733,7 +733,7 @@ func printReport(w io.Writer, rep *report) {
 				h.Before.Goroutines, h.After.Goroutines, h.GoroutinesPerDev, h.HeapPerDevKiB, h.StackPerDevKiB)
 		}
 		if r.HeapProfile != "" {
-			fmt.Fprintf(w, "heap profile: %s (baseline %s.before): go tool pprof -top -sample_index=inuse_space -diff_base %s.before %s\n", r.HeapProfile, r.HeapProfile, r.HeapProfile, r.HeapProfile)
+			fmt.Fprintf(w, "heap profile: %s (baseline %s.before, goroutines %s.goroutines): go tool pprof -top -sample_index=inuse_space -diff_base %s.before %s\n", r.HeapProfile, r.HeapProfile, r.HeapProfile, r.HeapProfile, r.HeapProfile)
 		}
 	}
 }
