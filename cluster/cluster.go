@@ -151,6 +151,7 @@ type Node struct {
 // counters are the Node's counts; they only grow.
 type counters struct {
 	out, in, dropQueue, dropNoTrack, malformed, sendErrors atomic.Uint64
+	duplicates                                             atomic.Uint64
 	storeErrors                                            atomic.Uint64
 	remoteTracks                                           atomic.Int64
 }

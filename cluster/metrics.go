@@ -9,8 +9,10 @@ type Stats struct {
 	RelayedOut, RelayedIn uint64
 	// DropQueue counts frames dropped because a sender's queue was full;
 	// DropNoTrack, packets of a remote track this router could not make;
-	// Malformed, frames not understood; SendErrors, publishes NATS refused.
-	DropQueue, DropNoTrack, Malformed, SendErrors uint64
+	// Malformed, frames not understood; SendErrors, publishes NATS refused;
+	// Duplicates, packets whose sequence number their remote track had
+	// forwarded already (rtc.UpTrack.Cache).
+	DropQueue, DropNoTrack, Malformed, SendErrors, Duplicates uint64
 	// StoreErrors counts memberships not written to the bucket.
 	StoreErrors uint64
 	// SubjectsIn are the relay subjects this router subscribes to (the
@@ -39,6 +41,7 @@ func (n *Node) Stats() Stats {
 		DropNoTrack:   n.count.dropNoTrack.Load(),
 		Malformed:     n.count.malformed.Load(),
 		SendErrors:    n.count.sendErrors.Load(),
+		Duplicates:    n.count.duplicates.Load(),
 		StoreErrors:   n.count.storeErrors.Load(),
 		RemoteTracks:  n.count.remoteTracks.Load(),
 		Memberships:   n.mem.cacheSize(),
@@ -98,6 +101,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(s.DropNoTrack), "no_track")
 	ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(s.Malformed), "malformed")
 	ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(s.SendErrors), "send_error")
+	ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(s.Duplicates), "duplicate")
 	ch <- prometheus.MustNewConstMetric(descSubj, prometheus.GaugeValue, float64(s.SubjectsIn), "in")
 	ch <- prometheus.MustNewConstMetric(descSubj, prometheus.GaugeValue, float64(s.SubjectsOut), "out")
 	ch <- prometheus.MustNewConstMetric(descRemote, prometheus.GaugeValue, float64(s.RemoteTracks))

@@ -122,7 +122,10 @@ func (s *relaySub) handle(b []byte, now time.Time) {
 		return
 	}
 	rt.last = now.UnixNano()
-	rt.t.Cache(f.raw)
+	if !rt.t.Cache(f.raw) {
+		n.count.duplicates.Add(1) // see rtc.UpTrack.Cache
+		return
+	}
 	// The speaker policy runs on this router's clock: the chain sees the
 	// local arrival; the publisher's (f.arrival) measures the hop.
 	if n.hop != nil && f.arrival > 0 {

@@ -44,7 +44,7 @@ type collector struct {
 	src Sources
 
 	users, convs, peers, direct, tracks, slots                                          *prometheus.Desc
-	pktsIn, bytesIn, malformed, pktsOut, bytesOut                                       *prometheus.Desc
+	pktsIn, bytesIn, malformed, dups, pktsOut, bytesOut                                 *prometheus.Desc
 	nacks, nacksRefused, refused, plis, keyReqs, twcc, nacksSent, overload, stageEvents *prometheus.Desc
 	resent                                                                              *prometheus.Desc
 	natsUp                                                                              *prometheus.Desc
@@ -65,6 +65,7 @@ func newCollector(src Sources) *collector {
 		pktsIn:       d("rtp_packets_in_total", "RTP packets received from publishers."),
 		bytesIn:      d("rtp_bytes_in_total", "RTP bytes received from publishers."),
 		malformed:    d("rtp_malformed_total", "Received RTP packets that did not parse."),
+		dups:         d("rtp_duplicates_total", "Received RTP packets dropped because their track had forwarded their sequence number already (counted when the track ends)."),
 		pktsOut:      d("rtp_packets_out_total", "RTP packets forwarded to receivers' slots."),
 		bytesOut:     d("rtp_payload_bytes_out_total", "RTP payload bytes forwarded to receivers' slots."),
 		nacks:        d("rtcp_nacks_received_total", "NACKs received from receivers (answered from the packet cache)."),
@@ -82,7 +83,7 @@ func newCollector(src Sources) *collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.direct, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.pktsOut, c.bytesOut, c.nacks, c.resent, c.plis, c.keyReqs, c.twcc, c.nacksRefused, c.refused, c.nacksSent, c.overload, c.stageEvents, c.natsUp} {
+	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.direct, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.dups, c.pktsOut, c.bytesOut, c.nacks, c.resent, c.plis, c.keyReqs, c.twcc, c.nacksRefused, c.refused, c.nacksSent, c.overload, c.stageEvents, c.natsUp} {
 		ch <- d
 	}
 }
@@ -105,6 +106,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.pktsIn, s.PacketsIn)
 		counter(c.bytesIn, s.BytesIn)
 		counter(c.malformed, s.Malformed)
+		counter(c.dups, s.Duplicates)
 		counter(c.pktsOut, s.PacketsOut)
 		counter(c.bytesOut, s.BytesOut)
 		counter(c.nacks, s.NACKs)

@@ -132,6 +132,7 @@ type Engine struct {
 // closes.
 type counters struct {
 	packetsIn, bytesIn, malformed atomic.Uint64
+	duplicates                    atomic.Uint64 // see UpTrack.Cache
 	packetsOut, bytesOut          atomic.Uint64 // of closed peers' down-tracks
 	nacks, plis                   atomic.Uint64
 	resent                        atomic.Uint64
@@ -299,8 +300,9 @@ type Stats struct {
 	// directly (egress.go) rather than through pion's write path.
 	DirectPeers int
 	// PacketsIn and BytesIn count RTP received from publishers; Malformed
-	// the packets that did not parse.
-	PacketsIn, BytesIn, Malformed uint64
+	// the packets that did not parse; Duplicates those dropped because
+	// their sequence number had been forwarded already (UpTrack.Cache).
+	PacketsIn, BytesIn, Malformed, Duplicates uint64
 	// PacketsOut and BytesOut count RTP forwarded to down-tracks.
 	PacketsOut, BytesOut uint64
 	// NACKs and PLIs count feedback received from subscribers (PLI and
@@ -363,6 +365,7 @@ func (e *Engine) Stats() Stats {
 	s.PacketsIn = e.count.packetsIn.Load()
 	s.BytesIn = e.count.bytesIn.Load()
 	s.Malformed = e.count.malformed.Load()
+	s.Duplicates = e.count.duplicates.Load()
 	s.PacketsOut += e.count.packetsOut.Load()
 	s.BytesOut += e.count.bytesOut.Load()
 	s.NACKs = e.count.nacks.Load()

@@ -685,7 +685,7 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 	p.log.Info("track started", "track", t.ID, "codec", cp.MimeType, "audio_level_ext", t.LevelExtID)
 
 	buf := make([]byte, 1500)
-	var bad, pkts, bytes uint64
+	var bad, dups, pkts, bytes uint64
 	flush := func() {
 		p.e.count.packetsIn.Add(pkts)
 		p.e.count.bytesIn.Add(bytes)
@@ -700,7 +700,14 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 			flush()
 		}
 		bytes += uint64(n)
-		t.cache.put(buf[:n])
+		if !t.cache.put(buf[:n]) {
+			// Too short (the chain would refuse it too), or a sequence
+			// number already forwarded: see UpTrack.Cache.
+			if n >= 12 {
+				dups++
+				continue
+			}
+		}
 		if err := sink.WriteRTP(buf[:n], p.arrival(buf[:n])); err != nil {
 			if bad == 0 {
 				p.log.Info("dropping malformed RTP", "track", t.ID, "err", err)
@@ -710,9 +717,10 @@ func (p *Peer) readTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceive
 		}
 	}
 	flush()
+	p.e.count.duplicates.Add(dups)
 	end()
 	sink.Close()
-	p.log.Info("track ended", "track", t.ID, "malformed", bad)
+	p.log.Info("track ended", "track", t.ID, "malformed", bad, "duplicates", dups)
 }
 
 // admitTrack counts a published track against MaxTracksPerPeer; past it,

@@ -96,9 +96,19 @@ func (t *UpTrack) Peer() *Peer { return t.peer }
 // that reads the track uses it to write to down-tracks.
 func (t *UpTrack) SendBuffer() *SendBuffer { return &t.buf }
 
-// Cache keeps raw, a received packet of the track, for NACK answers. The
-// track's reader calls it for every packet; raw is copied.
-func (t *UpTrack) Cache(raw []byte) { t.cache.put(raw) }
+// Cache keeps raw, a received packet of the track, for NACK answers, and
+// reports whether it did: false for a packet too short for RTP or whose
+// sequence number the cache already holds. Whoever feeds the track calls
+// it for every packet, before forwarding it, and drops a packet it was
+// false for; raw is copied.
+//
+// The first packet of a sequence number wins, and only it is forwarded:
+// a down-track answers a NACK with the cached packet under the SRTP index
+// it sent that sequence number with, so a second, different packet under
+// the same number (a hostile publisher's replay, or a relay's) would be
+// encrypted under a nonce already used for other bytes, which with
+// AES-GCM gives away the session's authentication key.
+func (t *UpTrack) Cache(raw []byte) bool { return t.cache.put(raw) }
 
 // RequestKeyframe asks the publisher for a keyframe (PLI, or FIR where the
 // publisher negotiated only that), unless one was asked for less than the
@@ -141,18 +151,23 @@ type cachedPacket struct {
 
 func newPacketCache(n int) *packetCache { return &packetCache{pkts: make([]cachedPacket, n)} }
 
-// put copies raw, an RTP packet, into the cache. Buffers are reused: in the
-// steady state it allocates nothing.
-func (c *packetCache) put(raw []byte) {
+// put copies raw, an RTP packet, into the cache, unless the cache holds
+// its sequence number already (see UpTrack.Cache); it reports whether it
+// did. Buffers are reused: in the steady state it allocates nothing.
+func (c *packetCache) put(raw []byte) bool {
 	if len(raw) < 12 {
-		return
+		return false
 	}
 	seq := binary.BigEndian.Uint16(raw[2:4])
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	e := &c.pkts[int(seq)%len(c.pkts)]
+	if e.ok && e.seq == seq {
+		return false
+	}
 	e.seq, e.ok = seq, true
 	e.b = append(e.b[:0], raw...)
-	c.mu.Unlock()
+	return true
 }
 
 // get appends the packet with sequence number seq to dst, if the cache
