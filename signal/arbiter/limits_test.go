@@ -191,8 +191,8 @@ func TestSocketLimits(t *testing.T) {
 	n := startJetStream(t, "")
 	t.Run("identify deadline", func(t *testing.T) {
 		r := newRouter(t, testutil.ConnectNATS(t, n.URL()), Config{IdentifyTimeout: 300 * time.Millisecond})
+		began := time.Now() // the deadline runs from the upgrade, inside open
 		s := open(t, r)
-		began := time.Now()
 		s.send(`{"action":"handshake","data":{}}`) // answered, but no identify
 		s.wantError("handshake", "handshake before identify")
 		s.wantClose("silent socket", websocket.ClosePolicyViolation, 5*time.Second)
