@@ -79,10 +79,13 @@ type DownTrack struct {
 	level [1]byte
 
 	// The direct egress path (egress.go), once the down-track has sent
-	// on it: the peer's sealer (AES-GCM), or for another SRTP profile
-	// a pion context of the down-track's own.
+	// on it: the peer's sealer, AES-GCM (sealer) or AES-CM (cm, with the
+	// down-track's own cmState), or for another SRTP profile a pion
+	// context of the down-track's own.
 	sealer  *gcmSealer
 	nonce   [gcmNonceLen]byte
+	cm      *cmSealer
+	cmState *cmState
 	srtp    *srtp.Context
 	scratch rtp.Header
 	// history says what went out under each recent sequence number, so
@@ -372,7 +375,7 @@ type outHeader struct {
 
 // direct reports whether the down-track has encrypted its own packets
 // (egress.go): then it never writes through pion again. Callers hold s.mu.
-func (s *DownTrack) direct() bool { return s.sealer != nil || s.srtp != nil }
+func (s *DownTrack) direct() bool { return s.sealer != nil || s.cm != nil || s.srtp != nil }
 
 // header fills the down-track's reused header for pion's write path.
 // Callers hold s.mu.
@@ -466,9 +469,12 @@ func (s *DownTrack) writeDirect(e *egress, h outHeader, payload []byte, b *SendB
 		return nil, errNoRoute
 	}
 	if !s.direct() {
-		if e.sealer != nil {
+		switch {
+		case e.sealer != nil:
 			s.sealer = e.sealer
-		} else {
+		case e.cm != nil:
+			s.cm, s.cmState = e.cm, e.cm.newState()
+		default:
 			ctx, err := srtp.CreateContext(e.key, e.salt, e.profile)
 			if err != nil {
 				return nil, fmt.Errorf("down-track SRTP context: %w", err)
@@ -518,10 +524,13 @@ func (s *DownTrack) seal(h outHeader, payload, buf []byte) ([]byte, error) {
 		return nil, fmt.Errorf("RTP packet of %d bytes: too large", hdrLen+len(payload))
 	}
 	n := hdrLen + copy(buf[hdrLen:], payload)
-	if s.sealer != nil {
+	if s.sealer != nil || s.cm != nil {
 		index, ok := srtpIndex(h.seq, s.firstSeq)
 		if !ok {
 			return nil, errSRTPIndex
+		}
+		if s.cm != nil {
+			return s.cm.seal(buf, hdrLen, n, s.ssrc, index, s.cmState), nil
 		}
 		return s.sealer.seal(buf, hdrLen, n, s.ssrc, index, &s.nonce), nil
 	}

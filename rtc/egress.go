@@ -36,8 +36,9 @@ import (
 // A down-track instead encrypts with the peer's DTLS-SRTP keys itself, into
 // a buffer it reuses, and sends on the UDP socket of the peer's selected
 // ICE candidate pair. With AES-GCM (either key size) all of a peer's
-// down-tracks share one sealer (sealer.go); with another profile each
-// keeps a pion SRTP context of its own. pion keeps doing everything else
+// down-tracks share one sealer (sealer.go), with AES_CM_128_HMAC_SHA1_80
+// (what browsers negotiate) one AES-CM sealer (cmsealer.go); with another
+// profile each keeps a pion SRTP context of its own. pion keeps doing everything else
 // (ICE, DTLS, RTCP, the receive side). Nothing in pion's
 // API hands out the DTLS connection's keys, so egressKeys reads the
 // DTLSTransport's connection by reflection; if that ever fails (another
@@ -61,9 +62,10 @@ type srtpKeys struct {
 // and the route of its selected ICE candidate pair.
 type egress struct {
 	srtpKeys
-	// sealer is the peer's one AES-GCM sealer, the same in every
-	// route of the peer; nil for another SRTP profile.
+	// sealer and cm are the peer's one AES-GCM or AES-CM sealer, the
+	// same in every route of the peer; both nil for another SRTP profile.
 	sealer *gcmSealer
+	cm     *cmSealer
 	conn   *net.UDPConn
 	to     netip.AddrPort
 	// batch and addr, for a socket shared by all peers (the UDP_PORT
@@ -591,6 +593,7 @@ func (p *Peer) startEgress() {
 	var (
 		keys   *srtpKeys
 		sealer *gcmSealer
+		cm     *cmSealer
 		err    error
 	)
 	if !p.e.cfg.PionEgress {
@@ -599,7 +602,9 @@ func (p *Peer) startEgress() {
 	if keys != nil {
 		var serr error
 		if sealer, serr = newGCMSealer(*keys); serr != nil {
-			p.log.Debug("down-tracks encrypt with an SRTP context each", "reason", serr)
+			if cm, serr = newCMSealer(*keys); serr != nil {
+				p.log.Debug("down-tracks encrypt with an SRTP context each", "reason", serr)
+			}
 		}
 	}
 	p.egressMu.Lock()
@@ -607,7 +612,7 @@ func (p *Peer) startEgress() {
 	if err != nil {
 		p.egressErr(err)
 	}
-	p.keys, p.sealer = keys, sealer
+	p.keys, p.sealer, p.cm = keys, sealer, cm
 	if p.pair == nil {
 		if pair, err := p.pc.SCTP().Transport().ICETransport().GetSelectedCandidatePair(); err == nil {
 			p.pair = pair
@@ -636,7 +641,7 @@ func (p *Peer) updateRoute() {
 	if p.keys == nil {
 		return
 	}
-	e := egress{srtpKeys: *p.keys, sealer: p.sealer, conn: tc.UDPConn, to: to}
+	e := egress{srtpKeys: *p.keys, sealer: p.sealer, cm: p.cm, conn: tc.UDPConn, to: to}
 	if p.e.mux != nil {
 		e.batch = tc.batchWriter(to)
 		e.addr = net.UDPAddrFromAddrPort(to)
@@ -653,7 +658,7 @@ func (p *Peer) egressDesc() string {
 	switch {
 	case p.keys == nil:
 		return "pion"
-	case p.sealer != nil:
+	case p.sealer != nil || p.cm != nil:
 		return p.keys.profile.String() + ", one sealer"
 	default:
 		return p.keys.profile.String() + ", a context per down-track"

@@ -61,11 +61,12 @@ func directRoute(t testing.TB, profile srtp.ProtectionProfile) (*egress, *net.UD
 }
 
 // testEgress returns a peer's direct path with keys from conn to to, as
-// startEgress makes it: with the peer's sealer for AES-128-GCM, none for
-// another profile.
+// startEgress makes it: with the peer's AES-GCM or AES-CM sealer, or none
+// for another profile.
 func testEgress(keys srtpKeys, conn *net.UDPConn, to netip.AddrPort) *egress {
 	sealer, _ := newGCMSealer(keys)
-	return &egress{srtpKeys: keys, sealer: sealer, conn: conn, to: to}
+	cm, _ := newCMSealer(keys)
+	return &egress{srtpKeys: keys, sealer: sealer, cm: cm, conn: conn, to: to}
 }
 
 // loopbackEgress returns a batched (sendmmsg) AES-GCM egress path to a

@@ -103,7 +103,8 @@ type Peer struct {
 	arrivals     atomic.Pointer[stamp.Table]
 	egressMu     sync.Mutex
 	keys         *srtpKeys  // nil: down-tracks write through pion
-	sealer       *gcmSealer // the down-tracks' one sealer; nil for a profile without
+	sealer       *gcmSealer // the down-tracks' one AES-GCM sealer, or
+	cm           *cmSealer  // their one AES-CM sealer; both nil: a context each
 	pair         *webrtc.ICECandidatePair
 	egressLogged bool
 }

@@ -29,11 +29,11 @@ import (
 // each extended sequence number once (markSent) or, for a NACK, the very
 // same bytes again (DownTrack.resend).
 //
-// The AEAD profiles have a sealer: AEAD_AES_256_GCM, which pion and
-// Chromium both list first, so what the router's sessions negotiate, and
-// AEAD_AES_128_GCM. A session that negotiated AES_CM_128_HMAC_SHA1_80 (a
-// client without GCM) gets a pion Context per down-track, as before
-// (newGCMSealer refuses it).
+// The AEAD profiles have this sealer: AEAD_AES_256_GCM, which pion lists
+// first, so what sessions with pion clients negotiate, and
+// AEAD_AES_128_GCM. A session on AES_CM_128_HMAC_SHA1_80, which Chromium
+// picks, gets the AES-CM sealer (cmsealer.go); any other profile a pion
+// Context per down-track.
 
 // gcmSealer seals the RTP packets of one SRTP session with AES-GCM.
 type gcmSealer struct {

@@ -41,15 +41,46 @@ func gcmTestKeys(profile srtp.ProtectionProfile) srtpKeys {
 // number wrap (rollover counter 1) and at a rollover counter of 7.
 func TestGCMSealerMatchesPion(t *testing.T) {
 	for _, profile := range []srtp.ProtectionProfile{srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAeadAes256Gcm} {
-		t.Run(profile.String(), func(t *testing.T) { sealerMatchesPion(t, gcmTestKeys(profile)) })
+		t.Run(profile.String(), func(t *testing.T) {
+			keys := gcmTestKeys(profile)
+			g, err := newGCMSealer(keys)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var nonce [gcmNonceLen]byte
+			sealerMatchesPion(t, keys, func(buf []byte, hdrLen, n int, ssrc uint32, index uint64) []byte {
+				return g.seal(buf, hdrLen, n, ssrc, index, &nonce)
+			})
+		})
 	}
 }
 
-func sealerMatchesPion(t *testing.T, keys srtpKeys) {
-	g, err := newGCMSealer(keys)
+// TestCMSealerMatchesPion is TestGCMSealerMatchesPion for the AES-CM
+// sealer (AES_CM_128_HMAC_SHA1_80, what Chromium negotiates), two
+// down-tracks' states on one sealer.
+func TestCMSealerMatchesPion(t *testing.T) {
+	keys := srtpKeys{key: make([]byte, cmKeyLen), salt: make([]byte, cmSaltLen), profile: srtp.ProtectionProfileAes128CmHmacSha1_80}
+	for i := range keys.key {
+		keys.key[i] = byte(i*37 + 11)
+	}
+	for i := range keys.salt {
+		keys.salt[i] = byte(i*53 + 5)
+	}
+	c, err := newCMSealer(keys)
 	if err != nil {
 		t.Fatal(err)
 	}
+	states := map[uint32]*cmState{}
+	sealerMatchesPion(t, keys, func(buf []byte, hdrLen, n int, ssrc uint32, index uint64) []byte {
+		if states[ssrc] == nil {
+			states[ssrc] = c.newState()
+		}
+		return c.seal(buf, hdrLen, n, ssrc, index, states[ssrc])
+	})
+}
+
+// sealerMatchesPion checks seal against pion/srtp v3's context for keys.
+func sealerMatchesPion(t *testing.T, keys srtpKeys, seal func(buf []byte, hdrLen, n int, ssrc uint32, index uint64) []byte) {
 	enc, err := srtp.CreateContext(keys.key, keys.salt, keys.profile)
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +103,6 @@ func sealerMatchesPion(t *testing.T, keys srtpKeys) {
 	for i := uint64(0); i < 3; i++ {
 		pkts = append(pkts, pkt{ssrc: 4242, index: roc7 | (1000 + i), level: 14})
 	}
-	var nonce [gcmNonceLen]byte
 	for i, p := range pkts {
 		if p.index == roc7|1000 {
 			// A receiver cannot follow a jump of 6 wraps: both sides
@@ -85,7 +115,7 @@ func sealerMatchesPion(t *testing.T, keys srtpKeys) {
 		hdrLen := putHeader(buf, 111, i%3 == 0, uint16(p.index), uint32(i)*960, p.ssrc, p.level, byte(i))
 		n := hdrLen + copy(buf[hdrLen:], payload)
 		plain := append([]byte(nil), buf[:n]...)
-		got := g.seal(buf, hdrLen, n, p.ssrc, p.index, &nonce)
+		got := seal(buf, hdrLen, n, p.ssrc, p.index)
 
 		want, err := enc.EncryptRTP(nil, plain, nil)
 		if err != nil {
@@ -245,13 +275,30 @@ func TestSRTPKeysRefused(t *testing.T) {
 		})
 	}
 	for _, tc := range []struct {
+		name string
+		keys srtpKeys
+	}{
+		{"AES_CM_128_HMAC_SHA1_32", srtpKeys{key: make([]byte, 16), salt: make([]byte, 14), profile: srtp.ProtectionProfileAes128CmHmacSha1_32}},
+		{"AEAD_AES_128_GCM", gcm},
+		{"AES_CM_128_HMAC_SHA1_80 with a short key", srtpKeys{key: make([]byte, 8), salt: make([]byte, 14), profile: srtp.ProtectionProfileAes128CmHmacSha1_80}},
+		{"AES_CM_128_HMAC_SHA1_80 with a 12-byte salt", srtpKeys{key: make([]byte, 16), salt: make([]byte, 12), profile: srtp.ProtectionProfileAes128CmHmacSha1_80}},
+	} {
+		t.Run("cm/"+tc.name, func(t *testing.T) {
+			c, err := newCMSealer(tc.keys)
+			if c != nil || !errors.Is(err, errNoSealer) {
+				t.Errorf("newCMSealer: %v, %v; want errNoSealer", c, err)
+			}
+		})
+	}
+	for _, tc := range []struct {
 		name    string
 		profile srtp.ProtectionProfile
-		sealer  bool
+		want    string // gcm, cm: the peer's sealer; context: a pion context
 	}{
-		{"AEAD_AES_128_GCM", srtp.ProtectionProfileAeadAes128Gcm, true},
-		{"AEAD_AES_256_GCM", srtp.ProtectionProfileAeadAes256Gcm, true},
-		{"AES_CM_128_HMAC_SHA1_80", srtp.ProtectionProfileAes128CmHmacSha1_80, false},
+		{"AEAD_AES_128_GCM", srtp.ProtectionProfileAeadAes128Gcm, "gcm"},
+		{"AEAD_AES_256_GCM", srtp.ProtectionProfileAeadAes256Gcm, "gcm"},
+		{"AES_CM_128_HMAC_SHA1_80", srtp.ProtectionProfileAes128CmHmacSha1_80, "cm"},
+		{"AES_CM_128_HMAC_SHA1_32", srtp.ProtectionProfileAes128CmHmacSha1_32, "context"},
 	} {
 		t.Run("down-track/"+tc.name, func(t *testing.T) {
 			s, tr, recv, e := directDownTrack(t, tc.profile)
@@ -260,8 +307,17 @@ func TestSRTPKeysRefused(t *testing.T) {
 				t.Fatal(ok, err)
 			}
 			receive(t, recv)
-			if (s.sealer != nil) != tc.sealer || s.sealer != e.sealer || (s.srtp != nil) == tc.sealer {
-				t.Errorf("sealer %p (peer's %p), context %p; want the peer's sealer: %v", s.sealer, e.sealer, s.srtp, tc.sealer)
+			got := "context"
+			switch {
+			case s.sealer != nil && s.sealer == e.sealer && s.cm == nil && s.srtp == nil:
+				got = "gcm"
+			case s.cm != nil && s.cm == e.cm && s.sealer == nil && s.srtp == nil:
+				got = "cm"
+			case s.srtp == nil:
+				got = "nothing"
+			}
+			if got != tc.want {
+				t.Errorf("the down-track encrypts with %s (sealer %p, peer's %p; cm %p, peer's %p; context %p), want %s", got, s.sealer, e.sealer, s.cm, e.cm, s.srtp, tc.want)
 			}
 		})
 	}
@@ -403,9 +459,19 @@ func TestLateBeforeFirst(t *testing.T) {
 // the peer's sealer and sent at once or queued for sendmmsg, allocates
 // nothing, with and without a speaker switch.
 func TestDirectWriteAllocs(t *testing.T) {
-	for _, batched := range []bool{false, true} {
-		t.Run(map[bool]string{false: "sendto", true: "sendmmsg"}[batched], func(t *testing.T) {
-			s, a, recv, e := directDownTrack(t, srtp.ProtectionProfileAeadAes128Gcm)
+	for _, tc := range []struct {
+		name    string
+		batched bool
+		profile srtp.ProtectionProfile
+	}{
+		{"gcm/sendto", false, srtp.ProtectionProfileAeadAes128Gcm},
+		{"gcm/sendmmsg", true, srtp.ProtectionProfileAeadAes128Gcm},
+		{"cm/sendto", false, srtp.ProtectionProfileAes128CmHmacSha1_80},
+		{"cm/sendmmsg", true, srtp.ProtectionProfileAes128CmHmacSha1_80},
+	} {
+		batched := tc.batched
+		t.Run(tc.name, func(t *testing.T) {
+			s, a, recv, e := directDownTrack(t, tc.profile)
 			if batched {
 				e.batch = ipv4.NewPacketConn(e.conn)
 				e.addr = net.UDPAddrFromAddrPort(e.to)
@@ -443,7 +509,7 @@ func TestDirectWriteAllocs(t *testing.T) {
 			} else if got != 0 {
 				t.Errorf("%v allocations per copy, want 0", got)
 			}
-			if s.sealer == nil {
+			if s.sealer == nil && s.cm == nil {
 				t.Error("the down-track did not use the peer's sealer")
 			}
 		})
