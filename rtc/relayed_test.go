@@ -30,6 +30,10 @@ func TestRelayedUpTrackKeyframe(t *testing.T) {
 			if first != (tc.calls == 1) || second || calls != tc.calls {
 				t.Fatalf("requests %v %v, %d calls; want %v false, %d", first, second, calls, tc.calls == 1, tc.calls)
 			}
+			up.SetKeyframeInterval(0) // no throttle: the next request goes out
+			if third := up.RequestKeyframe(); third != (tc.calls == 1) || calls != 2*tc.calls {
+				t.Fatalf("without the throttle: request %v, %d calls; want %v, %d", third, calls, tc.calls == 1, 2*tc.calls)
+			}
 		})
 	}
 }

@@ -80,6 +80,11 @@ func NewRelayedUpTrack(c claim.Claim, ssrc uint32, kind webrtc.RTPCodecType, cc 
 	return t
 }
 
+// SetKeyframeInterval sets the shortest time between two keyframe
+// requests of a track made with NewRelayedUpTrack (a WebRTC track takes
+// Config.KeyframeInterval). Call it before the track is used.
+func (t *UpTrack) SetKeyframeInterval(d time.Duration) { t.keyInterval = d }
+
 func newUpTrack(c claim.Claim, ssrc uint32, kind webrtc.RTPCodecType, cc webrtc.RTPCodecCapability, levelExtID uint8) *UpTrack {
 	n := audioCache
 	if kind == webrtc.RTPCodecTypeVideo {
