@@ -30,6 +30,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -139,8 +140,13 @@ type Node struct {
 	closed  bool
 
 	interestSub *nats.Subscription
-	quit        chan struct{}
-	bg          sync.WaitGroup
+	// keySub receives the keyframe requests of other routers for this
+	// router's relayed video tracks, which locals holds by track key
+	// (uint64 → *room.Track).
+	keySub *nats.Subscription
+	locals sync.Map
+	quit   chan struct{}
+	bg     sync.WaitGroup
 
 	count counters
 	// hop observes the time from a relayed packet's arrival at its
@@ -152,6 +158,7 @@ type Node struct {
 type counters struct {
 	out, in, dropQueue, dropNoTrack, malformed, sendErrors atomic.Uint64
 	duplicates                                             atomic.Uint64
+	keyframesOut, keyframesIn, keyframesNoTrack            atomic.Uint64
 	storeErrors                                            atomic.Uint64
 	remoteTracks                                           atomic.Int64
 }
@@ -235,6 +242,12 @@ func (n *Node) Start(rooms Rooms, relayed RelayedSink) error {
 		return fmt.Errorf("cluster: subscribe to interest: %w", err)
 	}
 	n.interestSub = sub
+	ks, err := n.nc.Subscribe(n.keySubject(n.origin), n.onKeyframe)
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return fmt.Errorf("cluster: subscribe to keyframe requests: %w", err)
+	}
+	n.keySub = ks
 	n.bg.Add(3)
 	go n.loop()
 	go n.mem.run()
@@ -270,6 +283,9 @@ func (n *Node) Close() {
 	n.mu.Unlock()
 	if n.interestSub != nil {
 		_ = n.interestSub.Unsubscribe()
+	}
+	if n.keySub != nil {
+		_ = n.keySub.Unsubscribe()
 	}
 	if started {
 		n.publishInterest(opBye, nil)
@@ -334,7 +350,7 @@ func (n *Node) send(s *sendShard) {
 }
 
 // enqueue queues a frame on s, or counts it dropped when s is full.
-func (n *Node) enqueue(s *sendShard, subj string, kind, ext byte, key uint64, arrival int64, user, client string, raw []byte) {
+func (n *Node) enqueue(s *sendShard, subj string, kind, cn, ext byte, key uint64, arrival int64, user, client string, raw []byte) {
 	var f *outFrame
 	select {
 	case f = <-s.free:
@@ -343,16 +359,58 @@ func (n *Node) enqueue(s *sendShard, subj string, kind, ext byte, key uint64, ar
 		return
 	}
 	f.subj = subj
-	f.b = appendFrame(f.b[:0], kind, ext, n.origin, key, arrival, user, client, raw)
+	f.b = appendFrame(f.b[:0], kind, cn, ext, n.origin, key, arrival, user, client, raw)
 	s.q <- f // never blocks: q holds as many frames as there are
+}
+
+// keySubject is the subject on which the router whose frames carry origin
+// takes keyframe requests for its relayed video tracks.
+func (n *Node) keySubject(origin uint64) string {
+	return fmt.Sprintf("%skey.%016x", n.cfg.Prefix, origin)
+}
+
+// askKeyframe asks a publisher's router, on subj (keySubject), for a
+// keyframe of its relayed track key: an 8-byte message, queued like a
+// frame (the caller may be a packet path). The remote up-track throttles
+// the requests (rtc.UpTrack.RequestKeyframe).
+func (n *Node) askKeyframe(subj string, key uint64) {
+	s := n.shards[key%uint64(len(n.shards))]
+	var f *outFrame
+	select {
+	case f = <-s.free:
+	default:
+		n.count.dropQueue.Add(1)
+		return
+	}
+	f.subj = subj
+	f.b = binary.BigEndian.AppendUint64(f.b[:0], key)
+	n.count.keyframesOut.Add(1)
+	s.q <- f
+}
+
+// onKeyframe passes another router's keyframe request on to the local
+// publisher of the track it names, throttled there like a local
+// subscriber's.
+func (n *Node) onKeyframe(m *nats.Msg) {
+	if len(m.Data) != 8 {
+		n.count.malformed.Add(1)
+		return
+	}
+	t, ok := n.locals.Load(binary.BigEndian.Uint64(m.Data))
+	if !ok {
+		n.count.keyframesNoTrack.Add(1)
+		return
+	}
+	n.count.keyframesIn.Add(1)
+	t.(*room.Track).RequestKeyframe()
 }
 
 // relaySubject is the subject the media of conversation conv is relayed on.
 func (n *Node) relaySubject(conv string) string { return n.cfg.Prefix + "relay." + token(conv) }
 
-// Sink wraps inner, the pipeline, so that the audio tracks of this
-// router's publishers are also relayed to the routers interested in their
-// conversation.
+// Sink wraps inner, the pipeline, so that the tracks of this router's
+// publishers (audio, and video of a codec frames name) are also relayed to
+// the routers interested in their conversation.
 func (n *Node) Sink(inner room.Sink) room.Sink { return &sink{n: n, inner: inner} }
 
 type sink struct {
@@ -360,12 +418,17 @@ type sink struct {
 	inner room.Sink
 }
 
-// Open opens inner's chain for t and, for an audio track of a Beep user,
-// wraps it in a relay.
+// Open opens inner's chain for t and, for a track of a Beep user, wraps
+// it in a relay.
 func (s *sink) Open(t *room.Track) (rtc.TrackSink, error) {
 	ts, err := s.inner.Open(t)
-	if err != nil || t.Kind != webrtc.RTPCodecTypeAudio || t.UserID() == "" || t.Remote() {
+	if err != nil || t.UserID() == "" || t.Remote() {
 		return ts, err
+	}
+	cn, ok := codecOf(t.Codec.MimeType)
+	if !ok {
+		s.n.log.Warn("not relaying a track of a codec relay frames do not name", "track", t.ID, "codec", t.Codec.MimeType)
+		return ts, nil
 	}
 	c := t.Claim()
 	if len(c.UserID) > maxID || len(c.ClientID) > maxID {
@@ -373,12 +436,17 @@ func (s *sink) Open(t *room.Track) (rtc.TrackSink, error) {
 		return ts, nil
 	}
 	n := s.n
-	return &trackRelay{
+	r := &trackRelay{
 		n: n, inner: ts, t: t,
 		key:   rand.Uint64(),
+		codec: cn,
 		shard: n.shards[int(n.next.Add(1))%len(n.shards)],
 		user:  c.UserID, client: c.ClientID,
-	}, nil
+	}
+	if t.Kind == webrtc.RTPCodecTypeVideo {
+		n.locals.Store(r.key, t) // other routers ask it for keyframes
+	}
+	return r, nil
 }
 
 // trackRelay relays one local publisher's track, from the track's reader
@@ -388,6 +456,7 @@ type trackRelay struct {
 	inner rtc.TrackSink
 	t     *room.Track
 	key   uint64
+	codec byte // its number in frames
 	shard *sendShard
 
 	user, client string
@@ -406,7 +475,7 @@ func (r *trackRelay) WriteRTP(raw []byte, arrival time.Time) error {
 		r.switchTo(c)
 	}
 	if r.ent != nil && r.ent.routers.Load() > 0 && len(raw) >= 12 && raw[0]>>6 == 2 {
-		r.n.enqueue(r.shard, r.subj, kindPacket, r.t.LevelExtID, r.key, arrival.UnixNano(), r.user, r.client, raw)
+		r.n.enqueue(r.shard, r.subj, kindPacket, r.codec, r.t.LevelExtID, r.key, arrival.UnixNano(), r.user, r.client, raw)
 	}
 	return r.inner.WriteRTP(raw, arrival)
 }
@@ -429,7 +498,7 @@ func (r *trackRelay) end() {
 		return
 	}
 	if r.ent.routers.Load() > 0 {
-		r.n.enqueue(r.shard, r.subj, kindEnd, 0, r.key, time.Now().UnixNano(), r.user, r.client, nil)
+		r.n.enqueue(r.shard, r.subj, kindEnd, r.codec, 0, r.key, time.Now().UnixNano(), r.user, r.client, nil)
 	}
 	r.n.interest.release(r.ent)
 	r.ent = nil
@@ -437,6 +506,7 @@ func (r *trackRelay) end() {
 
 // Close ends the track here and on the routers it was relayed to.
 func (r *trackRelay) Close() {
+	r.n.locals.Delete(r.key)
 	r.end()
 	r.inner.Close()
 }

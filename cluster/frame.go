@@ -4,18 +4,26 @@ import (
 	"encoding/binary"
 	"errors"
 	"strings"
+
+	"github.com/pion/webrtc/v3"
+
+	"github.com/beepvoice/router/rtc/codec"
 )
 
 // The relay frame: one RTP packet of a publisher, or the end of its track,
 // as one core NATS message. Fixed header, big endian, then the ids and the
 // packet; no protobuf, and neither side allocates per frame.
 //
-//	0      version (frameVersion)
+//	0      version: frameVersion, or frameVersionCodec when byte 5
+//	       names a codec other than Opus (routers that know only version 1
+//	       drop those frames as unknown rather than feed video to an audio
+//	       track)
 //	1      kind: kindPacket or kindEnd
 //	2      the publisher's audio level extension id (RFC 6464), 0: none
 //	3      length of the user id (U)
 //	4      length of the client id (C)
-//	5..7   reserved, 0
+//	5      codec (codecOpus, codecVP8, ...): the track's kind and codec
+//	6..7   reserved, 0
 //	8..15  track key: names the relayed track on its router
 //	16..23 arrival at the publisher's router, unix ns
 //	24..31 origin: the publisher's router (a router's own subscriptions
@@ -27,13 +35,45 @@ import (
 // mid-stream can make the remote track from any frame; they cost a few
 // tens of bytes beside the packet.
 const (
-	frameVersion = 1
-	headerLen    = 32
-	kindPacket   = 1
-	kindEnd      = 2
+	frameVersion      = 1
+	frameVersionCodec = 2
+	headerLen         = 32
+	kindPacket        = 1
+	kindEnd           = 2
 	// maxID bounds the user and client ids a frame carries.
 	maxID = 255
 )
+
+// Codecs a frame names (byte 5); 0, Opus, is what version 1 frames carry.
+const (
+	codecOpus byte = iota
+	codecVP8
+	codecVP9
+	codecH264
+	numCodecs
+)
+
+// codecs are the capabilities of the codec numbers, by number.
+var codecs = [numCodecs]webrtc.RTPCodecParameters{codec.Opus, codec.VP8, codec.VP9, codec.H264}
+
+// codecOf returns the number of the codec with MIME type mime (any case),
+// and whether it has one.
+func codecOf(mime string) (byte, bool) {
+	for i, c := range codecs {
+		if strings.EqualFold(c.MimeType, mime) {
+			return byte(i), true
+		}
+	}
+	return 0, false
+}
+
+// kindOf returns the kind of media of codec number c.
+func kindOf(c byte) webrtc.RTPCodecType {
+	if c == codecOpus {
+		return webrtc.RTPCodecTypeAudio
+	}
+	return webrtc.RTPCodecTypeVideo
+}
 
 // Frame errors (static: the receive path allocates nothing, even for bad
 // frames).
@@ -41,12 +81,14 @@ var (
 	errShort    = errors.New("relay frame: short")
 	errVersion  = errors.New("relay frame: unknown version")
 	errKind     = errors.New("relay frame: unknown kind")
+	errCodec    = errors.New("relay frame: unknown codec")
 	errNoPacket = errors.New("relay frame: packet missing or not RTP")
 )
 
 // frame is a parsed relay frame; its slices alias the message.
 type frame struct {
 	kind    byte
+	codec   byte
 	ext     uint8
 	key     uint64
 	origin  uint64
@@ -56,10 +98,13 @@ type frame struct {
 	raw     []byte // kindPacket: the RTP packet
 }
 
-// appendFrame appends a frame to dst.
-func appendFrame(dst []byte, kind, ext byte, origin, key uint64, arrival int64, user, client string, raw []byte) []byte {
+// appendFrame appends a frame to dst; cn is one of the codec numbers.
+func appendFrame(dst []byte, kind, cn, ext byte, origin, key uint64, arrival int64, user, client string, raw []byte) []byte {
 	var h [headerLen]byte
 	h[0], h[1], h[2], h[3], h[4] = frameVersion, kind, ext, byte(len(user)), byte(len(client))
+	if cn != codecOpus {
+		h[0], h[5] = frameVersionCodec, cn
+	}
 	binary.BigEndian.PutUint64(h[8:16], key)
 	binary.BigEndian.PutUint64(h[16:24], uint64(arrival))
 	binary.BigEndian.PutUint64(h[24:32], origin)
@@ -74,15 +119,21 @@ func parseFrame(b []byte) (frame, error) {
 	if len(b) < headerLen {
 		return frame{}, errShort
 	}
-	if b[0] != frameVersion {
+	if b[0] != frameVersion && b[0] != frameVersionCodec {
 		return frame{}, errVersion
 	}
 	f := frame{
 		kind:    b[1],
+		codec:   b[5],
 		ext:     b[2],
 		key:     binary.BigEndian.Uint64(b[8:16]),
 		arrival: int64(binary.BigEndian.Uint64(b[16:24])),
 		origin:  binary.BigEndian.Uint64(b[24:32]),
+	}
+	if b[0] == frameVersion {
+		f.codec = codecOpus // its byte 5 was reserved
+	} else if f.codec == codecOpus || f.codec >= numCodecs {
+		return frame{}, errCodec
 	}
 	u, c := int(b[3]), int(b[4])
 	if len(b) < headerLen+u+c {

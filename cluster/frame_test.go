@@ -2,12 +2,13 @@ package cluster
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 )
 
 func TestFrameRoundTrip(t *testing.T) {
 	raw := []byte{0x90, 111, 0, 7, 0, 0, 3, 0xc0, 0xde, 0xad, 0xbe, 0xef, 0xf8, 0xff, 0xfe}
-	b := appendFrame(nil, kindPacket, 1, 42, 7, 1234567890, "alice", "phone", raw)
+	b := appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1234567890, "alice", "phone", raw)
 	f, err := parseFrame(b)
 	if err != nil {
 		t.Fatal(err)
@@ -16,24 +17,50 @@ func TestFrameRoundTrip(t *testing.T) {
 		string(f.user) != "alice" || string(f.client) != "phone" || !bytes.Equal(f.raw, raw) {
 		t.Fatalf("parsed %+v", f)
 	}
-	end, err := parseFrame(appendFrame(nil, kindEnd, 0, 42, 7, 1, "alice", "phone", nil))
+	end, err := parseFrame(appendFrame(nil, kindEnd, codecOpus, 0, 42, 7, 1, "alice", "phone", nil))
 	if err != nil || end.kind != kindEnd || end.key != 7 {
 		t.Fatalf("end frame: %+v %v", end, err)
 	}
 	for name, bad := range map[string][]byte{
 		"short":       b[:headerLen-1],
 		"ids cut":     b[:headerLen+3],
-		"no packet":   appendFrame(nil, kindPacket, 1, 42, 7, 1, "alice", "phone", raw[:11]),
-		"not RTP":     appendFrame(nil, kindPacket, 1, 42, 7, 1, "alice", "phone", append([]byte{0x10}, raw[1:]...)),
-		"no user":     appendFrame(nil, kindPacket, 1, 42, 7, 1, "", "phone", raw),
-		"kind":        appendFrame(nil, 9, 1, 42, 7, 1, "alice", "phone", raw),
-		"version":     append([]byte{2}, b[1:]...),
+		"no packet":   appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, "alice", "phone", raw[:11]),
+		"not RTP":     appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, "alice", "phone", append([]byte{0x10}, raw[1:]...)),
+		"no user":     appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, "", "phone", raw),
+		"kind":        appendFrame(nil, 9, codecOpus, 1, 42, 7, 1, "alice", "phone", raw),
+		"version":     append([]byte{3}, b[1:]...),
+		"v2 opus":     append([]byte{frameVersionCodec}, b[1:]...),
+		"codec":       append(append([]byte{frameVersionCodec}, b[1:5]...), append([]byte{numCodecs}, b[6:]...)...),
 		"empty":       nil,
 		"header only": b[:headerLen],
 	} {
 		if _, err := parseFrame(bad); err == nil {
 			t.Errorf("%s: parsed", name)
 		}
+	}
+}
+
+// TestVideoFrame: a video frame names its codec in a version 2 frame (a
+// router that knows only version 1 drops it), and an audio frame stays
+// version 1.
+func TestVideoFrame(t *testing.T) {
+	raw := []byte{0x80, 96, 0, 7, 0, 0, 3, 0xc0, 0xde, 0xad, 0xbe, 0xef, 0x10, 0x00}
+	for _, tc := range []struct {
+		mime    string
+		version byte
+	}{{"video/VP8", frameVersionCodec}, {"video/h264", frameVersionCodec}, {"audio/opus", frameVersion}} {
+		cn, ok := codecOf(tc.mime)
+		if !ok {
+			t.Fatalf("%s: no codec number", tc.mime)
+		}
+		b := appendFrame(nil, kindPacket, cn, 0, 42, 7, 1, "alice", "phone", raw)
+		f, err := parseFrame(b)
+		if err != nil || b[0] != tc.version || f.codec != cn || !strings.EqualFold(codecs[f.codec].MimeType, tc.mime) {
+			t.Fatalf("%s: version %d, parsed %+v %v", tc.mime, b[0], f, err)
+		}
+	}
+	if _, ok := codecOf("video/AV1"); ok {
+		t.Fatal("AV1 has a codec number")
 	}
 }
 
@@ -65,14 +92,14 @@ func TestTokenIsInjectiveAndReversible(t *testing.T) {
 // FuzzParseFrame: no frame makes the parser panic, and what it accepts
 // encodes back to the same bytes.
 func FuzzParseFrame(f *testing.F) {
-	f.Add(appendFrame(nil, kindPacket, 1, 42, 7, 1, "alice", "phone", []byte{0x80, 111, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9}))
-	f.Add(appendFrame(nil, kindEnd, 0, 42, 7, 1, "alice", "phone", nil))
+	f.Add(appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, "alice", "phone", []byte{0x80, 111, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9}))
+	f.Add(appendFrame(nil, kindEnd, codecOpus, 0, 42, 7, 1, "alice", "phone", nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fr, err := parseFrame(b)
 		if err != nil {
 			return
 		}
-		again := appendFrame(nil, fr.kind, fr.ext, fr.origin, fr.key, fr.arrival, string(fr.user), string(fr.client), fr.raw)
+		again := appendFrame(nil, fr.kind, fr.codec, fr.ext, fr.origin, fr.key, fr.arrival, string(fr.user), string(fr.client), fr.raw)
 		if !bytes.Equal(again[:4], b[:4]) || !bytes.Equal(again[8:], b[8:]) {
 			t.Fatalf("re-encoded differently:\n%x\n%x", b, again)
 		}

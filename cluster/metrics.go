@@ -15,6 +15,11 @@ type Stats struct {
 	DropQueue, DropNoTrack, Malformed, SendErrors, Duplicates uint64
 	// StoreErrors counts memberships not written to the bucket.
 	StoreErrors uint64
+	// KeyframesOut counts keyframe requests of remote video tracks' subscribers
+	// sent to their publishers' routers; KeyframesIn, those of other routers
+	// passed on to a local publisher; KeyframesNoTrack, those for a track
+	// no longer relayed from here.
+	KeyframesOut, KeyframesIn, KeyframesNoTrack uint64
 	// SubjectsIn are the relay subjects this router subscribes to (the
 	// conversations it listens in); SubjectsOut, the conversations it
 	// relays out (another router listens in them).
@@ -35,18 +40,21 @@ type Stats struct {
 // Stats returns the Node's counts.
 func (n *Node) Stats() Stats {
 	s := Stats{
-		RelayedOut:    n.count.out.Load(),
-		RelayedIn:     n.count.in.Load(),
-		DropQueue:     n.count.dropQueue.Load(),
-		DropNoTrack:   n.count.dropNoTrack.Load(),
-		Malformed:     n.count.malformed.Load(),
-		SendErrors:    n.count.sendErrors.Load(),
-		Duplicates:    n.count.duplicates.Load(),
-		StoreErrors:   n.count.storeErrors.Load(),
-		RemoteTracks:  n.count.remoteTracks.Load(),
-		Memberships:   n.mem.cacheSize(),
-		WatchLag:      n.mem.lag(),
-		WatchRestarts: n.mem.restarts.Load(),
+		RelayedOut:       n.count.out.Load(),
+		RelayedIn:        n.count.in.Load(),
+		DropQueue:        n.count.dropQueue.Load(),
+		DropNoTrack:      n.count.dropNoTrack.Load(),
+		Malformed:        n.count.malformed.Load(),
+		SendErrors:       n.count.sendErrors.Load(),
+		Duplicates:       n.count.duplicates.Load(),
+		StoreErrors:      n.count.storeErrors.Load(),
+		KeyframesOut:     n.count.keyframesOut.Load(),
+		KeyframesIn:      n.count.keyframesIn.Load(),
+		KeyframesNoTrack: n.count.keyframesNoTrack.Load(),
+		RemoteTracks:     n.count.remoteTracks.Load(),
+		Memberships:      n.mem.cacheSize(),
+		WatchLag:         n.mem.lag(),
+		WatchRestarts:    n.mem.restarts.Load(),
 	}
 	n.mu.Lock()
 	s.SubjectsIn = len(n.subs)
@@ -84,11 +92,12 @@ var (
 	descMembers = prometheus.NewDesc("router_membership_cache", "Memberships in the local cache of the shared membership bucket.", nil, nil)
 	descStore   = prometheus.NewDesc("router_membership_store_errors_total", "Memberships not written to the shared bucket.", nil, nil)
 	descLag     = prometheus.NewDesc("router_membership_watch_lag", "Revisions the watch of the shared membership bucket was behind the bucket at its last check (every 2 s).", nil, nil)
+	descKeys    = prometheus.NewDesc("router_relay_keyframe_requests_total", "Keyframe requests for relayed video tracks, by direction (out: sent to a publisher's router for subscribers here, in: passed on to a publisher here, no_track: for a track no longer relayed from here).", []string{"direction"}, nil)
 	descRestart = prometheus.NewDesc("router_membership_watch_restarts_total", "Watches of the shared membership bucket started again (after a NATS reconnect, or a lag that lasted a check).", nil, nil)
 )
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descDrops, descSubj, descRemote, descRouters, descMembers, descStore, descLag, descRestart} {
+	for _, d := range []*prometheus.Desc{descPackets, descDrops, descSubj, descRemote, descRouters, descMembers, descStore, descLag, descRestart, descKeys} {
 		ch <- d
 	}
 }
@@ -102,6 +111,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(s.Malformed), "malformed")
 	ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(s.SendErrors), "send_error")
 	ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(s.Duplicates), "duplicate")
+	ch <- prometheus.MustNewConstMetric(descKeys, prometheus.CounterValue, float64(s.KeyframesOut), "out")
+	ch <- prometheus.MustNewConstMetric(descKeys, prometheus.CounterValue, float64(s.KeyframesIn), "in")
+	ch <- prometheus.MustNewConstMetric(descKeys, prometheus.CounterValue, float64(s.KeyframesNoTrack), "no_track")
 	ch <- prometheus.MustNewConstMetric(descSubj, prometheus.GaugeValue, float64(s.SubjectsIn), "in")
 	ch <- prometheus.MustNewConstMetric(descSubj, prometheus.GaugeValue, float64(s.SubjectsOut), "out")
 	ch <- prometheus.MustNewConstMetric(descRemote, prometheus.GaugeValue, float64(s.RemoteTracks))

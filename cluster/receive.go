@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/pion/webrtc/v3"
 
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/room"
@@ -140,7 +141,16 @@ func (s *relaySub) handle(b []byte, now time.Time) {
 func (s *relaySub) open(f frame, now time.Time) *remoteTrack {
 	n := s.n
 	user, client := string(f.user), string(f.client)
-	up := rtc.NewUpTrack(claim.Claim{UserID: user, ClientID: client}, binary.BigEndian.Uint32(f.raw[8:12]), f.ext)
+	c, ssrc := claim.Claim{UserID: user, ClientID: client}, binary.BigEndian.Uint32(f.raw[8:12])
+	var up *rtc.UpTrack
+	if kind := kindOf(f.codec); kind == webrtc.RTPCodecTypeAudio {
+		up = rtc.NewUpTrack(c, ssrc, f.ext)
+	} else {
+		// Its subscribers' keyframe requests go back to the publisher's
+		// router (Node.onKeyframe there).
+		subj, key := n.keySubject(f.origin), f.key
+		up = rtc.NewRelayedUpTrack(c, ssrc, kind, codecs[f.codec].RTPCodecCapability, f.ext, func() { n.askKeyframe(subj, key) })
+	}
 	rt := &remoteTrack{last: now.UnixNano(), origin: f.origin}
 	t, err := n.rooms.AddRemoteTrack(s.conv, user, up)
 	if err != nil {

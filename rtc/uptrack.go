@@ -44,6 +44,9 @@ type UpTrack struct {
 	lastKeyReq  atomic.Int64 // unix ns
 	fir         bool         // the publisher negotiated FIR but not PLI
 	firSeq      atomic.Uint32
+	// askKeyframe carries the keyframe requests of a relayed track (no
+	// peer) to its publisher's router; nil: nowhere.
+	askKeyframe func()
 
 	// buf is the packet path's SendBuffer.
 	buf SendBuffer
@@ -65,6 +68,22 @@ const (
 func NewUpTrack(c claim.Claim, ssrc uint32, levelExtID uint8) *UpTrack {
 	return newUpTrack(c, ssrc, webrtc.RTPCodecTypeAudio, codec.Opus.RTPCodecCapability, levelExtID)
 }
+
+// NewRelayedUpTrack returns an up-track of device c of either kind with
+// codec cc that is not received over WebRTC but relayed from another
+// router: its keyframe requests (RequestKeyframe, throttled like a
+// WebRTC track's) call askKeyframe, which must not block on the network,
+// so that down-tracks gate video on it like on a local track.
+func NewRelayedUpTrack(c claim.Claim, ssrc uint32, kind webrtc.RTPCodecType, cc webrtc.RTPCodecCapability, levelExtID uint8, askKeyframe func()) *UpTrack {
+	t := newUpTrack(c, ssrc, kind, cc, levelExtID)
+	t.askKeyframe = askKeyframe
+	return t
+}
+
+// SetKeyframeInterval sets the shortest time between two keyframe
+// requests of a track made with NewRelayedUpTrack (a WebRTC track takes
+// Config.KeyframeInterval). Call it before the track is used.
+func (t *UpTrack) SetKeyframeInterval(d time.Duration) { t.keyInterval = d }
 
 func newUpTrack(c claim.Claim, ssrc uint32, kind webrtc.RTPCodecType, cc webrtc.RTPCodecCapability, levelExtID uint8) *UpTrack {
 	n := audioCache
@@ -115,13 +134,17 @@ func (t *UpTrack) Cache(raw []byte) bool { return t.cache.put(raw) }
 // keyframe interval ago. It never blocks on the network and does nothing
 // for audio. It reports whether a request went out.
 func (t *UpTrack) RequestKeyframe() bool {
-	if t.Kind != webrtc.RTPCodecTypeVideo || t.peer == nil {
+	if t.Kind != webrtc.RTPCodecTypeVideo || t.peer == nil && t.askKeyframe == nil {
 		return false
 	}
 	now := time.Now().UnixNano()
 	last := t.lastKeyReq.Load()
 	if now-last < int64(t.keyInterval) || !t.lastKeyReq.CompareAndSwap(last, now) {
 		return false
+	}
+	if t.peer == nil {
+		t.askKeyframe()
+		return true
 	}
 	var pkt rtcp.Packet = &rtcp.PictureLossIndication{MediaSSRC: t.SSRC}
 	if t.fir {
