@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pion/dtls/v2"
 	"github.com/pion/rtp"
 
 	"github.com/beepvoice/router/claim"
@@ -104,6 +105,10 @@ type loadConfig struct {
 	// NACK makes the clients negotiate NACK for Opus, as pion clients do;
 	// browsers and libwebrtc do not (their Opus has only transport-cc).
 	NACK bool
+	// SRTP is the DTLS-SRTP profile the clients offer (srtpProfiles):
+	// "" for pion's list (AEAD_AES_256_GCM), "aes-cm" for Chromium's
+	// choice.
+	SRTP string
 	// Wire makes the receiving devices timestamp datagrams in the kernel
 	// (beepclient.Options.ArrivalTimes), for the wire latency.
 	Wire bool
@@ -275,6 +280,7 @@ type runResult struct {
 	Payload   [2]int    `json:"payload_bytes"`
 	LevelDBov int       `json:"level_dbov"`
 	NACK      bool      `json:"nack"`
+	SRTP      string    `json:"srtp,omitempty"`
 
 	Devices struct {
 		Connected  int    `json:"connected"`
@@ -595,6 +601,7 @@ func (k *connector) connect(ctx context.Context, d *device) {
 		Publish: d.publisher, Receive: d.slots, NoNACK: !k.cfg.NACK,
 		// Cheaper reading; the slots find duplicates themselves.
 		NoReplayProtection: true,
+		SRTPProfiles:       srtpProfiles[k.cfg.SRTP],
 		ArrivalTimes:       k.cfg.Wire && d.slots > 0,
 		OnTrack: func(string) func(*rtp.Packet, time.Time, time.Time) {
 			s := &slotStat{win: k.win, hist: newHist()}
@@ -760,7 +767,7 @@ func runLoad(ctx context.Context, cfg loadConfig, run int) (*runResult, error) {
 	res := &runResult{
 		Name: cfg.Scenario.Name(), Scenario: cfg.Scenario, Run: run, Started: time.Now(), LoadAvg: loadAvg(),
 		Rate: cfg.Rate, SettleS: cfg.Settle.Seconds(), HoldS: cfg.Hold.Seconds(),
-		Payload: [2]int{cfg.SizeMin, cfg.SizeMax}, LevelDBov: -cfg.Level, NACK: cfg.NACK,
+		Payload: [2]int{cfg.SizeMin, cfg.SizeMax}, LevelDBov: -cfg.Level, NACK: cfg.NACK, SRTP: cfg.SRTP,
 	}
 	res.Machine.CPUs = machineCPUs()
 	if cfg.Wire {
@@ -1107,3 +1114,10 @@ func fetchTo(ctx context.Context, u, path string, timeout time.Duration) error {
 
 // errNoRouterPID explains missing router figures.
 var errNoRouterPID = errors.New("no router pid: give -router-pid, or let the tool start the router with -router-bin or -router-self")
+
+// srtpProfiles are the DTLS-SRTP profiles the clients offer, by -srtp.
+var srtpProfiles = map[string][]dtls.SRTPProtectionProfile{
+	"":       nil, // pion's list: AEAD_AES_256_GCM first
+	"aes-cm": {dtls.SRTP_AES128_CM_HMAC_SHA1_80},
+	"gcm":    {dtls.SRTP_AEAD_AES_128_GCM},
+}

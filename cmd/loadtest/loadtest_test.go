@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -405,5 +406,68 @@ func TestMultiRouterLoad(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "router 2:") || !strings.Contains(out.String(), "the relay added") {
 		t.Errorf("no per-router or relay lines in:\n%s", out.String())
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger's concurrent writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestSRTPProfileFlag: -srtp aes-cm makes the clients offer only
+// AES_CM_128_HMAC_SHA1_80, as Chromium's sessions end up: the router's
+// peers log that profile (with the peer's AES-CM sealer), media flows, the
+// report names it; an unknown value is refused before anything starts.
+func TestSRTPProfileFlag(t *testing.T) {
+	logs := &lockedBuffer{}
+	h, err := startHarness(slog.New(slog.NewTextHandler(logs, nil)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := h.close(ctx); err != nil {
+			t.Errorf("harness close: %v", err)
+		}
+	})
+	js := filepath.Join(t.TempDir(), "report.json")
+	var out, errb bytes.Buffer
+	code := run([]string{
+		"-url", h.URL(), "-router-pid", strconv.Itoa(os.Getpid()), "-srtp", "aes-cm",
+		"-publishers", "2", "-subscribers", "2", "-conversations", "1",
+		"-rate", "100", "-settle", "300ms", "-hold", "1s", "-grace", "500ms", "-timeout", "60s", "-json", js,
+	}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit code %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
+	}
+	r := readReport(t, js).Runs[0]
+	if r.SRTP != "aes-cm" {
+		t.Errorf("the report's srtp is %q, want aes-cm", r.SRTP)
+	}
+	if r.Devices.Connected != 4 || r.Egress.Received == 0 {
+		t.Errorf("devices %+v, %d packets received", r.Devices, r.Egress.Received)
+	}
+	if n := strings.Count(logs.String(), `srtp="SRTP_AES128_CM_HMAC_SHA1_80, one sealer"`); n != 4 {
+		t.Errorf("%d peers logged AES-CM with the peer's sealer, want 4; router log:\n%s", n, logs.String())
+	}
+
+	out.Reset()
+	errb.Reset()
+	if code := run([]string{"-url", h.URL(), "-srtp", "des"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), `-srtp "des"`) {
+		t.Errorf("-srtp des: exit code %d, stderr %q; want 2 and the flag named", code, errb.String())
 	}
 }

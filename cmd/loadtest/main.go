@@ -98,6 +98,7 @@ type options struct {
 	heapProf   string
 	toolProf   string
 	nack       bool
+	srtp       string
 	wire       bool
 	verbose    bool
 
@@ -143,6 +144,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.sizeMax, "size-max", 120, "largest Opus payload in bytes")
 	fs.IntVar(&o.level, "level", 20, "audio level publishers send, in -dBov (0 loudest, 127 silence; the forwarder counts -50 dBov or louder as speech)")
 	fs.StringVar(&o.framing, "framing", "bare", "/connect framing: bare or prefixed")
+	fs.StringVar(&o.srtp, "srtp", "", "DTLS-SRTP profile the clients offer: empty for pion's list (AEAD_AES_256_GCM), aes-cm (AES_CM_128_HMAC_SHA1_80, what Chromium negotiates) or gcm (AEAD_AES_128_GCM)")
 	fs.StringVar(&o.routers, "routers", "1", "multi-router mode, with -router-bin: spread the publishers and the subscribers round-robin over this many router processes on one NATS (with JetStream, run by the tool on 127.0.0.1); a comma list (e.g. 1,3) runs each scenario with each count, and a multi-router run then reports what the relay cost per relayed packet against the one-router run")
 	fs.StringVar(&o.spread, "spread", "devices", "multi-router mode: how devices are spread over the routers: devices (round-robin, device by device: a conversation spans the routers), conversations (conversation c on router c mod R: nothing relayed), or both (each scenario both ways; the relay's cost is then set against the conversations run)")
 	fs.IntVar(&o.runs, "runs", 1, "runs per scenario (each with a fresh router when the tool starts it); the table marks the best")
@@ -258,6 +260,9 @@ func (o *options) validate() error {
 	}
 	if o.framing != "bare" && o.framing != "prefixed" {
 		errs = append(errs, errors.New("-framing: want bare or prefixed"))
+	}
+	if _, ok := srtpProfiles[o.srtp]; !ok {
+		errs = append(errs, fmt.Errorf("-srtp %q: want aes-cm, gcm, or nothing for pion's list", o.srtp))
 	}
 	if rs, err := parseRouters(o.routers); err != nil {
 		errs = append(errs, err)
@@ -537,7 +542,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 				cfg := loadConfig{
 					Scenario: sc, Rate: o.rate, Settle: o.settle, Hold: o.hold, Grace: o.grace,
 					SizeMin: o.sizeMin, SizeMax: o.sizeMax, Level: o.level, Framing: framing,
-					CPUProfile: prof, ToolProfile: o.toolProf, NACK: o.nack, Wire: o.wire,
+					CPUProfile: prof, ToolProfile: o.toolProf, NACK: o.nack, SRTP: o.srtp, Wire: o.wire,
 					Syscalls: o.syscalls, DialTimeout: o.dialTO, Logf: logf,
 				}
 				problems, err := withRouters(sc.Routers, func(rs []routerRef, dbg string) error {

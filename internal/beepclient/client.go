@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/pion/dtls/v2"
 	"github.com/pion/ice/v2"
 	"github.com/pion/interceptor"
 	"github.com/pion/rtcp"
@@ -69,6 +70,10 @@ type Options struct {
 	// NoReplayProtection accepts SRTP packets seen before, so that a
 	// retransmission of a packet that was not lost is visible.
 	NoReplayProtection bool
+	// SRTPProfiles are the DTLS-SRTP protection profiles the client
+	// offers, in order; nil: pion's (AEAD_AES_256_GCM first). A browser
+	// session is AES_CM_128_HMAC_SHA1_80: Chromium's choice.
+	SRTPProfiles []dtls.SRTPProtectionProfile
 	// ArrivalTimes makes the client note when the kernel received each RTP
 	// datagram: ICE then uses one UDP socket of the client's own on
 	// 127.0.0.1 (through pion's UDP mux) with SO_TIMESTAMPNS, and every
@@ -165,6 +170,9 @@ func loopbackAPI(o Options, mux *ice.UDPMuxDefault) (*webrtc.API, error) {
 	s.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
 	if o.NoReplayProtection {
 		s.DisableSRTPReplayProtection(true)
+	}
+	if len(o.SRTPProfiles) > 0 {
+		s.SetSRTPProtectionProfiles(o.SRTPProfiles...)
 	}
 	if mux != nil {
 		s.SetICEUDPMux(mux)
