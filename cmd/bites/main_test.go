@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/beepvoice/router/beeppb"
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -83,24 +83,6 @@ func TestDescribe(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for one writer and one reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestWatch subscribes to a real NATS server on loopback and prints each
 // bite published on the subject, in order, until its context ends.
 func TestWatch(t *testing.T) {
@@ -120,7 +102,7 @@ func TestWatch(t *testing.T) {
 	defer nc.Close()
 
 	before := ns.NumSubscriptions() // the server's own
-	var out syncBuffer
+	var out testutil.Buffer
 	dir := filepath.Join(t.TempDir(), "new")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -14,12 +14,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/beepvoice/router/claim"
 	"github.com/beepvoice/router/internal/beepclient"
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 // TestMain lets the test binary act as the router harness, so that
@@ -409,30 +409,12 @@ func TestMultiRouterLoad(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestSRTPProfileFlag: -srtp aes-cm makes the clients offer only
 // AES_CM_128_HMAC_SHA1_80, as Chromium's sessions end up: the router's
 // peers log that profile (with the peer's AES-CM sealer), media flows, the
 // report names it; an unknown value is refused before anything starts.
 func TestSRTPProfileFlag(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &testutil.Buffer{}
 	h, err := startHarness(slog.New(slog.NewTextHandler(logs, nil)), 0)
 	if err != nil {
 		t.Fatal(err)

@@ -13,7 +13,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/beepvoice/router/beeppb"
+	"github.com/beepvoice/router/internal/testutil"
 	"github.com/beepvoice/router/pipeline"
 	"github.com/beepvoice/router/plugins"
 	"github.com/beepvoice/router/stages"
@@ -452,24 +452,6 @@ func TestCurlWords(t *testing.T) {
 	}
 }
 
-// lockedBuffer collects a streamed answer for one reader goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestREADMECurl runs every curl line of README.md and docs/arbiter.md, in
 // order, each file against its own -dev router, as a reader would against `go run ./cmd/router -dev`: each
 // must be answered 2xx, with the text its "# → " comment names. A line
@@ -555,7 +537,7 @@ func runCurls(t *testing.T, doc string, min int) {
 
 	type pending struct {
 		c    curlCommand
-		body *lockedBuffer
+		body *testutil.Buffer
 		done chan struct{}
 	}
 	var background []pending
@@ -587,7 +569,7 @@ func runCurls(t *testing.T, doc string, min int) {
 			continue
 		}
 		if c.background {
-			p := pending{c: c, body: &lockedBuffer{}, done: make(chan struct{})}
+			p := pending{c: c, body: &testutil.Buffer{}, done: make(chan struct{})}
 			go func() {
 				defer close(p.done)
 				defer resp.Body.Close()

@@ -1,7 +1,6 @@
 package beep
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -9,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,6 +15,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"github.com/beepvoice/router/claim"
+	"github.com/beepvoice/router/internal/testutil"
 	"github.com/beepvoice/router/permissions"
 	"github.com/beepvoice/router/room"
 	"github.com/beepvoice/router/rtc"
@@ -87,24 +86,6 @@ type nopSink struct{}
 
 func (nopSink) Open(*room.Track) (rtc.TrackSink, error) { return nil, errors.New("unused") }
 
-// syncBuffer collects logs written by the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestJoinRefusesBadInput sends real requests to /join and /connect of a
 // real Server, whose permissions.Client asks a real permission service:
 // bad ids never reach the permission service or the rooms, and a
@@ -136,7 +117,7 @@ func TestJoinRefusesBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rooms.Close(context.Background())
-	logs := &syncBuffer{}
+	logs := &testutil.Buffer{}
 	r := mux.NewRouter()
 	New(Config{
 		Rooms:       rooms,
