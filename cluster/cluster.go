@@ -349,13 +349,22 @@ func (n *Node) send(s *sendShard) {
 	}
 }
 
-// enqueue queues a frame on s, or counts it dropped when s is full.
-func (n *Node) enqueue(s *sendShard, subj string, kind, cn, ext byte, key uint64, arrival int64, user, client string, raw []byte) {
-	var f *outFrame
+// take returns a free frame of s to fill and queue, or nil, counted as
+// dropped, when s is full. It never waits.
+func (n *Node) take(s *sendShard) *outFrame {
 	select {
-	case f = <-s.free:
+	case f := <-s.free:
+		return f
 	default:
 		n.count.dropQueue.Add(1)
+		return nil
+	}
+}
+
+// enqueue queues a frame on s, or counts it dropped when s is full.
+func (n *Node) enqueue(s *sendShard, subj string, kind, cn, ext byte, key uint64, arrival int64, user, client string, raw []byte) {
+	f := n.take(s)
+	if f == nil {
 		return
 	}
 	f.subj = subj
@@ -375,11 +384,8 @@ func (n *Node) keySubject(origin uint64) string {
 // the requests (rtc.UpTrack.RequestKeyframe).
 func (n *Node) askKeyframe(subj string, key uint64) {
 	s := n.shards[key%uint64(len(n.shards))]
-	var f *outFrame
-	select {
-	case f = <-s.free:
-	default:
-		n.count.dropQueue.Add(1)
+	f := n.take(s)
+	if f == nil {
 		return
 	}
 	f.subj = subj
