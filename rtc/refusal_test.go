@@ -46,6 +46,49 @@ func loopbackClient(t *testing.T) *webrtc.PeerConnection {
 	return pc
 }
 
+// connectClient negotiates client, its tracks added, with a new peer of e
+// whose handler is h (the client offers, both gather before the answer),
+// and waits until both ends are connected.
+func connectClient(t *testing.T, e *Engine, client *webrtc.PeerConnection, h Handler) *Peer {
+	t.Helper()
+	clientUp := make(chan struct{})
+	var once sync.Once
+	client.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
+		if s == webrtc.PeerConnectionStateConnected {
+			once.Do(func() { close(clientUp) })
+		}
+	})
+	offer, err := client.CreateOffer(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gathered := webrtc.GatheringCompletePromise(client)
+	if err := client.SetLocalDescription(offer); err != nil {
+		t.Fatal(err)
+	}
+	<-gathered
+	p, err := e.NewPeer(claim.Claim{UserID: "u", ClientID: "c"}, h, PeerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Answer(client.LocalDescription().SDP); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := client.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: p.WaitGathered(ctx)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, up := range []<-chan struct{}{p.Connected(), clientUp} {
+		select {
+		case <-up:
+		case <-ctx.Done():
+			t.Fatal("not connected")
+		}
+	}
+	return p
+}
+
 // closeEngine closes e within 10 seconds.
 func closeEngine(t *testing.T, e *Engine) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -100,33 +143,7 @@ func TestTracksPerPeerBounded(t *testing.T) {
 		}
 		tracks = append(tracks, tr)
 	}
-	offer, err := client.CreateOffer(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gathered := webrtc.GatheringCompletePromise(client)
-	if err := client.SetLocalDescription(offer); err != nil {
-		t.Fatal(err)
-	}
-	<-gathered
-	p, err := e.NewPeer(claim.Claim{UserID: "u", ClientID: "c"}, acceptHandler{}, PeerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.Answer(client.LocalDescription().SDP); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	answer := p.WaitGathered(ctx)
-	cancel()
-	if err := client.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: answer}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-p.Connected():
-	case <-time.After(10 * time.Second):
-		t.Fatal("not connected")
-	}
+	p := connectClient(t, e, client, acceptHandler{})
 
 	// Every track sends, 20 ms apart, until the router has decided on all
 	// of them, and half a second more.

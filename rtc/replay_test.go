@@ -8,8 +8,6 @@ import (
 
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v3"
-
-	"github.com/beepvoice/router/claim"
 )
 
 // TestPacketCacheFirstWins: a sequence number the cache holds keeps its
@@ -88,33 +86,10 @@ func TestReplayedSequenceNumberDropped(t *testing.T) {
 	if _, err := client.AddTransceiverFromTrack(tr, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
 		t.Fatal(err)
 	}
-	offer, err := client.CreateOffer(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gathered := webrtc.GatheringCompletePromise(client)
-	if err := client.SetLocalDescription(offer); err != nil {
-		t.Fatal(err)
-	}
-	<-gathered
 	h := recordHandler{sink: recordSink{pkts: make(chan *rtp.Packet, 16)}, ups: make(chan *UpTrack, 1)}
-	p, err := e.NewPeer(claim.Claim{UserID: "u", ClientID: "c"}, h, PeerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.Answer(client.LocalDescription().SDP); err != nil {
-		t.Fatal(err)
-	}
+	p := connectClient(t, e, client, h)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := client.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: p.WaitGathered(ctx)}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-p.Connected():
-	case <-ctx.Done():
-		t.Fatal("not connected")
-	}
 
 	send := func(seq uint16, payload byte) {
 		t.Helper()

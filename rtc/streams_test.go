@@ -11,8 +11,6 @@ import (
 	"github.com/pion/rtcp"
 	"github.com/pion/transport/v2/packetio"
 	"github.com/pion/webrtc/v3"
-
-	"github.com/beepvoice/router/claim"
 )
 
 // connectSubscriber connects a loopback pion client that receives slots
@@ -25,40 +23,7 @@ func connectSubscriber(t *testing.T, e *Engine, slots int) (*webrtc.PeerConnecti
 			t.Fatal(err)
 		}
 	}
-	clientUp := make(chan struct{})
-	client.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
-		if s == webrtc.PeerConnectionStateConnected {
-			close(clientUp)
-		}
-	})
-	offer, err := client.CreateOffer(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gathered := webrtc.GatheringCompletePromise(client)
-	if err := client.SetLocalDescription(offer); err != nil {
-		t.Fatal(err)
-	}
-	<-gathered
-	p, err := e.NewPeer(claim.Claim{UserID: "u", ClientID: "c"}, nopHandler{}, PeerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.Answer(client.LocalDescription().SDP); err != nil {
-		t.Fatal(err)
-	}
-	answer := p.WaitGathered(t.Context())
-	if err := client.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: answer}); err != nil {
-		t.Fatal(err)
-	}
-	for _, up := range []<-chan struct{}{p.Connected(), clientUp} {
-		select {
-		case <-up:
-		case <-time.After(10 * time.Second):
-			t.Fatal("not connected")
-		}
-	}
-	return client, p
+	return client, connectClient(t, e, client, nopHandler{})
 }
 
 // receiverReport returns a receiver report whose 31 blocks name random
