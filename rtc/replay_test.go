@@ -8,6 +8,8 @@ import (
 
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v3"
+
+	"github.com/beepvoice/router/internal/testutil"
 )
 
 // TestPacketCacheFirstWins: a sequence number the cache holds keeps its
@@ -142,7 +144,9 @@ func TestReplayedSequenceNumberDropped(t *testing.T) {
 		t.Errorf("the cache holds %x for seq 3, want the first packet", raw)
 	}
 	p.Close()
-	<-p.Done()
+	// The track's reader counts its duplicates as it ends, after the
+	// peer's Done.
+	testutil.Eventually(t, 10*time.Second, "one duplicate counted", func() bool { return e.Stats().Duplicates == 1 })
 	if got := e.Stats().Duplicates; got != 1 {
 		t.Errorf("%d duplicates counted, want 1", got)
 	}
