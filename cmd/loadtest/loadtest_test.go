@@ -443,7 +443,9 @@ func TestSRTPProfileFlag(t *testing.T) {
 	if r.Devices.Connected != 4 || r.Egress.Received == 0 {
 		t.Errorf("devices %+v, %d packets received", r.Devices, r.Egress.Received)
 	}
-	if n := strings.Count(logs.String(), `srtp="SRTP_AES128_CM_HMAC_SHA1_80, one sealer"`); n != 4 {
+	const line = `srtp="SRTP_AES128_CM_HMAC_SHA1_80, one sealer"`
+	testutil.Eventually(t, 10*time.Second, "4 peers logging AES-CM with the peer's sealer", func() bool { return strings.Count(logs.String(), line) >= 4 })
+	if n := strings.Count(logs.String(), line); n != 4 {
 		t.Errorf("%d peers logged AES-CM with the peer's sealer, want 4; router log:\n%s", n, logs.String())
 	}
 
