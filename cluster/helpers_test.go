@@ -123,3 +123,20 @@ func (stubRooms) AddRemoteTrack(string, string, *rtc.UpTrack) (*room.Track, erro
 	return nil, room.ErrNoConversation
 }
 func (stubRooms) RemoveRemoteTrack(*room.Track) {}
+
+// watchRelay subscribes, on its own connection to url, to every relay
+// subject, and returns the frames published there from now on.
+func watchRelay(t testing.TB, url string) <-chan *nats.Msg {
+	t.Helper()
+	nc := connect(t, url)
+	frames := make(chan *nats.Msg, 64)
+	sub, err := nc.ChanSubscribe(DefaultPrefix+"relay.>", frames)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return frames
+}

@@ -65,15 +65,7 @@ func TestRelayOnlyWithInterest(t *testing.T) {
 	ns := testutil.StartNATS(t, testutil.JetStream)
 	a := newRouter(t, ns.URL())
 	nc := connect(t, ns.URL())
-	frames := make(chan *nats.Msg, 64)
-	sub, err := nc.ChanSubscribe(DefaultPrefix+"relay.>", frames)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	frames := watchRelay(t, ns.URL())
 
 	if err := a.rooms.Join("alice", "c-1"); err != nil {
 		t.Fatal(err)

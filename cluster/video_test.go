@@ -36,15 +36,7 @@ func TestRelayedVideoKeyframe(t *testing.T) {
 	a := newRouter(t, ns.URL())
 	b := newRouter(t, ns.URL())
 	nc := connect(t, ns.URL())
-	frames := make(chan *nats.Msg, 64)
-	sub, err := nc.ChanSubscribe(DefaultPrefix+"relay.>", frames)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	frames := watchRelay(t, ns.URL())
 	for _, r := range []struct {
 		r    *router
 		user string

@@ -45,9 +45,12 @@ func readReport(t *testing.T, path string) report {
 }
 
 // testHarness starts the harness router in-process for one test.
-func testHarness(t *testing.T) *harness {
+func testHarness(t *testing.T) *harness { t.Helper(); return loggingHarness(t, io.Discard) }
+
+// loggingHarness is testHarness with the router's log written to w.
+func loggingHarness(t *testing.T, w io.Writer) *harness {
 	t.Helper()
-	h, err := startHarness(slog.New(slog.NewTextHandler(io.Discard, nil)), 0)
+	h, err := startHarness(slog.New(slog.NewTextHandler(w, nil)), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -415,17 +418,7 @@ func TestMultiRouterLoad(t *testing.T) {
 // report names it; an unknown value is refused before anything starts.
 func TestSRTPProfileFlag(t *testing.T) {
 	logs := &testutil.Buffer{}
-	h, err := startHarness(slog.New(slog.NewTextHandler(logs, nil)), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := h.close(ctx); err != nil {
-			t.Errorf("harness close: %v", err)
-		}
-	})
+	h := loggingHarness(t, logs)
 	js := filepath.Join(t.TempDir(), "report.json")
 	var out, errb bytes.Buffer
 	code := run([]string{
