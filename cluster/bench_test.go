@@ -65,7 +65,7 @@ func BenchmarkRelayReceive(b *testing.B) {
 	}
 	s := &relaySub{n: r.node, conv: "c-1", tracks: make(map[uint64]*remoteTrack)}
 	defer s.close0()
-	frame := appendFrame(nil, kindPacket, codecOpus, 1, 99, 7, time.Now().UnixNano(), "alice", "alice-phone", rtpPacket(1))
+	frame := appendFrame(nil, kindPacket, codecOpus, 1, 99, 7, time.Now().UnixNano(), &publisher{user: "alice", client: "alice-phone"}, rtpPacket(1))
 	raw := frame[len(frame)-len(rtpPacket(1)):]
 	now := time.Now()
 	s.handle(frame, now)
@@ -109,7 +109,7 @@ func BenchmarkRelayReceiveNATS(b *testing.B) {
 		b.Fatal(err)
 	}
 	pub := connect(b, ns.URL())
-	frame := appendFrame(nil, kindPacket, codecOpus, 1, 99, 7, time.Now().UnixNano(), "alice", "alice-phone", rtpPacket(1))
+	frame := appendFrame(nil, kindPacket, codecOpus, 1, 99, 7, time.Now().UnixNano(), &publisher{user: "alice", client: "alice-phone"}, rtpPacket(1))
 	raw := frame[len(frame)-len(rtpPacket(1)):]
 	b.ReportAllocs()
 	b.ResetTimer()

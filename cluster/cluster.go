@@ -39,6 +39,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/pion/webrtc/v3"
@@ -101,6 +102,7 @@ type Rooms interface {
 	Listening() []string
 	ConnectedMembers() map[string]string
 	AddRemoteTrack(convID, userID string, up *rtc.UpTrack) (*room.Track, error)
+	AddRemoteParticipantTrack(convID string, who room.Identity, up *rtc.UpTrack) (*room.Track, error)
 	RemoveRemoteTrack(t *room.Track)
 }
 
@@ -362,13 +364,13 @@ func (n *Node) take(s *sendShard) *outFrame {
 }
 
 // enqueue queues a frame on s, or counts it dropped when s is full.
-func (n *Node) enqueue(s *sendShard, subj string, kind, cn, ext byte, key uint64, arrival int64, user, client string, raw []byte) {
+func (n *Node) enqueue(s *sendShard, subj string, kind, cn, ext byte, key uint64, arrival int64, p *publisher, raw []byte) {
 	f := n.take(s)
 	if f == nil {
 		return
 	}
 	f.subj = subj
-	f.b = appendFrame(f.b[:0], kind, cn, ext, n.origin, key, arrival, user, client, raw)
+	f.b = appendFrame(f.b[:0], kind, cn, ext, n.origin, key, arrival, p, raw)
 	s.q <- f // never blocks: q holds as many frames as there are
 }
 
@@ -424,11 +426,12 @@ type sink struct {
 	inner room.Sink
 }
 
-// Open opens inner's chain for t and, for a track of a Beep user, wraps
-// it in a relay.
+// Open opens inner's chain for t and, for a track of a Beep user or of a
+// participant (a front-end's publisher), wraps it in a relay.
 func (s *sink) Open(t *room.Track) (rtc.TrackSink, error) {
 	ts, err := s.inner.Open(t)
-	if err != nil || t.UserID() == "" || t.Remote() {
+	part := t.Participant()
+	if err != nil || t.Remote() || t.UserID() == "" && part == nil {
 		return ts, err
 	}
 	cn, ok := codecOf(t.Codec.MimeType)
@@ -437,7 +440,11 @@ func (s *sink) Open(t *room.Track) (rtc.TrackSink, error) {
 		return ts, nil
 	}
 	c := t.Claim()
-	if len(c.UserID) > maxID || len(c.ClientID) > maxID {
+	pub := publisher{user: c.UserID, client: c.ClientID}
+	if part != nil {
+		pub.part, pub.display = part.ID, truncate(part.Display, maxID)
+	}
+	if len(pub.user) > maxID || len(pub.client) > maxID || len(pub.part) > maxID {
 		s.n.log.Warn("not relaying a track whose ids are too long", "track", t.ID)
 		return ts, nil
 	}
@@ -447,12 +454,23 @@ func (s *sink) Open(t *room.Track) (rtc.TrackSink, error) {
 		key:   rand.Uint64(),
 		codec: cn,
 		shard: n.shards[int(n.next.Add(1))%len(n.shards)],
-		user:  c.UserID, client: c.ClientID,
+		pub:   pub,
 	}
 	if t.Kind == webrtc.RTPCodecTypeVideo {
 		n.locals.Store(r.key, t) // other routers ask it for keyframes
 	}
 	return r, nil
+}
+
+// truncate returns s cut to at most n bytes, on a UTF-8 boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // trackRelay relays one local publisher's track, from the track's reader
@@ -464,8 +482,7 @@ type trackRelay struct {
 	key   uint64
 	codec byte // its number in frames
 	shard *sendShard
-
-	user, client string
+	pub   publisher
 
 	// The conversation of the last packet, its subject and interest.
 	conv *room.Conversation
@@ -481,7 +498,7 @@ func (r *trackRelay) WriteRTP(raw []byte, arrival time.Time) error {
 		r.switchTo(c)
 	}
 	if r.ent != nil && r.ent.routers.Load() > 0 && len(raw) >= 12 && raw[0]>>6 == 2 {
-		r.n.enqueue(r.shard, r.subj, kindPacket, r.codec, r.t.LevelExtID, r.key, arrival.UnixNano(), r.user, r.client, raw)
+		r.n.enqueue(r.shard, r.subj, kindPacket, r.codec, r.t.LevelExtID, r.key, arrival.UnixNano(), &r.pub, raw)
 	}
 	return r.inner.WriteRTP(raw, arrival)
 }
@@ -504,7 +521,7 @@ func (r *trackRelay) end() {
 		return
 	}
 	if r.ent.routers.Load() > 0 {
-		r.n.enqueue(r.shard, r.subj, kindEnd, r.codec, 0, r.key, time.Now().UnixNano(), r.user, r.client, nil)
+		r.n.enqueue(r.shard, r.subj, kindEnd, r.codec, 0, r.key, time.Now().UnixNano(), &r.pub, nil)
 	}
 	r.n.interest.release(r.ent)
 	r.ent = nil

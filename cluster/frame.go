@@ -14,33 +14,39 @@ import (
 // as one core NATS message. Fixed header, big endian, then the ids and the
 // packet; no protobuf, and neither side allocates per frame.
 //
-//	0      version: frameVersion, or frameVersionCodec when byte 5
-//	       names a codec other than Opus (routers that know only version 1
-//	       drop those frames as unknown rather than feed video to an audio
-//	       track)
+//	0      version: frameVersion (Opus, a Beep user's track),
+//	       frameVersionCodec (byte 5 names a codec other than Opus) or
+//	       frameVersionParticipant (bytes 6 and 7 are used); routers that
+//	       do not know a version drop its frames as unknown rather than
+//	       misread them
 //	1      kind: kindPacket or kindEnd
 //	2      the publisher's audio level extension id (RFC 6464), 0: none
 //	3      length of the user id (U)
 //	4      length of the client id (C)
 //	5      codec (codecOpus, codecVP8, ...): the track's kind and codec
-//	6..7   reserved, 0
+//	6      length of the participant id (P), version 3; else 0
+//	7      length of the participant's display name (D), version 3; else 0
 //	8..15  track key: names the relayed track on its router
 //	16..23 arrival at the publisher's router, unix ns
 //	24..31 origin: the publisher's router (a router's own subscriptions
 //	       receive its own frames: it skips them)
-//	32..   user id, client id, then (kindPacket) the RTP packet as received,
-//	       after SRTP decryption, header extensions (the audio level) included
+//	32..   user id, client id, participant id, display name, then
+//	       (kindPacket) the RTP packet as received, after SRTP decryption,
+//	       header extensions (the audio level) included
 //
 // The ids travel in every frame, so that a router that starts listening
-// mid-stream can make the remote track from any frame; they cost a few
-// tens of bytes beside the packet.
+// mid-stream can make the remote track (and its participant) from any
+// frame; they cost a few tens of bytes beside the packet. A participant's
+// frames (a front-end's, such as a video room's publisher) name it: its
+// tracks become one remote participant on the receiving router.
 const (
-	frameVersion      = 1
-	frameVersionCodec = 2
-	headerLen         = 32
-	kindPacket        = 1
-	kindEnd           = 2
-	// maxID bounds the user and client ids a frame carries.
+	frameVersion            = 1
+	frameVersionCodec       = 2
+	frameVersionParticipant = 3
+	headerLen               = 32
+	kindPacket              = 1
+	kindEnd                 = 2
+	// maxID bounds each id a frame carries.
 	maxID = 255
 )
 
@@ -83,6 +89,8 @@ var (
 	errKind     = errors.New("relay frame: unknown kind")
 	errCodec    = errors.New("relay frame: unknown codec")
 	errNoPacket = errors.New("relay frame: packet missing or not RTP")
+
+	errNoParticipant = errors.New("relay frame: participant id missing")
 )
 
 // frame is a parsed relay frame; its slices alias the message.
@@ -95,22 +103,39 @@ type frame struct {
 	arrival int64
 	user    []byte
 	client  []byte
+	part    []byte // the participant id; empty for a Beep user's track
+	display []byte // the participant's display name
 	raw     []byte // kindPacket: the RTP packet
 }
 
+// publisher names a relayed track's publisher in its frames: a Beep
+// user's device, or a participant (part set). Each id is at most maxID
+// bytes.
+type publisher struct {
+	user, client  string
+	part, display string
+}
+
 // appendFrame appends a frame to dst; cn is one of the codec numbers.
-func appendFrame(dst []byte, kind, cn, ext byte, origin, key uint64, arrival int64, user, client string, raw []byte) []byte {
+func appendFrame(dst []byte, kind, cn, ext byte, origin, key uint64, arrival int64, p *publisher, raw []byte) []byte {
 	var h [headerLen]byte
-	h[0], h[1], h[2], h[3], h[4] = frameVersion, kind, ext, byte(len(user)), byte(len(client))
-	if cn != codecOpus {
+	h[0], h[1], h[2], h[3], h[4] = frameVersion, kind, ext, byte(len(p.user)), byte(len(p.client))
+	switch {
+	case p.part != "":
+		h[0], h[5], h[6], h[7] = frameVersionParticipant, cn, byte(len(p.part)), byte(len(p.display))
+	case cn != codecOpus:
 		h[0], h[5] = frameVersionCodec, cn
 	}
 	binary.BigEndian.PutUint64(h[8:16], key)
 	binary.BigEndian.PutUint64(h[16:24], uint64(arrival))
 	binary.BigEndian.PutUint64(h[24:32], origin)
 	dst = append(dst, h[:]...)
-	dst = append(dst, user...)
-	dst = append(dst, client...)
+	dst = append(dst, p.user...)
+	dst = append(dst, p.client...)
+	if p.part != "" {
+		dst = append(dst, p.part...)
+		dst = append(dst, p.display...)
+	}
 	return append(dst, raw...)
 }
 
@@ -119,7 +144,7 @@ func parseFrame(b []byte) (frame, error) {
 	if len(b) < headerLen {
 		return frame{}, errShort
 	}
-	if b[0] != frameVersion && b[0] != frameVersionCodec {
+	if b[0] != frameVersion && b[0] != frameVersionCodec && b[0] != frameVersionParticipant {
 		return frame{}, errVersion
 	}
 	f := frame{
@@ -130,18 +155,33 @@ func parseFrame(b []byte) (frame, error) {
 		arrival: int64(binary.BigEndian.Uint64(b[16:24])),
 		origin:  binary.BigEndian.Uint64(b[24:32]),
 	}
-	if b[0] == frameVersion {
+	var p, d int
+	switch b[0] {
+	case frameVersion:
 		f.codec = codecOpus // its byte 5 was reserved
-	} else if f.codec == codecOpus || f.codec >= numCodecs {
-		return frame{}, errCodec
+	case frameVersionCodec:
+		if f.codec == codecOpus || f.codec >= numCodecs {
+			return frame{}, errCodec
+		}
+	case frameVersionParticipant:
+		if f.codec >= numCodecs {
+			return frame{}, errCodec
+		}
+		if p, d = int(b[6]), int(b[7]); p == 0 {
+			return frame{}, errNoParticipant
+		}
 	}
 	u, c := int(b[3]), int(b[4])
-	if len(b) < headerLen+u+c {
+	ids := headerLen + u + c + p + d
+	if len(b) < ids {
 		return frame{}, errShort
 	}
-	f.user = b[headerLen : headerLen+u]
-	f.client = b[headerLen+u : headerLen+u+c]
-	f.raw = b[headerLen+u+c:]
+	at := headerLen
+	f.user, at = b[at:at+u], at+u
+	f.client, at = b[at:at+c], at+c
+	f.part, at = b[at:at+p], at+p
+	f.display = b[at : at+d]
+	f.raw = b[ids:]
 	switch f.kind {
 	case kindPacket:
 		if len(f.raw) < 12 || f.raw[0]>>6 != 2 || u == 0 {

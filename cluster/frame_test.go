@@ -8,7 +8,7 @@ import (
 
 func TestFrameRoundTrip(t *testing.T) {
 	raw := []byte{0x90, 111, 0, 7, 0, 0, 3, 0xc0, 0xde, 0xad, 0xbe, 0xef, 0xf8, 0xff, 0xfe}
-	b := appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1234567890, "alice", "phone", raw)
+	b := appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1234567890, &publisher{user: "alice", client: "phone"}, raw)
 	f, err := parseFrame(b)
 	if err != nil {
 		t.Fatal(err)
@@ -17,26 +17,49 @@ func TestFrameRoundTrip(t *testing.T) {
 		string(f.user) != "alice" || string(f.client) != "phone" || !bytes.Equal(f.raw, raw) {
 		t.Fatalf("parsed %+v", f)
 	}
-	end, err := parseFrame(appendFrame(nil, kindEnd, codecOpus, 0, 42, 7, 1, "alice", "phone", nil))
+	end, err := parseFrame(appendFrame(nil, kindEnd, codecOpus, 0, 42, 7, 1, &publisher{user: "alice", client: "phone"}, nil))
 	if err != nil || end.kind != kindEnd || end.key != 7 {
 		t.Fatalf("end frame: %+v %v", end, err)
 	}
 	for name, bad := range map[string][]byte{
-		"short":       b[:headerLen-1],
-		"ids cut":     b[:headerLen+3],
-		"no packet":   appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, "alice", "phone", raw[:11]),
-		"not RTP":     appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, "alice", "phone", append([]byte{0x10}, raw[1:]...)),
-		"no user":     appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, "", "phone", raw),
-		"kind":        appendFrame(nil, 9, codecOpus, 1, 42, 7, 1, "alice", "phone", raw),
-		"version":     append([]byte{3}, b[1:]...),
-		"v2 opus":     append([]byte{frameVersionCodec}, b[1:]...),
-		"codec":       append(append([]byte{frameVersionCodec}, b[1:5]...), append([]byte{numCodecs}, b[6:]...)...),
-		"empty":       nil,
-		"header only": b[:headerLen],
+		"short":             b[:headerLen-1],
+		"ids cut":           b[:headerLen+3],
+		"no packet":         appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, &publisher{user: "alice", client: "phone"}, raw[:11]),
+		"not RTP":           appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, &publisher{user: "alice", client: "phone"}, append([]byte{0x10}, raw[1:]...)),
+		"no user":           appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, &publisher{user: "", client: "phone"}, raw),
+		"kind":              appendFrame(nil, 9, codecOpus, 1, 42, 7, 1, &publisher{user: "alice", client: "phone"}, raw),
+		"version":           append([]byte{9}, b[1:]...),
+		"v3 no participant": append([]byte{frameVersionParticipant}, b[1:]...),
+		"v2 opus":           append([]byte{frameVersionCodec}, b[1:]...),
+		"codec":             append(append([]byte{frameVersionCodec}, b[1:5]...), append([]byte{numCodecs}, b[6:]...)...),
+		"empty":             nil,
+		"header only":       b[:headerLen],
 	} {
 		if _, err := parseFrame(bad); err == nil {
 			t.Errorf("%s: parsed", name)
 		}
+	}
+}
+
+// TestParticipantFrame: a participant's frame (any codec) is version 3
+// and carries the participant's id and display name after the user and
+// client ids; a router that knows only versions 1 and 2 drops it.
+func TestParticipantFrame(t *testing.T) {
+	raw := []byte{0x80, 111, 0, 7, 0, 0, 3, 0xc0, 0xde, 0xad, 0xbe, 0xef, 0xf8}
+	for _, cn := range []byte{codecOpus, codecVP8} {
+		pub := &publisher{user: "alice@example.com", client: "ws-1", part: "p-42", display: "Alice Ö."}
+		b := appendFrame(nil, kindPacket, cn, 1, 42, 7, 1, pub, raw)
+		f, err := parseFrame(b)
+		if err != nil || b[0] != frameVersionParticipant || f.codec != cn || string(f.user) != pub.user || string(f.client) != pub.client ||
+			string(f.part) != pub.part || string(f.display) != pub.display || !bytes.Equal(f.raw, raw) {
+			t.Fatalf("codec %d: version %d, parsed %+v %v", cn, b[0], f, err)
+		}
+		if _, err := parseFrame(b[:headerLen+len(pub.user)+len(pub.client)+len(pub.part)+2]); err == nil {
+			t.Errorf("codec %d: a frame cut within the display name parsed", cn)
+		}
+	}
+	if got := truncate("Ünïcødé", 4); got != "Ün" {
+		t.Errorf("truncate cut a rune: %q", got)
 	}
 }
 
@@ -53,7 +76,7 @@ func TestVideoFrame(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s: no codec number", tc.mime)
 		}
-		b := appendFrame(nil, kindPacket, cn, 0, 42, 7, 1, "alice", "phone", raw)
+		b := appendFrame(nil, kindPacket, cn, 0, 42, 7, 1, &publisher{user: "alice", client: "phone"}, raw)
 		f, err := parseFrame(b)
 		if err != nil || b[0] != tc.version || f.codec != cn || !strings.EqualFold(codecs[f.codec].MimeType, tc.mime) {
 			t.Fatalf("%s: version %d, parsed %+v %v", tc.mime, b[0], f, err)
@@ -92,14 +115,14 @@ func TestTokenIsInjectiveAndReversible(t *testing.T) {
 // FuzzParseFrame: no frame makes the parser panic, and what it accepts
 // encodes back to the same bytes.
 func FuzzParseFrame(f *testing.F) {
-	f.Add(appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, "alice", "phone", []byte{0x80, 111, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9}))
-	f.Add(appendFrame(nil, kindEnd, codecOpus, 0, 42, 7, 1, "alice", "phone", nil))
+	f.Add(appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, &publisher{user: "alice", client: "phone"}, []byte{0x80, 111, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9}))
+	f.Add(appendFrame(nil, kindEnd, codecOpus, 0, 42, 7, 1, &publisher{user: "alice", client: "phone"}, nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fr, err := parseFrame(b)
 		if err != nil {
 			return
 		}
-		again := appendFrame(nil, fr.kind, fr.codec, fr.ext, fr.origin, fr.key, fr.arrival, string(fr.user), string(fr.client), fr.raw)
+		again := appendFrame(nil, fr.kind, fr.codec, fr.ext, fr.origin, fr.key, fr.arrival, &publisher{user: string(fr.user), client: string(fr.client), part: string(fr.part), display: string(fr.display)}, fr.raw)
 		if !bytes.Equal(again[:4], b[:4]) || !bytes.Equal(again[8:], b[8:]) {
 			t.Fatalf("re-encoded differently:\n%x\n%x", b, again)
 		}

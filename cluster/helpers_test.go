@@ -122,6 +122,9 @@ func (stubRooms) ConnectedMembers() map[string]string { return nil }
 func (stubRooms) AddRemoteTrack(string, string, *rtc.UpTrack) (*room.Track, error) {
 	return nil, room.ErrNoConversation
 }
+func (stubRooms) AddRemoteParticipantTrack(string, room.Identity, *rtc.UpTrack) (*room.Track, error) {
+	return nil, room.ErrNoConversation
+}
 func (stubRooms) RemoveRemoteTrack(*room.Track) {}
 
 // watchRelay subscribes, on its own connection to url, to every relay

@@ -152,10 +152,16 @@ func (s *relaySub) open(f frame, now time.Time) *remoteTrack {
 		up = rtc.NewRelayedUpTrack(c, ssrc, kind, codecs[f.codec].RTPCodecCapability, f.ext, func() { n.askKeyframe(subj, key) })
 	}
 	rt := &remoteTrack{last: now.UnixNano(), origin: f.origin}
-	t, err := n.rooms.AddRemoteTrack(s.conv, user, up)
+	var t *room.Track
+	var err error
+	if len(f.part) == 0 {
+		t, err = n.rooms.AddRemoteTrack(s.conv, user, up)
+	} else {
+		t, err = n.rooms.AddRemoteParticipantTrack(s.conv, room.Identity{ID: string(f.part), Claim: c, Display: string(f.display)}, up)
+	}
 	if err != nil {
 		if !errors.Is(err, room.ErrNoConversation) {
-			n.log.Warn("cluster: remote track refused", "conversation", s.conv, "user", user, "err", err)
+			n.log.Warn("cluster: remote track refused", "conversation", s.conv, "user", user, "participant", string(f.part), "err", err)
 		}
 		return rt
 	}
@@ -167,7 +173,7 @@ func (s *relaySub) open(f frame, now time.Time) *remoteTrack {
 	}
 	rt.t, rt.sink = t, sink
 	n.count.remoteTracks.Add(1)
-	n.log.Info("cluster: remote track started", "conversation", s.conv, "user", user, "client", client, "track", up.ID)
+	n.log.Info("cluster: remote track started", "conversation", s.conv, "user", user, "client", client, "participant", string(f.part), "track", up.ID)
 	return rt
 }
 

@@ -162,8 +162,8 @@ func TestSilentRouterTracksEnd(t *testing.T) {
 	s := &relaySub{n: r.node, conv: "c-1", tracks: make(map[uint64]*remoteTrack)}
 	defer s.close0()
 	now := time.Now()
-	s.handle(appendFrame(nil, kindPacket, codecOpus, 1, 99, 7, now.UnixNano(), "alice", "alice-phone", rtpPacket(1)), now)
-	s.handle(appendFrame(nil, kindPacket, codecOpus, 1, 98, 8, now.UnixNano(), "carol", "carol-phone", rtpPacket(1)), now)
+	s.handle(appendFrame(nil, kindPacket, codecOpus, 1, 99, 7, now.UnixNano(), &publisher{user: "alice", client: "alice-phone"}, rtpPacket(1)), now)
+	s.handle(appendFrame(nil, kindPacket, codecOpus, 1, 98, 8, now.UnixNano(), &publisher{user: "carol", client: "carol-phone"}, rtpPacket(1)), now)
 	if n := r.node.Stats().RemoteTracks; n != 2 {
 		t.Fatalf("%d remote tracks, want 2", n)
 	}

@@ -285,7 +285,7 @@ func (s *feedServer) serveWS(w http.ResponseWriter, r *http.Request) {
 func (ss *feedSession) run() {
 	s := ss.s
 	defer ss.conn.Close()
-	p, err := s.m.Enter(s.conv, ss.id, claim.Claim{UserID: "user-" + ss.id, ClientID: "client-" + ss.id}, ss.watch)
+	p, err := s.m.Enter(s.conv, room.Identity{ID: ss.id, Claim: claim.Claim{UserID: "user-" + ss.id, ClientID: "client-" + ss.id}}, ss.watch)
 	if err != nil {
 		ss.send(feedMsg{Type: "error", Reason: "enter: " + err.Error()})
 		return

@@ -3,6 +3,7 @@ package room
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 
 	"github.com/beepvoice/router/rtc"
@@ -112,9 +113,16 @@ func (m *Manager) ConnectedMembers() map[string]string {
 	return out
 }
 
-// listens reports whether a connected device of c's members has slots.
-// Callers hold m.mu.
+// listens reports whether c has a participant connected here (it may
+// attach a feed of any publisher at any time: a video room's participants
+// receive its publishers), or a connected device of c's members has
+// slots. Callers hold m.mu.
 func listens(c *Conversation) bool {
+	for _, p := range c.participants {
+		if !p.remote {
+			return true
+		}
+	}
 	for u := range c.members {
 		for _, d := range u.devices {
 			if d.connected && len(d.slots) > 0 {
@@ -151,16 +159,83 @@ func (m *Manager) AddRemoteTrack(convID, userID string, up *rtc.UpTrack) (*Track
 	return t, nil
 }
 
-// RemoveRemoteTrack takes a track of AddRemoteTrack out of its
-// conversation: from here on its packets reach nobody.
+// AddRemoteParticipantTrack adds up, a track of participant who relayed
+// from another router, to conversation convID, and returns once the
+// policies take it into account. The participant is made remote in convID
+// with its first track (the other participants' watches are told it
+// Published), and leaves with its last (RemoveRemoteTrack): the feeds of
+// it then end and the watches are told it Left. Local participants
+// subscribe to it like to a local one. Its packets go through a pipeline
+// chain like a local track's (pipeline.Pipeline.OpenRelayed).
+func (m *Manager) AddRemoteParticipantTrack(convID string, who Identity, up *rtc.UpTrack) (*Track, error) {
+	if who.ID == "" || who.Claim.UserID == "" {
+		return nil, errors.New("room: a remote participant's track needs its participant and user ids")
+	}
+	m.mu.Lock()
+	c := m.convs[convID]
+	if c == nil || m.closed {
+		m.mu.Unlock()
+		return nil, fmt.Errorf("%w: %q", ErrNoConversation, convID)
+	}
+	p := c.participants[who.ID]
+	switch {
+	case p == nil:
+		p = &Participant{Identity: who, m: m, c: c, remote: true}
+		p.conv.Store(c)
+		c.participants[who.ID] = p
+		m.log.Info("remote participant entered", "conversation", convID, "participant", who.ID, "user", who.Claim.UserID)
+	case !p.remote || p.Claim.UserID != who.Claim.UserID:
+		// Two routers admitted the same id (each checks only its own):
+		// the one here keeps it.
+		m.mu.Unlock()
+		return nil, fmt.Errorf("%w: %q", ErrParticipantExists, who.ID)
+	}
+	t := &Track{UpTrack: up, member: &p.conv, part: p, remoteUser: who.Claim.UserID}
+	first := len(p.tracks) == 0
+	p.tracks = append(p.tracks, t)
+	c.mu.Lock()
+	c.tracks = append(c.tracks, t)
+	c.mu.Unlock()
+	others := c.others(p)
+	m.mu.Unlock()
+	c.sync()
+	if first {
+		notify(others, Event{Kind: Published, Participant: p})
+	}
+	return t, nil
+}
+
+// RemoveRemoteTrack takes a track of AddRemoteTrack or
+// AddRemoteParticipantTrack out of its conversation: from here on its
+// packets reach nobody. A remote participant leaves with its last track.
 func (m *Manager) RemoveRemoteTrack(t *Track) {
 	if t == nil || t.remoteUser == "" {
+		return
+	}
+	if p := t.part; p != nil {
+		m.mu.Lock()
+		i := slices.Index(p.tracks, t)
+		if i >= 0 {
+			p.tracks = slices.Delete(p.tracks, i, i+1)
+		}
+		last := i >= 0 && len(p.tracks) == 0
+		m.mu.Unlock()
+		switch {
+		case last:
+			p.leave(false) // takes its tracks out of the conversation
+		case i >= 0:
+			p.c.removeTrack(t)
+		}
 		return
 	}
 	if c := t.member.Swap(nil); c != nil {
 		c.removeTrack(t)
 	}
 }
+
+// Participant returns the participant who published the track, or nil
+// for a Beep device's track.
+func (t *Track) Participant() *Participant { return t.part }
 
 // Remote reports whether the track is relayed from another router.
 func (t *Track) Remote() bool { return t.remoteUser != "" }

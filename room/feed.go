@@ -40,6 +40,9 @@ func (p *Participant) Subscribe(pub *Participant) (*Feed, error) {
 	if pub == p || pub.c != p.c {
 		return nil, errors.New("room: a feed is of another participant of the same conversation")
 	}
+	if p.remote {
+		return nil, errRemote
+	}
 	f := &Feed{sub: p, pub: pub, downs: make(map[webrtc.RTPCodecType]*rtc.DownTrack, 2), done: make(chan struct{})}
 	peer, err := p.m.engine.NewPeer(p.Claim, f, rtc.PeerOptions{Video: true})
 	if err != nil {

@@ -421,7 +421,7 @@ func TestSubscribeErrors(t *testing.T) {
 	if _, err := a.Subscribe(c.Participant); err == nil {
 		t.Error("alice subscribed to carol of another conversation")
 	}
-	if _, err := m.Enter("conv-1", "alice", claim.Claim{UserID: "alice", ClientID: "alice-2"}, nil); !errors.Is(err, room.ErrParticipantExists) {
+	if _, err := m.Enter("conv-1", room.Identity{ID: "alice", Claim: claim.Claim{UserID: "alice", ClientID: "alice-2"}}, nil); !errors.Is(err, room.ErrParticipantExists) {
 		t.Errorf("second alice in conv-1: %v, want ErrParticipantExists", err)
 	}
 	b.Leave()
@@ -437,7 +437,7 @@ func TestSubscribeErrors(t *testing.T) {
 	// The refused feeds' peers are closed, not leaked.
 	testutil.Eventually(t, waitLong, "no peer left", func() bool { return m.Stats().Peers == 0 })
 	// bob's id is free again.
-	b2, err := m.Enter("conv-1", "bob", claim.Claim{UserID: "bob", ClientID: "bob-2"}, nil)
+	b2, err := m.Enter("conv-1", room.Identity{ID: "bob", Claim: claim.Claim{UserID: "bob", ClientID: "bob-2"}}, nil)
 	if err != nil {
 		t.Fatalf("bob enters again: %v", err)
 	}
@@ -468,7 +468,7 @@ func TestFeedParticipantLeavesAfterClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := m.Enter("conv-1", "alice", claim.Claim{UserID: "alice", ClientID: "alice-1"}, nil)
+	a, err := m.Enter("conv-1", room.Identity{ID: "alice", Claim: claim.Claim{UserID: "alice", ClientID: "alice-1"}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,7 +55,7 @@ type member struct {
 func enter(t *testing.T, m *room.Manager, conv, id string) *member {
 	t.Helper()
 	events := make(chan room.Event, 64)
-	p, err := m.Enter(conv, id, claim.Claim{UserID: id, ClientID: id + "-1"}, func(e room.Event) {
+	p, err := m.Enter(conv, room.Identity{ID: id, Claim: claim.Claim{UserID: id, ClientID: id + "-1"}}, func(e room.Event) {
 		select {
 		case events <- e: // the watch must not block
 		default:

@@ -120,7 +120,7 @@ func benchFeedMemory(b *testing.B, n int) {
 	child := startMemClient(b, ctx)
 
 	// The publisher, in the child: it offers, the router answers.
-	pub, err := m.Enter("conv-1", "pub", claim.Claim{UserID: "pub", ClientID: "pub-1"}, nil)
+	pub, err := m.Enter("conv-1", room.Identity{ID: "pub", Claim: claim.Claim{UserID: "pub", ClientID: "pub-1"}}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -162,7 +162,7 @@ func benchFeedMemory(b *testing.B, n int) {
 	})
 	for i := range feeds {
 		id := fmt.Sprintf("sub-%d", i)
-		p, err := m.Enter("conv-1", id, claim.Claim{UserID: id, ClientID: id + "-1"}, nil)
+		p, err := m.Enter("conv-1", room.Identity{ID: id, Claim: claim.Claim{UserID: id, ClientID: id + "-1"}}, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -532,11 +532,16 @@ func members(c *Conversation) []*User {
 }
 
 // devices counts the devices of c's members, connecting ones included, and
-// its participants: a device counts from its /connect on, so that devices
-// still in their ICE and DTLS handshakes cannot together overfill c.
-// Callers hold m.mu.
+// its participants connected here: a device counts from its /connect on,
+// so that devices still in their ICE and DTLS handshakes cannot together
+// overfill c. Callers hold m.mu.
 func devices(c *Conversation) int {
-	n := len(c.participants)
+	n := 0
+	for _, p := range c.participants {
+		if !p.remote {
+			n++
+		}
+	}
 	for u := range c.members {
 		n += len(u.devices)
 	}

@@ -50,10 +50,7 @@ const (
 // participant never moves, and one user may be several participants at once
 // (a 1:1 call and a room).
 type Participant struct {
-	// ID names the participant in its conversation.
-	ID string
-	// Claim is the identity of the participant's client.
-	Claim claim.Claim
+	Identity
 
 	m     *Manager
 	c     *Conversation
@@ -62,6 +59,11 @@ type Participant struct {
 	// conv is c while the participant is in it, nil after it left: its
 	// tracks' packets follow it (Track.Conversation).
 	conv atomic.Pointer[Conversation]
+
+	// remote is set for a participant connected to another router of a
+	// cluster, whose tracks are relayed here (AddRemoteParticipantTrack):
+	// it has no connection here and only publishes.
+	remote bool
 
 	// Guarded by Manager.mu.
 	pub    *rtc.Peer // publishing connection, or nil
@@ -75,11 +77,24 @@ type Participant struct {
 	pubDowns []*rtc.DownTrack
 }
 
-// Enter makes a participant id, of client c, in conversation convID,
-// creating the conversation. watch, if not nil, is told of the other
-// participants' events; it is called without locks held, from the
-// goroutine that made the change, and must not block.
-func (m *Manager) Enter(convID, id string, c claim.Claim, watch func(Event)) (*Participant, error) {
+// Identity names a participant.
+type Identity struct {
+	// ID names the participant in its conversation.
+	ID string
+	// Claim is the identity of the participant's client.
+	Claim claim.Claim
+	// Display is the name other participants' clients show, for
+	// front-ends that have one; "" if none. It travels with the
+	// participant's media to the other routers of a cluster.
+	Display string
+}
+
+// Enter makes participant who, in conversation convID, creating the
+// conversation. watch, if not nil, is told of the other participants'
+// events; it is called without locks held, from the goroutine that made
+// the change, and must not block.
+func (m *Manager) Enter(convID string, who Identity, watch func(Event)) (*Participant, error) {
+	id := who.ID
 	if convID == "" || id == "" {
 		return nil, errors.New("room: enter needs a conversation and a participant id")
 	}
@@ -104,10 +119,11 @@ func (m *Manager) Enter(convID, id string, c claim.Claim, watch func(Event)) (*P
 		conv = newConversation(convID, m.cfg.Mixing)
 		m.convs[convID] = conv
 	}
-	p := &Participant{ID: id, Claim: c, m: m, c: conv, watch: watch}
+	p := &Participant{Identity: who, m: m, c: conv, watch: watch}
 	p.conv.Store(conv)
 	conv.participants[id] = p
-	m.log.Info("participant entered", "conversation", convID, "participant", id, "user", c.UserID)
+	m.changed() // the router now listens in conv (listens)
+	m.log.Info("participant entered", "conversation", convID, "participant", id, "user", who.Claim.UserID)
 	return p, nil
 }
 
@@ -121,6 +137,9 @@ func (p *Participant) Conversation() *Conversation { return p.c }
 // client's offer that receive, or on those the router offers with
 // rtc.Peer.AddSendRecvTrack.
 func (p *Participant) Publisher() (*rtc.Peer, error) {
+	if p.remote {
+		return nil, errRemote
+	}
 	m := p.m
 	m.mu.Lock()
 	if p.left {
@@ -151,6 +170,32 @@ func (p *Participant) Publisher() (*rtc.Peer, error) {
 		return existing, nil
 	}
 	return peer, nil
+}
+
+// errRemote is returned for what only a local participant does.
+var errRemote = errors.New("room: the participant is connected to another router")
+
+// Remote reports whether the participant is connected to another router
+// of a cluster: it publishes here through the relay, and cannot subscribe.
+func (p *Participant) Remote() bool { return p.remote }
+
+// Others returns the other participants of p's conversation, those
+// connected to other routers included, in no particular order.
+func (p *Participant) Others() []*Participant {
+	p.m.mu.Lock()
+	defer p.m.mu.Unlock()
+	return p.c.others(p)
+}
+
+// Other returns the participant id of p's conversation, or nil if there
+// is none or it is p.
+func (p *Participant) Other(id string) *Participant {
+	p.m.mu.Lock()
+	defer p.m.mu.Unlock()
+	if q := p.c.participants[id]; q != p {
+		return q
+	}
+	return nil
 }
 
 // Tracks returns the participant's published tracks.
@@ -201,6 +246,9 @@ func (p *Participant) leave(closePub bool) {
 	if len(c.members) == 0 && len(c.participants) == 0 {
 		m.end(c)
 	}
+	if !p.remote {
+		m.changed()
+	}
 	m.mu.Unlock()
 
 	for _, f := range feeds {
@@ -214,7 +262,7 @@ func (p *Participant) leave(closePub bool) {
 		pub.Close()
 	}
 	notify(others, Event{Kind: Left, Participant: p})
-	m.log.Info("participant left", "conversation", c.ID, "participant", p.ID)
+	m.log.Info("participant left", "conversation", c.ID, "participant", p.ID, "remote", p.remote)
 }
 
 // The reasons feeds end when a participant leaves: the feeds of it, and

@@ -22,6 +22,9 @@ func (p *Participant) Receive(from *Participant) error {
 	if from == nil || from == p || from.c != p.c {
 		return errors.New("room: a participant receives another participant of the same conversation")
 	}
+	if p.remote {
+		return errRemote
+	}
 	m := p.m
 	m.mu.Lock()
 	if p.left || from.left {

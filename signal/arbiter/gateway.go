@@ -472,7 +472,7 @@ func (ss *session) identify(req request) {
 	// ss.mu is held across Enter so that the watch, which may be called as
 	// soon as Enter has added the participant, finds it set.
 	ss.mu.Lock()
-	part, err := s.cfg.Rooms.Enter(s.cfg.ConversationPrefix+req.roomID, d.ID, claim.Claim{UserID: d.ID, ClientID: "arbiter"}, ss.watch)
+	part, err := s.cfg.Rooms.Enter(s.cfg.ConversationPrefix+req.roomID, room.Identity{ID: d.ID, Claim: claim.Claim{UserID: d.ID, ClientID: "arbiter"}}, ss.watch)
 	if err != nil {
 		ss.mu.Unlock()
 		s.mu.Lock()
@@ -492,33 +492,13 @@ func (ss *session) identify(req request) {
 	ss.mu.Unlock()
 	ss.log.Info("arbiter: participant identified")
 
-	// Consumers of those who publish already; later ones come as events.
-	for _, other := range s.others(req.roomID, ss) {
-		if len(other.Tracks()) > 0 {
+	// Consumers of those who publish already, on this router or another
+	// of its cluster; later ones come as events.
+	for _, other := range part.Others() {
+		if other.Publishing() {
 			ss.consume(other)
 		}
 	}
-}
-
-// others returns the entered participants of room id but ss's.
-func (s *Server) others(roomID string, ss *session) []*room.Participant {
-	s.mu.Lock()
-	sessions := make([]*session, 0, len(s.rooms[roomID]))
-	for _, o := range s.rooms[roomID] {
-		if o != ss {
-			sessions = append(sessions, o)
-		}
-	}
-	s.mu.Unlock()
-	var ps []*room.Participant
-	for _, o := range sessions {
-		o.mu.Lock()
-		if o.part != nil {
-			ps = append(ps, o.part)
-		}
-		o.mu.Unlock()
-	}
-	return ps
 }
 
 // watch is told of the other participants' events (room.Manager.Enter):

@@ -154,7 +154,7 @@ func (c *conn) callCreate(r *Request) {
 	s.count.calls.Add(1)
 	log := c.log.With("call", cl.id, "caller", acc.aor, "callee", cl.target)
 
-	part, err := s.cfg.Rooms.Enter(cl.conv, "caller", claim.Claim{UserID: acc.aor, ClientID: c.id}, nil)
+	part, err := s.cfg.Rooms.Enter(cl.conv, room.Identity{ID: "caller", Claim: claim.Claim{UserID: acc.aor, ClientID: c.id}}, nil)
 	if err != nil {
 		log.Warn("sylk call refused", "err", err)
 		cl.end(reasonFor(err), "", false)
@@ -219,7 +219,7 @@ func reasonFor(err error) string {
 func (cl *call) ring(tc *conn, i int) (err error) {
 	s := cl.s
 	leg := &callSide{call: cl, c: tc, session: newID(), account: cl.target}
-	part, err := s.cfg.Rooms.Enter(cl.conv, "callee-"+strconv.Itoa(i), claim.Claim{UserID: cl.target, ClientID: tc.id}, nil)
+	part, err := s.cfg.Rooms.Enter(cl.conv, room.Identity{ID: "callee-" + strconv.Itoa(i), Claim: claim.Claim{UserID: cl.target, ClientID: tc.id}}, nil)
 	if err != nil {
 		return fmt.Errorf("enter: %w", err)
 	}

@@ -71,17 +71,20 @@ type env struct {
 	url   string
 }
 
-// newEnv starts an env; tune may change the sylk Config (its Rooms and
-// Logger are set). AccountsFile defaults to the test accounts; set it to
+// newEnv starts an env; tune may change the sylk Config (its Logger is
+// set; Rooms, if tune leaves it nil, is a Manager of its own). AccountsFile defaults to the test accounts; set it to
 // "-" for none. Cleanup closes everything in order.
 func newEnv(t *testing.T, tune func(*sylk.Config)) *env {
 	t.Helper()
 	log := testutil.Logger(t, slog.LevelDebug) // shown last, if the test fails
-	m := testroom.NewManager(t, rtc.Config{}, log)
-	cfg := sylk.Config{Rooms: m, Permissions: permissions.AllowAll{}, Logger: log, AccountsFile: writeAccounts(t, testAccounts)}
+	cfg := sylk.Config{Permissions: permissions.AllowAll{}, Logger: log, AccountsFile: writeAccounts(t, testAccounts)}
 	if tune != nil {
 		tune(&cfg)
 	}
+	if cfg.Rooms == nil {
+		cfg.Rooms = testroom.NewManager(t, rtc.Config{}, log)
+	}
+	m := cfg.Rooms
 	if cfg.AccountsFile == "-" {
 		cfg.AccountsFile = ""
 	}

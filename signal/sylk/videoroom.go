@@ -103,7 +103,7 @@ func (c *conn) roomJoin(r *Request) {
 	// The participant enters before the room lists it: others read
 	// rs.part once they find rs there. Its first Published event comes
 	// after its offer is answered, below, so it is listed by then.
-	part, err := s.cfg.Rooms.Enter(uri, rs.pubID, claim.Claim{UserID: acc.aor, ClientID: c.id}, rs.watch)
+	part, err := s.cfg.Rooms.Enter(uri, room.Identity{ID: rs.pubID, Claim: claim.Claim{UserID: acc.aor, ClientID: c.id}, Display: acc.displayName}, rs.watch)
 	if err != nil {
 		log.Warn("sylk room join refused", "err", err)
 		c.fail(r.Transaction, "cannot join the room: "+err.Error())
@@ -187,46 +187,28 @@ func (s *Server) dropMember(rs *roomSession) {
 	vr.forget(rs.pubID)
 }
 
-// member returns the session of publisher id in room uri, or nil.
-func (s *Server) member(uri, id string) *roomSession {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if vr, ok := s.rooms[uri]; ok {
-		return vr.members[id]
-	}
-	return nil
+// publisherInfo describes publisher p in initial-publishers and
+// publishers-joined: p may be a session of this router or, in a cluster,
+// a participant connected to another router.
+func publisherInfo(p *room.Participant) message {
+	return message{"id": p.ID, "uri": p.Claim.UserID, "display_name": p.Display}
 }
 
-// publisherInfo describes a publisher in initial-publishers and
-// publishers-joined.
-func publisherInfo(q *roomSession) message {
-	return message{"id": q.pubID, "uri": q.account, "display_name": q.display}
-}
-
-// sendInitial sends initial-publishers: the room's other sessions that
-// publish now. From here on, watch tells of publishers joining and
-// leaving. Taking rs.mu first orders this against watch: a publisher is
-// either in this list or announced after it, never neither.
+// sendInitial sends initial-publishers: the room's other participants that
+// publish now, on this router or another of its cluster. From here on,
+// watch tells of publishers joining and leaving. Taking rs.mu first orders
+// this against watch: a publisher is either in this list or announced
+// after it, never neither.
 func (rs *roomSession) sendInitial() {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	s := rs.c.s
-	s.mu.Lock()
-	var others []*roomSession
-	if vr, ok := s.rooms[rs.uri]; ok {
-		for _, q := range vr.members {
-			if q != rs {
-				others = append(others, q)
-			}
-		}
-	}
-	s.mu.Unlock()
-	slices.SortFunc(others, func(a, b *roomSession) int { return cmpString(a.pubID, b.pubID) })
+	others := rs.part.Others()
+	slices.SortFunc(others, func(a, b *room.Participant) int { return cmpString(a.ID, b.ID) })
 	pubs := []message{}
 	for _, q := range others {
-		if q.part.Publishing() {
+		if q.Publishing() {
 			pubs = append(pubs, publisherInfo(q))
-			rs.known[q.pubID] = true
+			rs.known[q.ID] = true
 		}
 	}
 	rs.initialSent = true
@@ -260,14 +242,9 @@ func (rs *roomSession) watch(e room.Event) {
 		if rs.known[id] {
 			return
 		}
-		q := rs.c.s.member(rs.uri, id)
-		info := message{"id": id, "uri": e.Participant.Claim.UserID, "display_name": ""}
-		if q != nil {
-			info = publisherInfo(q)
-		}
 		rs.known[id] = true
 		m := roomEvent(rs.id, "publishers-joined")
-		m["publishers"] = []message{info}
+		m["publishers"] = []message{publisherInfo(e.Participant)}
 		rs.c.send(m)
 	case room.Left:
 		if !rs.known[id] {
@@ -375,8 +352,10 @@ func (c *conn) feedAttach(r *Request) {
 		c.fail(r.Transaction, "feed id in use")
 		return
 	}
-	q := c.s.member(rs.uri, r.Publisher)
-	if q == nil || q == rs {
+	// The publisher may be connected to another router of a cluster: the
+	// room layer knows it from its relayed media.
+	pub := rs.part.Other(r.Publisher)
+	if pub == nil {
 		c.fail(r.Transaction, "no such publisher in this room")
 		return
 	}
@@ -391,7 +370,7 @@ func (c *conn) feedAttach(r *Request) {
 		c.fail(r.Transaction, fmt.Sprintf("too many feeds (%d)", max))
 		return
 	}
-	f, err := rs.part.Subscribe(q.part)
+	f, err := rs.part.Subscribe(pub)
 	if err != nil {
 		c.fail(r.Transaction, "cannot attach the feed: "+err.Error())
 		return
@@ -408,7 +387,7 @@ func (c *conn) feedAttach(r *Request) {
 		c.fail(r.Transaction, "cannot attach the feed")
 		return
 	}
-	fd := &feed{rs: rs, id: r.Feed, pubID: q.pubID, f: f}
+	fd := &feed{rs: rs, id: r.Feed, pubID: pub.ID, f: f}
 	rs.mu.Lock()
 	ok := !rs.ended && c.addSession(fd.id, fd)
 	if ok {

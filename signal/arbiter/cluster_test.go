@@ -1,0 +1,77 @@
+package arbiter
+
+import (
+	"testing"
+
+	"github.com/beepvoice/router/internal/testmedia"
+	"github.com/beepvoice/router/internal/testpeer"
+	"github.com/beepvoice/router/internal/testroom"
+	"github.com/beepvoice/router/internal/testutil"
+)
+
+// TestCallAcrossRouters: two routers of a cluster share one NATS (the
+// room store and the media relay); participant 0 joins the room on router
+// A, participant 1 on router B. Each gets a consumer of the other carrying
+// the other's VP8 (decodable, of the other's size) and Opus (every packet
+// one the other sent), through the relay, and the other's features. When
+// participant 0's socket closes on A, participant 1 is told on B.
+func TestCallAcrossRouters(t *testing.T) {
+	ns := startJetStream(t, "")
+	onCluster := func() Config {
+		return Config{Rooms: testroom.NewClusterManager(t, ns.URL(), testLog(t))}
+	}
+	a := newRouter(t, testutil.ConnectNATS(t, ns.URL()), onCluster())
+	b := newRouter(t, testutil.ConnectNATS(t, ns.URL()), onCluster())
+	a.createRoom(t)
+	roomID := a.claim(t, "/across")
+	ctx := deadline(t, waitLong)
+	ids := []string{"3f2c6a52-0b1d-4a8e-9a43-1d9c2f0e7a01", "7b9e1c44-5d2a-4f6b-8c1e-2a3b4c5d6e02"}
+	cs := []*client{join(t, a, ids[0], roomID, mediaFor(t, 0)), join(t, b, ids[1], roomID, mediaFor(t, 1))}
+
+	err := testutil.Until(ctx, func() bool {
+		for i, c := range cs {
+			s := c.snap()
+			got, ok := s.consumers[ids[1-i]]
+			if !ok || got.frames < 20 || len(got.audio) < 40 || s.feats[ids[1-i]] != (features{Audio: true, Video: true}) {
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		for _, c := range cs {
+			s := c.snap()
+			for id, got := range s.consumers {
+				t.Logf("%s ← %s: %d frames, %d audio, %s", c.id[:4], id[:4], got.frames, len(got.audio), got.state)
+			}
+			t.Logf("%s: features %v, errors %v", c.id[:4], s.feats, s.errs)
+		}
+		t.Fatalf("the participants do not receive each other across routers: %v", err)
+	}
+	for i, c := range cs {
+		other := ids[1-i]
+		got, want := c.snap().consumers[other], mediaFor(t, 1-i)
+		if w, h := vp8Size(got.video); w != want.width || h != want.height {
+			t.Errorf("%s's consumer of %s carries VP8 of %dx%d, want %dx%d", c.id[:4], other[:4], w, h, want.width, want.height)
+		}
+		frames, errs := testmedia.DecodeVP8(t, testpeer.ThroughMarker(got.video))
+		if frames < 15 || len(errs) > 0 {
+			t.Errorf("%s's consumer of %s: %d frames decoded, errors %v", c.id[:4], other[:4], frames, errs)
+		}
+		foreign := 0
+		for _, p := range got.audio {
+			if !want.opusSet[string(p)] {
+				foreign++
+			}
+		}
+		if foreign > 0 {
+			t.Errorf("%s's consumer of %s: %d of %d Opus packets are not %s's", c.id[:4], other[:4], foreign, len(got.audio), other[:4])
+		}
+		t.Logf("%s ← %s across routers: %d VP8 frames decoded, %d Opus packets", c.id[:4], other[:4], frames, len(got.audio))
+	}
+
+	cs[0].leave()
+	if err := testutil.Until(ctx, func() bool { _, ok := cs[1].snap().disconnects[ids[0]]; return ok }); err != nil {
+		t.Fatalf("participant 1 on B not told that participant 0 left A: %v", err)
+	}
+}

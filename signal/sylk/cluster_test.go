@@ -1,0 +1,69 @@
+package sylk_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/pion/webrtc/v3"
+
+	"github.com/beepvoice/router/internal/testmedia"
+	"github.com/beepvoice/router/internal/testroom"
+	"github.com/beepvoice/router/internal/testutil"
+	"github.com/beepvoice/router/rtc/codec"
+	"github.com/beepvoice/router/signal/sylk"
+)
+
+// TestVideoRoomAcrossRouters: two routers of a cluster on one NATS, alice
+// in the room on router A, bob on router B. Each is told of the other as a
+// publisher (with the display name the other's client gave), attaches the
+// other's feed, and receives the other's VP8 and Opus through the relay,
+// video from a keyframe on. When alice leaves on A, bob is told on B, and
+// a feed of her is refused there.
+func TestVideoRoomAcrossRouters(t *testing.T) {
+	frames := testmedia.Frames(t, testmedia.VP8(t))
+	ctx := deadline(t, 3*waitLong)
+	ns := testutil.StartNATS(t, testutil.JetStream)
+	onCluster := func(c *sylk.Config) { c.Rooms = testroom.NewClusterManager(t, ns.URL(), c.Logger) }
+	a, b := newEnv(t, onCluster), newEnv(t, onCluster)
+
+	alice := join(t, a, "alice@example.com", frames)
+	bob := join(t, b, "bob@example.com", frames)
+	alice.untilKnows(t, 1)
+	bob.untilKnows(t, 1)
+	for _, p := range []struct {
+		who   *member
+		other string
+	}{{alice, "bob@example.com"}, {bob, "alice@example.com"}} {
+		e := p.who.known[p.who.idOf(t, p.other)]
+		if e.str("display_name") == "" {
+			t.Errorf("%s's entry of %s has no display_name: %v", p.who.name, p.other, e)
+		}
+	}
+	alice.attach(t, ctx, bob.aor)
+	bob.attach(t, ctx, alice.aor)
+	for _, mb := range []*member{alice, bob} {
+		for aor, sub := range mb.feeds {
+			sub.untilMedia(ctx, mb.name+"←"+aor, 60, 50)
+			n, errs, mime := sub.decodeVideo()
+			first, _, _ := sub.First()
+			_, audio := sub.Counts()
+			t.Logf("feed %s←%s across routers: %d VP8 frames decoded, %d audio packets", mb.name, aor, n, audio)
+			if !strings.EqualFold(mime, webrtc.MimeTypeVP8) || n < 50 || len(errs) > 0 {
+				t.Errorf("feed %s←%s: %s, %d frames decoded, want VP8 and ≥ 50; errors %q", mb.name, aor, mime, n, errs)
+			}
+			if !codec.Keyframe(webrtc.MimeTypeVP8, first.Payload) {
+				t.Errorf("feed %s←%s: the first video packet does not start a keyframe", mb.name, aor)
+			}
+		}
+	}
+
+	aliceID := bob.idOf(t, alice.aor)
+	alice.c.mustAck("videoroom-leave", map[string]any{"session": alice.session})
+	left := bob.c.wait(roomEvent(bob.session, "publishers-left"), "bob told alice left")
+	if ids, _ := left["publishers"].([]any); len(ids) != 1 || ids[0] != aliceID {
+		t.Errorf("bob: publishers-left %v, want [%q]", left["publishers"], aliceID)
+	}
+	if r := bob.c.request("videoroom-feed-attach", map[string]any{"session": bob.session, "publisher": aliceID, "feed": "feed-late"}); r.str("sylkrtc") != "error" {
+		t.Errorf("attach to a remote publisher that left: %v, want error", r)
+	}
+}
