@@ -103,6 +103,7 @@ type Rooms interface {
 	ConnectedMembers() map[string]string
 	AddRemoteTrack(convID, userID string, up *rtc.UpTrack) (*room.Track, error)
 	AddRemoteParticipantTrack(convID string, who room.Identity, up *rtc.UpTrack) (*room.Track, error)
+	Deliver(convID string, who room.Identity, data []byte)
 	RemoveRemoteTrack(t *room.Track)
 }
 
@@ -161,6 +162,7 @@ type counters struct {
 	out, in, dropQueue, dropNoTrack, malformed, sendErrors atomic.Uint64
 	duplicates                                             atomic.Uint64
 	keyframesOut, keyframesIn, keyframesNoTrack            atomic.Uint64
+	messagesOut, messagesIn                                atomic.Uint64
 	storeErrors                                            atomic.Uint64
 	remoteTracks                                           atomic.Int64
 }
@@ -372,6 +374,23 @@ func (n *Node) enqueue(s *sendShard, subj string, kind, cn, ext byte, key uint64
 	f.subj = subj
 	f.b = appendFrame(f.b[:0], kind, cn, ext, n.origin, key, arrival, p, raw)
 	s.q <- f // never blocks: q holds as many frames as there are
+}
+
+// Broadcast implements room.MessageRelay: the message goes, as one frame
+// queued like a packet's, to the routers listening in convID, if any. It
+// is dropped and counted when the queue is full, or the ids are too long.
+func (n *Node) Broadcast(convID string, who room.Identity, data []byte) {
+	if n.Relaying(convID) == 0 {
+		return
+	}
+	p := publisher{user: who.Claim.UserID, client: who.Claim.ClientID, part: who.ID, display: truncate(who.Display, maxID)}
+	if len(p.user) > maxID || len(p.client) > maxID || len(p.part) > maxID || p.part == "" {
+		n.count.dropQueue.Add(1)
+		return
+	}
+	s := n.shards[int(n.next.Add(1))%len(n.shards)]
+	n.count.messagesOut.Add(1)
+	n.enqueue(s, n.relaySubject(convID), kindMessage, codecOpus, 0, 0, 0, &p, data)
 }
 
 // keySubject is the subject on which the router whose frames carry origin

@@ -19,7 +19,7 @@ import (
 //	       frameVersionParticipant (bytes 6 and 7 are used); routers that
 //	       do not know a version drop its frames as unknown rather than
 //	       misread them
-//	1      kind: kindPacket or kindEnd
+//	1      kind: kindPacket, kindEnd or kindMessage
 //	2      the publisher's audio level extension id (RFC 6464), 0: none
 //	3      length of the user id (U)
 //	4      length of the client id (C)
@@ -32,7 +32,10 @@ import (
 //	       receive its own frames: it skips them)
 //	32..   user id, client id, participant id, display name, then
 //	       (kindPacket) the RTP packet as received, after SRTP decryption,
-//	       header extensions (the audio level) included
+//	       header extensions (the audio level) included, or (kindMessage,
+//	       version 3 only) a participant's message to the others
+//	       (room.Participant.Broadcast: a front-end's chat, say), whose
+//	       key and arrival are 0
 //
 // The ids travel in every frame, so that a router that starts listening
 // mid-stream can make the remote track (and its participant) from any
@@ -46,6 +49,7 @@ const (
 	headerLen               = 32
 	kindPacket              = 1
 	kindEnd                 = 2
+	kindMessage             = 3
 	// maxID bounds each id a frame carries.
 	maxID = 255
 )
@@ -105,7 +109,7 @@ type frame struct {
 	client  []byte
 	part    []byte // the participant id; empty for a Beep user's track
 	display []byte // the participant's display name
-	raw     []byte // kindPacket: the RTP packet
+	raw     []byte // kindPacket: the RTP packet; kindMessage: the message
 }
 
 // publisher names a relayed track's publisher in its frames: a Beep
@@ -188,6 +192,10 @@ func parseFrame(b []byte) (frame, error) {
 			return frame{}, errNoPacket
 		}
 	case kindEnd:
+	case kindMessage:
+		if p == 0 {
+			return frame{}, errNoParticipant
+		}
 	default:
 		return frame{}, errKind
 	}

@@ -22,18 +22,19 @@ func TestFrameRoundTrip(t *testing.T) {
 		t.Fatalf("end frame: %+v %v", end, err)
 	}
 	for name, bad := range map[string][]byte{
-		"short":             b[:headerLen-1],
-		"ids cut":           b[:headerLen+3],
-		"no packet":         appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, &publisher{user: "alice", client: "phone"}, raw[:11]),
-		"not RTP":           appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, &publisher{user: "alice", client: "phone"}, append([]byte{0x10}, raw[1:]...)),
-		"no user":           appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, &publisher{user: "", client: "phone"}, raw),
-		"kind":              appendFrame(nil, 9, codecOpus, 1, 42, 7, 1, &publisher{user: "alice", client: "phone"}, raw),
-		"version":           append([]byte{9}, b[1:]...),
-		"v3 no participant": append([]byte{frameVersionParticipant}, b[1:]...),
-		"v2 opus":           append([]byte{frameVersionCodec}, b[1:]...),
-		"codec":             append(append([]byte{frameVersionCodec}, b[1:5]...), append([]byte{numCodecs}, b[6:]...)...),
-		"empty":             nil,
-		"header only":       b[:headerLen],
+		"short":                     b[:headerLen-1],
+		"ids cut":                   b[:headerLen+3],
+		"no packet":                 appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, &publisher{user: "alice", client: "phone"}, raw[:11]),
+		"not RTP":                   appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, &publisher{user: "alice", client: "phone"}, append([]byte{0x10}, raw[1:]...)),
+		"no user":                   appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, &publisher{user: "", client: "phone"}, raw),
+		"kind":                      appendFrame(nil, 9, codecOpus, 1, 42, 7, 1, &publisher{user: "alice", client: "phone"}, raw),
+		"version":                   append([]byte{9}, b[1:]...),
+		"v3 no participant":         append([]byte{frameVersionParticipant}, b[1:]...),
+		"message of no participant": appendFrame(nil, kindMessage, codecOpus, 0, 42, 0, 0, &publisher{user: "alice", client: "phone"}, raw),
+		"v2 opus":                   append([]byte{frameVersionCodec}, b[1:]...),
+		"codec":                     append(append([]byte{frameVersionCodec}, b[1:5]...), append([]byte{numCodecs}, b[6:]...)...),
+		"empty":                     nil,
+		"header only":               b[:headerLen],
 	} {
 		if _, err := parseFrame(bad); err == nil {
 			t.Errorf("%s: parsed", name)

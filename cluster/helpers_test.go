@@ -125,7 +125,8 @@ func (stubRooms) AddRemoteTrack(string, string, *rtc.UpTrack) (*room.Track, erro
 func (stubRooms) AddRemoteParticipantTrack(string, room.Identity, *rtc.UpTrack) (*room.Track, error) {
 	return nil, room.ErrNoConversation
 }
-func (stubRooms) RemoveRemoteTrack(*room.Track) {}
+func (stubRooms) RemoveRemoteTrack(*room.Track)         {}
+func (stubRooms) Deliver(string, room.Identity, []byte) {}
 
 // watchRelay subscribes, on its own connection to url, to every relay
 // subject, and returns the frames published there from now on.

@@ -20,6 +20,11 @@ type Stats struct {
 	// passed on to a local publisher; KeyframesNoTrack, those for a track
 	// no longer relayed from here.
 	KeyframesOut, KeyframesIn, KeyframesNoTrack uint64
+	// MessagesOut counts the participants' messages (a front-end's chat,
+	// say: room.Participant.Broadcast) relayed to other routers;
+	// MessagesIn, those of other routers' participants handed to this
+	// router's.
+	MessagesOut, MessagesIn uint64
 	// SubjectsIn are the relay subjects this router subscribes to (the
 	// conversations it listens in); SubjectsOut, the conversations it
 	// relays out (another router listens in them).
@@ -51,6 +56,8 @@ func (n *Node) Stats() Stats {
 		KeyframesOut:     n.count.keyframesOut.Load(),
 		KeyframesIn:      n.count.keyframesIn.Load(),
 		KeyframesNoTrack: n.count.keyframesNoTrack.Load(),
+		MessagesOut:      n.count.messagesOut.Load(),
+		MessagesIn:       n.count.messagesIn.Load(),
 		RemoteTracks:     n.count.remoteTracks.Load(),
 		Memberships:      n.mem.cacheSize(),
 		WatchLag:         n.mem.lag(),
@@ -84,20 +91,21 @@ func (n *Node) Metrics(reg prometheus.Registerer) error {
 type collector struct{ n *Node }
 
 var (
-	descPackets = prometheus.NewDesc("router_relay_packets_total", "Relayed packets, by direction (out: published for other routers, in: received from them).", []string{"direction"}, nil)
-	descDrops   = prometheus.NewDesc("router_relay_dropped_total", "Relay frames dropped, by reason.", []string{"reason"}, nil)
-	descSubj    = prometheus.NewDesc("router_relay_subjects", "Conversations relayed, by direction (in: subscribed here, out: published for another router).", []string{"direction"}, nil)
-	descRemote  = prometheus.NewDesc("router_relay_remote_tracks", "Remote tracks (publishers of other routers) fed here now.", nil, nil)
-	descRouters = prometheus.NewDesc("router_cluster_routers", "Other routers of the cluster heard from.", nil, nil)
-	descMembers = prometheus.NewDesc("router_membership_cache", "Memberships in the local cache of the shared membership bucket.", nil, nil)
-	descStore   = prometheus.NewDesc("router_membership_store_errors_total", "Memberships not written to the shared bucket.", nil, nil)
-	descLag     = prometheus.NewDesc("router_membership_watch_lag", "Revisions the watch of the shared membership bucket was behind the bucket at its last check (every 2 s).", nil, nil)
-	descKeys    = prometheus.NewDesc("router_relay_keyframe_requests_total", "Keyframe requests for relayed video tracks, by direction (out: sent to a publisher's router for subscribers here, in: passed on to a publisher here, no_track: for a track no longer relayed from here).", []string{"direction"}, nil)
-	descRestart = prometheus.NewDesc("router_membership_watch_restarts_total", "Watches of the shared membership bucket started again (after a NATS reconnect, or a lag that lasted a check).", nil, nil)
+	descPackets  = prometheus.NewDesc("router_relay_packets_total", "Relayed packets, by direction (out: published for other routers, in: received from them).", []string{"direction"}, nil)
+	descDrops    = prometheus.NewDesc("router_relay_dropped_total", "Relay frames dropped, by reason.", []string{"reason"}, nil)
+	descSubj     = prometheus.NewDesc("router_relay_subjects", "Conversations relayed, by direction (in: subscribed here, out: published for another router).", []string{"direction"}, nil)
+	descRemote   = prometheus.NewDesc("router_relay_remote_tracks", "Remote tracks (publishers of other routers) fed here now.", nil, nil)
+	descRouters  = prometheus.NewDesc("router_cluster_routers", "Other routers of the cluster heard from.", nil, nil)
+	descMembers  = prometheus.NewDesc("router_membership_cache", "Memberships in the local cache of the shared membership bucket.", nil, nil)
+	descStore    = prometheus.NewDesc("router_membership_store_errors_total", "Memberships not written to the shared bucket.", nil, nil)
+	descLag      = prometheus.NewDesc("router_membership_watch_lag", "Revisions the watch of the shared membership bucket was behind the bucket at its last check (every 2 s).", nil, nil)
+	descMessages = prometheus.NewDesc("router_relay_messages_total", "Participants' messages (a front-end's chat, say) relayed between routers, by direction (out, in).", []string{"direction"}, nil)
+	descKeys     = prometheus.NewDesc("router_relay_keyframe_requests_total", "Keyframe requests for relayed video tracks, by direction (out: sent to a publisher's router for subscribers here, in: passed on to a publisher here, no_track: for a track no longer relayed from here).", []string{"direction"}, nil)
+	descRestart  = prometheus.NewDesc("router_membership_watch_restarts_total", "Watches of the shared membership bucket started again (after a NATS reconnect, or a lag that lasted a check).", nil, nil)
 )
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descDrops, descSubj, descRemote, descRouters, descMembers, descStore, descLag, descRestart, descKeys} {
+	for _, d := range []*prometheus.Desc{descPackets, descDrops, descSubj, descRemote, descRouters, descMembers, descStore, descLag, descRestart, descKeys, descMessages} {
 		ch <- d
 	}
 }
@@ -111,6 +119,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(s.Malformed), "malformed")
 	ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(s.SendErrors), "send_error")
 	ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(s.Duplicates), "duplicate")
+	ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(s.MessagesOut), "out")
+	ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(s.MessagesIn), "in")
 	ch <- prometheus.MustNewConstMetric(descKeys, prometheus.CounterValue, float64(s.KeyframesOut), "out")
 	ch <- prometheus.MustNewConstMetric(descKeys, prometheus.CounterValue, float64(s.KeyframesIn), "in")
 	ch <- prometheus.MustNewConstMetric(descKeys, prometheus.CounterValue, float64(s.KeyframesNoTrack), "no_track")

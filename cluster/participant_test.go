@@ -16,7 +16,8 @@ import (
 // router, whatever the number of its tracks: the local participants are
 // told it Published (once), find it with its display name, may subscribe
 // to it; it leaves with its last track, and they are told it Left. A
-// remote participant cannot take a local one's id.
+// remote participant cannot take a local one's id. Messages of other
+// routers' participants reach the local participants' watches.
 func TestRemoteParticipant(t *testing.T) {
 	ns := testutil.StartNATS(t, testutil.JetStream)
 	r := newRouter(t, ns.URL())
@@ -60,6 +61,23 @@ func TestRemoteParticipant(t *testing.T) {
 	s.handle(appendFrame(nil, kindPacket, codecOpus, 1, 98, 9, now.UnixNano(), &publisher{user: "mallory", client: "x", part: "p-bob"}, rtpPacket(1)), now)
 	if n := r.node.Stats().RemoteTracks; n != 2 {
 		t.Fatalf("%d remote tracks, want alice's two (mallory's refused)", n)
+	}
+
+	// A message of another router's participant, publishing or not,
+	// reaches bob's watch.
+	for _, from := range []*publisher{alice, {user: "carol@example.com", client: "ws-3", part: "p-carol"}} {
+		s.handle(appendFrame(nil, kindMessage, codecOpus, 0, 99, 0, 0, from, []byte("hello")), now)
+		select {
+		case e := <-events:
+			if e.Kind != room.Message || e.Participant.ID != from.part || string(e.Data) != "hello" {
+				t.Fatalf("event %+v, want %s's message", e, from.part)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("bob did not get %s's message", from.part)
+		}
+	}
+	if st := r.node.Stats(); st.MessagesIn != 2 {
+		t.Fatalf("%d messages in, want 2", st.MessagesIn)
 	}
 
 	s.handle(appendFrame(nil, kindEnd, codecOpus, 0, 99, 7, now.UnixNano(), alice, nil), now)

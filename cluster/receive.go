@@ -102,6 +102,11 @@ func (s *relaySub) handle(b []byte, now time.Time) {
 	if s.closed {
 		return
 	}
+	if f.kind == kindMessage {
+		n.count.messagesIn.Add(1)
+		n.rooms.Deliver(s.conv, room.Identity{ID: string(f.part), Claim: claim.Claim{UserID: string(f.user), ClientID: string(f.client)}, Display: string(f.display)}, f.raw)
+		return
+	}
 	rt := s.tracks[f.key]
 	if f.kind == kindEnd {
 		if rt != nil {

@@ -27,6 +27,16 @@ type Membership interface {
 	Lookup(userID string) string
 }
 
+// MessageRelay carries the participants' messages (Participant.Broadcast)
+// to the other routers of a cluster, which hand them to their own
+// participants (Manager.Deliver).
+type MessageRelay interface {
+	// Broadcast sends data, a message of participant who in conversation
+	// convID, to the other routers with participants in it. It is called
+	// without locks held and must not block on the network.
+	Broadcast(convID string, who Identity, data []byte)
+}
+
 // ErrNoConversation is returned by AddRemoteTrack for a conversation this
 // router does not have.
 var ErrNoConversation = errors.New("no such conversation on this router")

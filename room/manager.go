@@ -63,6 +63,10 @@ type Config struct {
 	// and a device of a user who is a member of no conversation here takes
 	// the membership it names. Nil: memberships are this router's own.
 	Membership Membership
+	// Messages, if set, carries the participants' messages to the other
+	// routers of a cluster. Nil: they reach this router's participants
+	// only.
+	Messages MessageRelay
 	// Mixing, if set, is the mixing stage (the pipeline's, see
 	// pipeline.Pipeline.Mixing): devices with fewer slots than the
 	// active speakers they would hear get the others mixed (mixing.go).

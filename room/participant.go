@@ -29,8 +29,14 @@ var (
 type Event struct {
 	// Kind is what happened.
 	Kind EventKind
-	// Participant is whom it happened to.
+	// Participant is whom it happened to. For a Message of a participant
+	// of another router that publishes nothing (so is not in the
+	// conversation here), it is a participant value that is not in the
+	// conversation: only its Identity means anything.
 	Participant *Participant
+	// Data is a Message's content, as its sender's front-end wrote it.
+	// It is shared: read it, do not keep or change it.
+	Data []byte
 }
 
 // EventKind is what an Event says.
@@ -43,6 +49,8 @@ const (
 	Published EventKind = iota + 1
 	// Left: the participant left; the feeds of it have ended.
 	Left
+	// Message: the participant sent Data to the others (Broadcast).
+	Message
 )
 
 // Participant is a member of one conversation for the life of a front-end
@@ -196,6 +204,62 @@ func (p *Participant) Other(id string) *Participant {
 		return q
 	}
 	return nil
+}
+
+// MaxMessage bounds the Data of a Broadcast.
+const MaxMessage = 32 << 10
+
+// ErrMessageTooLarge is returned by Broadcast for data over MaxMessage.
+var ErrMessageTooLarge = fmt.Errorf("room: message larger than %d bytes", MaxMessage)
+
+// Broadcast sends data, whose format is the front-end's, to the other
+// participants of p's conversation: their watches are told a Message of
+// p, here and, through Config.Messages, on the other routers of a
+// cluster. It never blocks on the network.
+func (p *Participant) Broadcast(data []byte) error {
+	if len(data) > MaxMessage {
+		return ErrMessageTooLarge
+	}
+	if p.remote {
+		return errRemote
+	}
+	m := p.m
+	m.mu.Lock()
+	if p.left {
+		m.mu.Unlock()
+		return ErrLeft
+	}
+	others := p.c.others(p)
+	m.mu.Unlock()
+	notify(others, Event{Kind: Message, Participant: p, Data: data})
+	if m.cfg.Messages != nil {
+		m.cfg.Messages.Broadcast(p.c.ID, p.Identity, data)
+	}
+	return nil
+}
+
+// Deliver hands a message of participant who, connected to another router
+// of a cluster, to the participants of conversation convID here, as
+// Broadcast does on who's router. A conversation that is not here, or a
+// sender whose id a local participant holds, is ignored.
+func (m *Manager) Deliver(convID string, who Identity, data []byte) {
+	m.mu.Lock()
+	c := m.convs[convID]
+	if c == nil {
+		m.mu.Unlock()
+		return
+	}
+	from := c.participants[who.ID]
+	switch {
+	case from == nil:
+		from = &Participant{Identity: who, m: m, c: c, remote: true, left: true}
+	case !from.remote:
+		m.mu.Unlock()
+		return
+	}
+	others := c.others(from)
+	m.mu.Unlock()
+	notify(others, Event{Kind: Message, Participant: from, Data: data})
 }
 
 // Tracks returns the participant's published tracks.

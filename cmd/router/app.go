@@ -182,6 +182,7 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 		}
 		roomsCfg.Sink = a.cluster.Sink(a.pipe)
 		roomsCfg.Membership = a.cluster
+		roomsCfg.Messages = a.cluster
 		roomsCfg.Changed = a.cluster.Changed
 	}
 	a.rooms, err = room.New(roomsCfg)

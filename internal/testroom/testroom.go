@@ -80,7 +80,7 @@ func newManager(tb testing.TB, media rtc.Config, log *slog.Logger, natsURL strin
 			_ = p.Close(context.Background())
 			tb.Fatal(err)
 		}
-		rc.Sink, rc.Membership, rc.Changed = node.Sink(p), node, node.Changed
+		rc.Sink, rc.Membership, rc.Messages, rc.Changed = node.Sink(p), node, node, node.Changed
 	}
 	m, err := room.New(rc)
 	if err == nil && node != nil {

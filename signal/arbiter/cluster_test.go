@@ -1,7 +1,10 @@
 package arbiter
 
 import (
+	"slices"
 	"testing"
+
+	"github.com/pion/webrtc/v3"
 
 	"github.com/beepvoice/router/internal/testmedia"
 	"github.com/beepvoice/router/internal/testpeer"
@@ -13,7 +16,8 @@ import (
 // room store and the media relay); participant 0 joins the room on router
 // A, participant 1 on router B. Each gets a consumer of the other carrying
 // the other's VP8 (decodable, of the other's size) and Opus (every packet
-// one the other sent), through the relay, and the other's features. When
+// one the other sent), through the relay, and the other's features; chat
+// and features changes reach the other router's participant. When
 // participant 0's socket closes on A, participant 1 is told on B.
 func TestCallAcrossRouters(t *testing.T) {
 	ns := startJetStream(t, "")
@@ -68,6 +72,28 @@ func TestCallAcrossRouters(t *testing.T) {
 			t.Errorf("%s's consumer of %s: %d of %d Opus packets are not %s's", c.id[:4], other[:4], foreign, len(got.audio), other[:4])
 		}
 		t.Logf("%s ← %s across routers: %d VP8 frames decoded, %d Opus packets", c.id[:4], other[:4], frames, len(got.audio))
+	}
+
+	// Chat and features cross the routers too, each to the other only.
+	msg := `{"id":"m1","sender":"self","content":"hello from A"}`
+	if err := testutil.Until(ctx, func() bool { return cs[0].chat.ReadyState() == webrtc.DataChannelStateOpen }); err != nil {
+		t.Fatal("the chat channel did not open")
+	}
+	if err := cs[0].chat.SendText(msg); err != nil {
+		t.Fatal(err)
+	}
+	if err := testutil.Until(ctx, func() bool { return slices.Equal(cs[1].snap().chats, []string{msg}) }); err != nil {
+		t.Errorf("chat not relayed from A to B: %q", cs[1].snap().chats)
+	}
+	if err := cs[1].features.SendText(`{"id":"whoever","features":{"audio":false,"video":true}}`); err != nil {
+		t.Fatal(err)
+	}
+	muted := features{Audio: false, Video: true}
+	if err := testutil.Until(ctx, func() bool { return cs[0].snap().feats[ids[1]] == muted }); err != nil {
+		t.Errorf("features not relayed from B to A as the sender's: %v", cs[0].snap().feats)
+	}
+	if got := cs[0].snap().chats; len(got) != 0 {
+		t.Errorf("chat echoed to its sender: %q", got)
 	}
 
 	cs[0].leave()

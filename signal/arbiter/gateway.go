@@ -502,12 +502,15 @@ func (ss *session) identify(req request) {
 }
 
 // watch is told of the other participants' events (room.Manager.Enter):
-// a participant's media exists (make its consumer) or it left (tell the
-// client). It does not block.
+// a participant's media exists (make its consumer), it sent a chat message
+// or its features (deliver), or it left (tell the client). It does not
+// block.
 func (ss *session) watch(e room.Event) {
 	switch e.Kind {
 	case room.Published:
 		ss.consume(e.Participant)
+	case room.Message:
+		ss.deliver(e.Data)
 	case room.Left:
 		ss.mu.Lock()
 		delete(ss.consumers, e.Participant.ID) // its feed has ended
@@ -799,10 +802,19 @@ func (ss *session) consumerMessage(d handshakeData) {
 	}
 }
 
+// What a participant's data-channel message is, in the first byte of its
+// room message (room.Participant.Broadcast).
+const (
+	msgChatText   = 'c'
+	msgChatBinary = 'b'
+	msgFeatures   = 'f'
+)
+
 // relay passes a chat message (verbatim) or the client's features (as its
 // own: the id is the sender's, whatever it wrote) to the room's other
-// participants. Messages too large, too many or for a receiver too far
-// behind are dropped and counted.
+// participants, on this router and the others of its cluster (watch hands
+// it to each receiver's channel, deliver). Messages too large or too many
+// are dropped and counted.
 func (ss *session) relay(m webrtc.DataChannelMessage, isFeatures bool) {
 	s := ss.s
 	if len(m.Data) > chatMax || !ss.chatLimit.Allow() {
@@ -810,10 +822,14 @@ func (ss *session) relay(m webrtc.DataChannelMessage, isFeatures bool) {
 		return
 	}
 	ss.mu.Lock()
-	id, roomID := ss.id, ss.roomID
+	id, part := ss.id, ss.part
 	ss.mu.Unlock()
-	data, isString := m.Data, m.IsString
-	if isFeatures {
+	if part == nil {
+		return
+	}
+	kind, data := byte(msgChatBinary), m.Data
+	switch {
+	case isFeatures:
 		var f struct {
 			Features *features `json:"features"`
 		}
@@ -821,37 +837,42 @@ func (ss *session) relay(m webrtc.DataChannelMessage, isFeatures bool) {
 			s.stats.chatDropped.Add(1)
 			return
 		}
-		data, _ = json.Marshal(featuresMessage{ID: id, Features: *f.Features})
-		isString = true
+		kind = msgFeatures
+		data, _ = json.Marshal(featuresMessage{ID: id, Features: *f.Features}) // cannot fail: plain fields
+	case m.IsString:
+		kind = msgChatText
 	}
-	s.mu.Lock()
-	var to []*session
-	for _, o := range s.rooms[roomID] {
-		if o != ss {
-			to = append(to, o)
-		}
+	msg := append([]byte{kind}, data...)
+	if err := part.Broadcast(msg); err != nil {
+		s.stats.chatDropped.Add(1)
 	}
-	s.mu.Unlock()
-	for _, o := range to {
-		o.mu.Lock()
-		dc, open := o.chat, true
-		if isFeatures {
-			dc, open = o.features, o.featOpen
-		}
-		o.mu.Unlock()
-		if dc == nil || !open || dc.ReadyState() != webrtc.DataChannelStateOpen || dc.BufferedAmount() > chatBuffered {
-			s.stats.chatDropped.Add(1)
-			continue
-		}
-		var err error
-		if isString {
-			err = dc.SendText(string(data))
-		} else {
-			err = dc.Send(data)
-		}
-		if err != nil {
-			s.stats.chatDropped.Add(1)
-		}
+}
+
+// deliver sends another participant's room message (relay) on the
+// client's chat or features channel; it is dropped and counted when the
+// channel is not open, or too far behind.
+func (ss *session) deliver(msg []byte) {
+	if len(msg) < 1 || msg[0] != msgChatText && msg[0] != msgChatBinary && msg[0] != msgFeatures {
+		return // not one of relay's
+	}
+	ss.mu.Lock()
+	dc, open := ss.chat, true
+	if msg[0] == msgFeatures {
+		dc, open = ss.features, ss.featOpen
+	}
+	ss.mu.Unlock()
+	if dc == nil || !open || dc.ReadyState() != webrtc.DataChannelStateOpen || dc.BufferedAmount() > chatBuffered {
+		ss.s.stats.chatDropped.Add(1)
+		return
+	}
+	var err error
+	if msg[0] == msgChatBinary {
+		err = dc.Send(msg[1:])
+	} else {
+		err = dc.SendText(string(msg[1:]))
+	}
+	if err != nil {
+		ss.s.stats.chatDropped.Add(1)
 	}
 }
 

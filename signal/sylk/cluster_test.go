@@ -1,6 +1,7 @@
 package sylk_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -17,7 +18,9 @@ import (
 // in the room on router A, bob on router B. Each is told of the other as a
 // publisher (with the display name the other's client gave), attaches the
 // other's feed, and receives the other's VP8 and Opus through the relay,
-// video from a keyframe on. When alice leaves on A, bob is told on B, and
+// video from a keyframe on. The room requests (raised hands, active
+// participants, mute everyone) reach the members on the other router.
+// When alice leaves on A, bob is told on B, her hand goes down there, and
 // a feed of her is refused there.
 func TestVideoRoomAcrossRouters(t *testing.T) {
 	frames := testmedia.Frames(t, testmedia.VP8(t))
@@ -57,8 +60,32 @@ func TestVideoRoomAcrossRouters(t *testing.T) {
 		}
 	}
 
-	aliceID := bob.idOf(t, alice.aor)
+	// The room requests cross the routers: alice raises her hand on A,
+	// bob makes her active and asks everyone to mute on B.
+	aliceID, bobID := bob.idOf(t, alice.aor), alice.idOf(t, bob.aor)
+	alice.c.mustAck("videoroom-toggle-hand", map[string]any{"session": alice.session})
+	for _, mb := range []*member{alice, bob} {
+		if m := mb.c.wait(roomEvent(mb.session, "raised-hands"), mb.name+" raised-hands"); !slices.Equal(ids(m, "raised_hands"), []string{aliceID}) {
+			t.Errorf("%s: raised-hands %v, want alice's", mb.name, m["raised_hands"])
+		}
+	}
+	bob.c.mustAck("videoroom-configure", map[string]any{"session": bob.session, "active_participants": []string{aliceID}})
+	for _, mb := range []*member{alice, bob} {
+		m := mb.c.wait(roomEvent(mb.session, "configure"), mb.name+" configure")
+		if m.str("originator") != bobID || !slices.Equal(ids(m, "active_participants"), []string{aliceID}) {
+			t.Errorf("%s: configure %v, want bob making alice active", mb.name, m)
+		}
+	}
+	bob.c.mustAck("videoroom-mute-audio-participants", map[string]any{"session": bob.session})
+	if m := alice.c.wait(roomEvent(alice.session, "mute-audio"), "alice mute-audio"); m.str("originator") != bobID {
+		t.Errorf("alice: mute-audio %v, want from bob", m)
+	}
+
+	// alice leaves A: bob is told on B, and her hand is down there.
 	alice.c.mustAck("videoroom-leave", map[string]any{"session": alice.session})
+	if m := bob.c.wait(roomEvent(bob.session, "raised-hands"), "bob raised-hands after alice left"); len(ids(m, "raised_hands")) != 0 {
+		t.Errorf("bob: raised-hands %v after alice left, want none", m["raised_hands"])
+	}
 	left := bob.c.wait(roomEvent(bob.session, "publishers-left"), "bob told alice left")
 	if ids, _ := left["publishers"].([]any); len(ids) != 1 || ids[0] != aliceID {
 		t.Errorf("bob: publishers-left %v, want [%q]", left["publishers"], aliceID)

@@ -1,7 +1,10 @@
 package sylk
 
 import (
+	"encoding/json"
 	"slices"
+
+	"github.com/beepvoice/router/room"
 )
 
 // The optional room requests of sylkrtc.js: configure (active
@@ -10,6 +13,85 @@ import (
 // room state they change (vroom.active, vroom.hands) is guarded by
 // Server.mu, and their events are queued under it so that every member
 // sees the changes in the same order (conn.send never blocks).
+//
+// With several routers, a room's members may be on any of them: the
+// router a request reaches applies it to its members, and sends it to
+// the others as a room message (room.Participant.Broadcast, an extra
+// below), which each of their members' watches applies for its own client
+// (applyExtra). The room state is each router's: it holds the changes
+// made while it had members in the room.
+
+// extra is a room request passed to the other routers of a cluster.
+type extra struct {
+	// Sylk names the request: "configure", "hand" or "mute".
+	Sylk string `json:"sylk"`
+	// Active is configure's active participants.
+	Active []string `json:"active,omitempty"`
+	// Who and Raised are hand's participant and whether its hand is up.
+	Who    string `json:"who,omitempty"`
+	Raised bool   `json:"raised,omitempty"`
+}
+
+// share sends e, a request of rs applied here, to the routers of the
+// room's members elsewhere. Callers may hold Server.mu (Broadcast never
+// blocks on the network; the watches it calls here ignore it).
+func (rs *roomSession) share(e extra) {
+	b, _ := json.Marshal(e) // cannot fail: plain fields
+	if err := rs.part.Broadcast(b); err != nil {
+		rs.c.log.Debug("sylk room request not shared with the other routers", "err", err)
+	}
+}
+
+// applyExtra applies, for rs's client only, a request that a member of
+// the room on another router made there (share): the room state here
+// follows it (each member's watch applies it again: that changes nothing),
+// and rs's client gets the event the request's members got.
+func (rs *roomSession) applyExtra(from *room.Participant, data []byte) {
+	var e extra
+	if json.Unmarshal(data, &e) != nil {
+		return // not a room request
+	}
+	s := rs.c.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	vr := s.rooms[rs.uri]
+	if vr == nil || vr.members[rs.pubID] != rs {
+		return
+	}
+	switch e.Sylk {
+	case "configure":
+		if len(e.Active) > maxActive || slices.ContainsFunc(e.Active, func(id string) bool { return !validID(id, maxID) }) {
+			return
+		}
+		vr.active = slices.Compact(slices.Clone(e.Active))
+		m := roomEvent(rs.id, "configure")
+		m["originator"], m["active_participants"] = from.ID, append([]string{}, vr.active...)
+		rs.c.send(m)
+	case "hand":
+		if !validID(e.Who, maxID) {
+			return
+		}
+		up := slices.Contains(vr.hands, e.Who)
+		switch {
+		case e.Raised && !up:
+			vr.hands = append(vr.hands, e.Who)
+		case !e.Raised && up:
+			vr.hands = slices.DeleteFunc(vr.hands, func(id string) bool { return id == e.Who })
+		}
+		vr.tellHands(rs)
+	case "mute":
+		m := roomEvent(rs.id, "mute-audio")
+		m["originator"] = from.ID
+		rs.c.send(m)
+	}
+}
+
+// inRoom reports whether publisher id is a member of rs's room, here or,
+// in a cluster, on another router (known here once it publishes).
+// Server.mu held.
+func (vr *vroom) inRoom(rs *roomSession, id string) bool {
+	return vr.members[id] != nil || rs.part.Other(id) != nil
+}
 
 // liveSession returns the room session r names, answering an error when
 // there is none or it has ended.
@@ -45,7 +127,7 @@ func (c *conn) roomConfigure(r *Request) {
 		return
 	}
 	for _, id := range r.Active {
-		if vr.members[id] == nil {
+		if !vr.inRoom(rs, id) {
 			c.fail(r.Transaction, "active_participants: no such participant in this room")
 			return
 		}
@@ -57,12 +139,14 @@ func (c *conn) roomConfigure(r *Request) {
 		m["originator"], m["active_participants"] = rs.pubID, append([]string{}, vr.active...)
 		q.c.send(m)
 	}
+	rs.share(extra{Sylk: "configure", Active: vr.active})
 }
 
 // roomInvite invites accounts to the room: each socket where an invitee
 // is registered gets account-event conference-invite {account, room,
-// session_id, originator}. Invitees registered nowhere are skipped (there
-// is no SIP gateway for others yet); the request is acked either way.
+// session_id, originator}. Invitees registered nowhere here are skipped
+// (there is no SIP gateway for others yet, and registrations are each
+// router's); the request is acked either way.
 func (c *conn) roomInvite(r *Request) {
 	rs := c.liveSession(r)
 	if rs == nil {
@@ -108,7 +192,7 @@ func (c *conn) roomToggleHand(r *Request) {
 	}
 	raised := slices.Contains(vr.hands, who)
 	switch {
-	case vr.members[who] == nil:
+	case !vr.inRoom(rs, who):
 		c.fail(r.Transaction, "session_id: no such participant in this room")
 		return
 	case who != rs.pubID && !raised:
@@ -121,6 +205,7 @@ func (c *conn) roomToggleHand(r *Request) {
 	}
 	c.ack(r.Transaction)
 	vr.tellHands(nil)
+	rs.share(extra{Sylk: "hand", Who: who, Raised: !raised})
 }
 
 // roomMuteAudio asks every other member to mute its microphone:
@@ -146,6 +231,7 @@ func (c *conn) roomMuteAudio(r *Request) {
 			q.c.send(m)
 		}
 	}
+	rs.share(extra{Sylk: "mute"})
 }
 
 // sendHands tells a joiner the raised hands, if any.
@@ -177,6 +263,17 @@ func (vr *vroom) tellHands(only *roomSession) {
 			m["raised_hands"] = append([]string{}, vr.hands...)
 			q.c.send(m)
 		}
+	}
+}
+
+// forgetRemote is forget for participant id of room uri that left on
+// another router (each member's watch calls it: only the first changes
+// anything).
+func (s *Server) forgetRemote(uri, id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if vr := s.rooms[uri]; vr != nil {
+		vr.forget(id)
 	}
 }
 

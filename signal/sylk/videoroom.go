@@ -228,10 +228,23 @@ func cmpString(a, b string) int {
 }
 
 // watch is the participant's room watch: publishers-joined when another
-// participant publishes, publishers-left when one the client knows leaves.
-// It never blocks (sends are queued).
+// participant publishes, publishers-left when one the client knows leaves,
+// and the room requests of members on other routers. It never blocks
+// (sends are queued).
 func (rs *roomSession) watch(e room.Event) {
 	id := e.Participant.ID
+	// What members of the room on other routers did (the router's own
+	// members' requests are applied where they are made). Server.mu is
+	// taken without rs.mu: the requests' handlers hold it while they
+	// share.
+	switch {
+	case !e.Participant.Remote():
+	case e.Kind == room.Message:
+		rs.applyExtra(e.Participant, e.Data)
+		return
+	case e.Kind == room.Left:
+		rs.c.s.forgetRemote(rs.uri, id)
+	}
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	if !rs.initialSent || rs.ended {
