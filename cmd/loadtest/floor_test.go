@@ -251,11 +251,18 @@ func TestFloorRun(t *testing.T) {
 // decrypt, three rewritten and encrypted copies, one sendmmsg to real
 // loopback sockets — allocates nothing.
 func TestFloorPacketPathAllocates(t *testing.T) {
-	f, err := startFloor(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	// Only the packet path's parts: no signalling, ICE mux or HTTP
+	// server, whose goroutines' allocations would count too.
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.close()
+	defer conn.Close()
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &floor{conn: conn, raw: raw}
 	key, salt := bytes.Repeat([]byte{3}, 16), bytes.Repeat([]byte{5}, 12)
 	ctx := func() *srtp.Context {
 		c, err := srtp.CreateContext(key, salt, srtp.ProtectionProfileAeadAes128Gcm)
