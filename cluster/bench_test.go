@@ -122,6 +122,58 @@ func BenchmarkRelayReceiveNATS(b *testing.B) {
 	<-done
 }
 
+// BenchmarkRelayReceiveNATSBatch10 is BenchmarkRelayReceiveNATS with the
+// frames in batches of 10 (what a sender makes of frames queued
+// together): per packet, nats.go's delivery and its allocations are paid
+// once per 10.
+func BenchmarkRelayReceiveNATSBatch10(b *testing.B) {
+	const per = 10
+	ns := testutil.StartNATS(b, testutil.JetStream)
+	r := newRouter(b, ns.URL())
+	if err := r.rooms.Join("bob", "c-1"); err != nil {
+		b.Fatal(err)
+	}
+	s := &relaySub{n: r.node, conv: "c-1", tracks: make(map[uint64]*remoteTrack)}
+	defer s.close0()
+	done := make(chan struct{})
+	batches := (b.N + per - 1) / per
+	want := uint64(batches * per)
+	sub, err := r.nc.Subscribe("bench.relay", func(m *nats.Msg) {
+		s.onMsg(m)
+		if r.node.count.in.Load() == want {
+			close(done)
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	_ = sub.SetPendingLimits(-1, -1)
+	if err := r.nc.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	pub := connect(b, ns.URL())
+	alice := &publisher{user: "alice", client: "alice-phone"}
+	pkt := rtpPacket(1)
+	var batch, frame []byte
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range batches {
+		batch = startBatch(batch)
+		for j := range per {
+			binary.BigEndian.PutUint16(pkt[2:4], uint16(i*per+j))
+			frame = appendFrame(frame[:0], kindPacket, codecOpus, 1, 99, 7, 1, alice, pkt)
+			batch = appendBatched(batch, frame)
+		}
+		if err := pub.Publish("bench.relay", batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	<-done
+	b.StopTimer()
+	b.ReportMetric(float64(r.node.Stats().NATSIn)/float64(want), "msgs/op")
+}
+
 // close0 ends the subscription's tracks when it has no NATS subscription.
 func (s *relaySub) close0() {
 	s.mu.Lock()
