@@ -121,6 +121,35 @@ func TestBatchReceive(t *testing.T) {
 	}
 }
 
+// TestInterestBatches: a conversation's entry counts the routers
+// interested in it that take no batches, as they come, change and go.
+func TestInterestBatches(t *testing.T) {
+	var in interest
+	in.init()
+	e := in.hold("c-1")
+	now := time.Now()
+	for _, step := range []struct {
+		router         string
+		batches        bool
+		convs          []string
+		routers, plain int32
+	}{
+		{"new", true, []string{"c-1"}, 1, 0},
+		{"old", false, []string{"c-1", "c-2"}, 2, 1},
+		{"old", false, []string{"c-2"}, 1, 0},
+		{"old", false, []string{"c-1"}, 2, 1},
+		{"old", false, nil, 1, 0},
+		{"new", false, []string{"c-1"}, 1, 1}, // its id, restarted older
+		{"new", true, []string{"c-1"}, 1, 0},
+	} {
+		in.set(step.router, 1, step.batches, step.convs, now, time.Hour)
+		if r, p := e.routers.Load(), e.plain.Load(); r != step.routers || p != step.plain {
+			t.Fatalf("after %+v: %d routers, %d without batches; want %d, %d", step, r, p, step.routers, step.plain)
+		}
+	}
+	in.release(e)
+}
+
 // recordRelayed is a router's pipeline for remote tracks that first
 // records each packet's user and sequence number.
 type recordRelayed struct {
@@ -151,8 +180,10 @@ func (r *recordTrack) WriteRTP(raw []byte, at time.Time) error {
 // it wakes go out as batches, one subject at a time (at most maxBatch
 // frames each, and within the server's max_payload), a keyframe request
 // queued among them on its own; router B receives every packet, each
-// track's in order. The frames are queued on a shard no goroutine sends
-// from, which is then started: they are all there when it wakes.
+// track's in order. A conversation that a router predating batches
+// listens in gets its frames one per message. The frames are queued on a
+// shard no goroutine sends from, which is then started: they are all
+// there when it wakes.
 func TestQueuedFramesBatched(t *testing.T) {
 	pad := func(b []byte, n int) []byte { return append(b, make([]byte, n)...) }
 	for _, tc := range []struct {
@@ -162,12 +193,16 @@ func TestQueuedFramesBatched(t *testing.T) {
 		// the relay messages expected per conversation.
 		alice, carol, dave int
 		pad                int
-		want               map[string]int
+		// old: a router that does not take batches listens in c-1.
+		old  bool
+		want map[string]int
 	}{
 		{name: "default max_payload", alice: 40, carol: 40, dave: 10,
 			want: map[string]int{"c-1": 3, "c-2": 1}}, // 80 frames: 32+32+16
 		{name: "max_payload 4096", tune: func(o *server.Options) { o.MaxPayload = 4096 }, alice: 7, pad: 1100,
 			want: map[string]int{"c-1": 3}}, // 3 frames of 1.2 kB fit: 3+3 and 1 alone
+		{name: "an old router listens", alice: 20, carol: 20, dave: 10, old: true,
+			want: map[string]int{"c-1": 40, "c-2": 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tune := []func(*server.Options){testutil.JetStream}
@@ -198,6 +233,10 @@ func TestQueuedFramesBatched(t *testing.T) {
 			testutil.Eventually(t, 5*time.Second, "B's interest", func() bool {
 				return a.node.Relaying("c-1") == 1 && a.node.Relaying("c-2") == 1
 			})
+			if tc.old {
+				announce(t, connect(t, ns.URL()), "old", time.Hour, "c-1") // no Batches
+				testutil.Eventually(t, 5*time.Second, "the old router's interest", func() bool { return a.node.Relaying("c-1") == 2 })
+			}
 
 			sh := newSendShard(256)
 			relays := map[string]*trackRelay{}

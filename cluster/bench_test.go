@@ -21,7 +21,7 @@ func BenchmarkRelaySend(b *testing.B) {
 	if err := a.rooms.Join("alice", "c-1"); err != nil {
 		b.Fatal(err)
 	}
-	a.node.interest.set("other", 0, []string{"c-1"}, time.Now(), time.Hour)
+	a.node.interest.set("other", 0, true, []string{"c-1"}, time.Now(), time.Hour)
 	tr := openRelay(b, a, "alice")
 	pkt := rtpPacket(1)
 	now := time.Now()

@@ -323,9 +323,10 @@ type sendShard struct {
 type outFrame struct {
 	subj string
 	b    []byte
-	// frame: b is a relay frame, which may share a batch with the
-	// frames of its subject; else a keyframe request, sent as it is.
-	frame bool
+	// frame: b is a relay frame (else a keyframe request); batch: it may
+	// share a batch with the frames of its subject (every router
+	// interested in them took batches when it was queued).
+	frame, batch bool
 }
 
 // maxWoken bounds the frames a sender goroutine takes from its queue at
@@ -400,13 +401,13 @@ take:
 		// The frames of f's subject behind it, in order, while they fit.
 		var b []byte
 		frames, size := 1, batchHeaderLen+2+len(f.b)
-		for j := i + 1; j < len(w) && frames < maxBatch && len(f.b) <= maxBatched; j++ {
+		for j := i + 1; j < len(w) && frames < maxBatch && f.batch && len(f.b) <= maxBatched; j++ {
 			g := w[j]
-			if g == nil || !g.frame || g.subj != f.subj {
+			if g == nil || g.subj != f.subj {
 				continue
 			}
-			if len(g.b) > maxBatched || size+2+len(g.b) > limit {
-				break // g starts the subject's next batch
+			if !g.batch || len(g.b) > maxBatched || size+2+len(g.b) > limit {
+				break // g starts the subject's next message
 			}
 			if b == nil {
 				b = appendBatched(startBatch(s.batch), f.b)
@@ -443,13 +444,14 @@ func (n *Node) take(s *sendShard) *outFrame {
 	}
 }
 
-// enqueue queues a frame on s, or counts it dropped when s is full.
-func (n *Node) enqueue(s *sendShard, subj string, kind, cn, ext byte, key uint64, arrival int64, p *publisher, raw []byte) {
+// enqueue queues a frame on s, or counts it dropped when s is full; batch:
+// it may share a batch with others (outFrame).
+func (n *Node) enqueue(s *sendShard, subj string, batch bool, kind, cn, ext byte, key uint64, arrival int64, p *publisher, raw []byte) {
 	f := n.take(s)
 	if f == nil {
 		return
 	}
-	f.subj, f.frame = subj, true
+	f.subj, f.frame, f.batch = subj, true, batch
 	f.b = appendFrame(f.b[:0], kind, cn, ext, n.origin, key, arrival, p, raw)
 	s.q <- f // never blocks: q holds as many frames as there are
 }
@@ -468,7 +470,9 @@ func (n *Node) Broadcast(convID string, who room.Identity, data []byte) {
 	}
 	s := n.shards[int(n.next.Add(1))%len(n.shards)]
 	n.count.messagesOut.Add(1)
-	n.enqueue(s, n.relaySubject(convID), kindMessage, codecOpus, 0, 0, 0, &p, data)
+	// Never batched: a message is rare, and its conversation's interest
+	// entry (whether every router there takes batches) is a track's.
+	n.enqueue(s, n.relaySubject(convID), false, kindMessage, codecOpus, 0, 0, 0, &p, data)
 }
 
 // keySubject is the subject on which the router whose frames carry origin
@@ -487,7 +491,7 @@ func (n *Node) askKeyframe(subj string, key uint64) {
 	if f == nil {
 		return
 	}
-	f.subj, f.frame = subj, false
+	f.subj, f.frame, f.batch = subj, false, false
 	f.b = binary.BigEndian.AppendUint64(f.b[:0], key)
 	n.count.keyframesOut.Add(1)
 	s.q <- f
@@ -595,7 +599,7 @@ func (r *trackRelay) WriteRTP(raw []byte, arrival time.Time) error {
 		r.switchTo(c)
 	}
 	if r.ent != nil && r.ent.routers.Load() > 0 && len(raw) >= 12 && raw[0]>>6 == 2 {
-		r.n.enqueue(r.shard, r.subj, kindPacket, r.codec, r.t.LevelExtID, r.key, arrival.UnixNano(), &r.pub, raw)
+		r.n.enqueue(r.shard, r.subj, r.ent.plain.Load() == 0, kindPacket, r.codec, r.t.LevelExtID, r.key, arrival.UnixNano(), &r.pub, raw)
 	}
 	return r.inner.WriteRTP(raw, arrival)
 }
@@ -618,7 +622,7 @@ func (r *trackRelay) end() {
 		return
 	}
 	if r.ent.routers.Load() > 0 {
-		r.n.enqueue(r.shard, r.subj, kindEnd, r.codec, 0, r.key, time.Now().UnixNano(), &r.pub, nil)
+		r.n.enqueue(r.shard, r.subj, r.ent.plain.Load() == 0, kindEnd, r.codec, 0, r.key, time.Now().UnixNano(), &r.pub, nil)
 	}
 	r.n.interest.release(r.ent)
 	r.ent = nil
