@@ -25,7 +25,9 @@
 //
 // The packet path takes no lock shared between tracks, allocates nothing
 // and never writes to the network: frames go through bounded queues (one
-// per sender goroutine) with counted drops.
+// per sender goroutine) with counted drops. A sender publishes the frames
+// of one conversation that it finds queued together as one NATS message, a
+// batch (frame.go), so that per-message costs are paid once for them.
 package cluster
 
 import (
@@ -160,6 +162,7 @@ type Node struct {
 // counters are the Node's counts; they only grow.
 type counters struct {
 	out, in, dropQueue, dropNoTrack, malformed, sendErrors atomic.Uint64
+	natsOut, natsIn                                        atomic.Uint64
 	duplicates                                             atomic.Uint64
 	keyframesOut, keyframesIn, keyframesNoTrack            atomic.Uint64
 	messagesOut, messagesIn                                atomic.Uint64
@@ -308,16 +311,30 @@ func (n *Node) Close() {
 type sendShard struct {
 	q    chan *outFrame
 	free chan *outFrame
+
+	// The sender goroutine's own: the frames it took from q at one
+	// wake-up (capacity maxWoken), and the buffer it makes batches in
+	// (grown once to the largest batch, then reused).
+	woken []*outFrame
+	batch []byte
 }
 
-// outFrame is a frame waiting to be published.
+// outFrame is a frame, or a keyframe request, waiting to be published.
 type outFrame struct {
 	subj string
 	b    []byte
+	// frame: b is a relay frame (else a keyframe request); batch: it may
+	// share a batch with the frames of its subject (every router
+	// interested in them took batches when it was queued).
+	frame, batch bool
 }
 
+// maxWoken bounds the frames a sender goroutine takes from its queue at
+// one wake-up to batch them.
+const maxWoken = 128
+
 func newSendShard(n int) *sendShard {
-	s := &sendShard{q: make(chan *outFrame, n), free: make(chan *outFrame, n)}
+	s := &sendShard{q: make(chan *outFrame, n), free: make(chan *outFrame, n), woken: make([]*outFrame, 0, maxWoken)}
 	for range n {
 		s.free <- &outFrame{b: make([]byte, 0, 1600)}
 	}
@@ -328,29 +345,91 @@ func newSendShard(n int) *sendShard {
 // queued.
 func (n *Node) send(s *sendShard) {
 	defer n.bg.Done()
-	pub := func(f *outFrame) {
-		if err := n.nc.Publish(f.subj, f.b); err != nil {
-			n.count.sendErrors.Add(1)
-		} else {
-			n.count.out.Add(1)
-		}
-		s.free <- f
-	}
 	for {
 		select {
 		case f := <-s.q:
-			pub(f)
+			n.publishQueued(s, f)
 		case <-n.quit:
 			for {
 				select {
 				case f := <-s.q:
-					pub(f)
+					n.publishQueued(s, f)
 				default:
 					return
 				}
 			}
 		}
 	}
+}
+
+// publishQueued publishes f and what is queued behind it now, without
+// waiting for more: the frames of one subject go out together as batches
+// (in their order, up to maxBatch frames and maxBatchBytes or the
+// server's max_payload each), a frame alone on its subject as itself,
+// keyframe requests as they are. Frames never wait for a batch to fill:
+// only those that queued while the goroutine was busy (or asleep) share
+// one, which is when the per-message costs would add up.
+func (n *Node) publishQueued(s *sendShard, f *outFrame) {
+	w := append(s.woken[:0], f)
+take:
+	for len(w) < cap(w) {
+		select {
+		case f := <-s.q:
+			w = append(w, f)
+		default:
+			break take
+		}
+	}
+	limit := maxBatchBytes
+	if len(w) > 1 {
+		if mp := int(n.nc.MaxPayload()); mp > 0 && mp < limit {
+			limit = mp
+		}
+	}
+	for i, f := range w {
+		if f == nil {
+			continue // in an earlier batch
+		}
+		w[i] = nil
+		if !f.frame {
+			if err := n.nc.Publish(f.subj, f.b); err != nil {
+				n.count.sendErrors.Add(1)
+			}
+			s.free <- f
+			continue
+		}
+		// The frames of f's subject behind it, in order, while they fit.
+		var b []byte
+		frames, size := 1, batchHeaderLen+2+len(f.b)
+		for j := i + 1; j < len(w) && frames < maxBatch && f.batch && len(f.b) <= maxBatched; j++ {
+			g := w[j]
+			if g == nil || g.subj != f.subj {
+				continue
+			}
+			if !g.batch || len(g.b) > maxBatched || size+2+len(g.b) > limit {
+				break // g starts the subject's next message
+			}
+			if b == nil {
+				b = appendBatched(startBatch(s.batch), f.b)
+			}
+			b = appendBatched(b, g.b)
+			frames, size = frames+1, size+2+len(g.b)
+			w[j] = nil
+			s.free <- g
+		}
+		msg := f.b
+		if b != nil {
+			msg, s.batch = b, b[:0]
+		}
+		if err := n.nc.Publish(f.subj, msg); err != nil {
+			n.count.sendErrors.Add(uint64(frames))
+		} else {
+			n.count.out.Add(uint64(frames))
+			n.count.natsOut.Add(1)
+		}
+		s.free <- f
+	}
+	s.woken = w[:0]
 }
 
 // take returns a free frame of s to fill and queue, or nil, counted as
@@ -365,13 +444,14 @@ func (n *Node) take(s *sendShard) *outFrame {
 	}
 }
 
-// enqueue queues a frame on s, or counts it dropped when s is full.
-func (n *Node) enqueue(s *sendShard, subj string, kind, cn, ext byte, key uint64, arrival int64, p *publisher, raw []byte) {
+// enqueue queues a frame on s, or counts it dropped when s is full; batch:
+// it may share a batch with others (outFrame).
+func (n *Node) enqueue(s *sendShard, subj string, batch bool, kind, cn, ext byte, key uint64, arrival int64, p *publisher, raw []byte) {
 	f := n.take(s)
 	if f == nil {
 		return
 	}
-	f.subj = subj
+	f.subj, f.frame, f.batch = subj, true, batch
 	f.b = appendFrame(f.b[:0], kind, cn, ext, n.origin, key, arrival, p, raw)
 	s.q <- f // never blocks: q holds as many frames as there are
 }
@@ -390,7 +470,9 @@ func (n *Node) Broadcast(convID string, who room.Identity, data []byte) {
 	}
 	s := n.shards[int(n.next.Add(1))%len(n.shards)]
 	n.count.messagesOut.Add(1)
-	n.enqueue(s, n.relaySubject(convID), kindMessage, codecOpus, 0, 0, 0, &p, data)
+	// Never batched: a message is rare, and its conversation's interest
+	// entry (whether every router there takes batches) is a track's.
+	n.enqueue(s, n.relaySubject(convID), false, kindMessage, codecOpus, 0, 0, 0, &p, data)
 }
 
 // keySubject is the subject on which the router whose frames carry origin
@@ -409,7 +491,7 @@ func (n *Node) askKeyframe(subj string, key uint64) {
 	if f == nil {
 		return
 	}
-	f.subj = subj
+	f.subj, f.frame, f.batch = subj, false, false
 	f.b = binary.BigEndian.AppendUint64(f.b[:0], key)
 	n.count.keyframesOut.Add(1)
 	s.q <- f
@@ -517,7 +599,7 @@ func (r *trackRelay) WriteRTP(raw []byte, arrival time.Time) error {
 		r.switchTo(c)
 	}
 	if r.ent != nil && r.ent.routers.Load() > 0 && len(raw) >= 12 && raw[0]>>6 == 2 {
-		r.n.enqueue(r.shard, r.subj, kindPacket, r.codec, r.t.LevelExtID, r.key, arrival.UnixNano(), &r.pub, raw)
+		r.n.enqueue(r.shard, r.subj, r.ent.plain.Load() == 0, kindPacket, r.codec, r.t.LevelExtID, r.key, arrival.UnixNano(), &r.pub, raw)
 	}
 	return r.inner.WriteRTP(raw, arrival)
 }
@@ -540,7 +622,7 @@ func (r *trackRelay) end() {
 		return
 	}
 	if r.ent.routers.Load() > 0 {
-		r.n.enqueue(r.shard, r.subj, kindEnd, r.codec, 0, r.key, time.Now().UnixNano(), &r.pub, nil)
+		r.n.enqueue(r.shard, r.subj, r.ent.plain.Load() == 0, kindEnd, r.codec, 0, r.key, time.Now().UnixNano(), &r.pub, nil)
 	}
 	r.n.interest.release(r.ent)
 	r.ent = nil

@@ -11,8 +11,9 @@ import (
 )
 
 // The relay frame: one RTP packet of a publisher, or the end of its track,
-// as one core NATS message. Fixed header, big endian, then the ids and the
-// packet; no protobuf, and neither side allocates per frame.
+// as one core NATS message, or with others of its subject in a batch
+// (below). Fixed header, big endian, then the ids and the packet; no
+// protobuf, and neither side allocates per frame.
 //
 //	0      version: frameVersion (Opus, a Beep user's track),
 //	       frameVersionCodec (byte 5 names a codec other than Opus) or
@@ -42,16 +43,47 @@ import (
 // frame; they cost a few tens of bytes beside the packet. A participant's
 // frames (a front-end's, such as a video room's publisher) name it: its
 // tracks become one remote participant on the receiving router.
+//
+// A batch carries several frames of one subject in one NATS message: the
+// frames a sender goroutine found queued together when it woke (several
+// tracks of a conversation, or a burst of one), so that the wake-ups and
+// system calls of a NATS message, and nats.go's allocations on the
+// receiving side, are paid once for them all. Frames keep their order in
+// it; a lone frame goes out as itself, not as a batch of one.
+//
+//	0      frameBatch (a router that does not know batches drops them as
+//	       an unknown version)
+//	1      number of frames (N), at least 1
+//	2..    N times: the frame's length (L, 2 bytes, big endian), then
+//	       the L bytes of a frame (versions 1 to 3; never a batch)
+//
+// Nothing follows the last frame. A batch that does not add up (a length
+// past its end, bytes left over, no frame) is malformed as a whole; a
+// frame in it that does not parse is malformed on its own, and the
+// others are handled.
 const (
 	frameVersion            = 1
 	frameVersionCodec       = 2
 	frameVersionParticipant = 3
+	frameBatch              = 4
 	headerLen               = 32
 	kindPacket              = 1
 	kindEnd                 = 2
 	kindMessage             = 3
 	// maxID bounds each id a frame carries.
 	maxID = 255
+)
+
+// Batches.
+const (
+	batchHeaderLen = 2
+	// maxBatch and maxBatchBytes bound a batch the sender makes, well
+	// below NATS's max_payload (1 MB by default; the server's own, if
+	// lower, bounds it too); a receiver takes up to 255 frames.
+	maxBatch      = 32
+	maxBatchBytes = 60 << 10
+	// maxBatched is the longest frame a batch can carry.
+	maxBatched = 1<<16 - 1
 )
 
 // Codecs a frame names (byte 5); 0, Opus, is what version 1 frames carry.
@@ -95,6 +127,7 @@ var (
 	errNoPacket = errors.New("relay frame: packet missing or not RTP")
 
 	errNoParticipant = errors.New("relay frame: participant id missing")
+	errBatch         = errors.New("relay batch: malformed")
 )
 
 // frame is a parsed relay frame; its slices alias the message.
@@ -200,6 +233,57 @@ func parseFrame(b []byte) (frame, error) {
 		return frame{}, errKind
 	}
 	return f, nil
+}
+
+// startBatch starts a batch in dst[:0]; appendBatched adds frames to it.
+func startBatch(dst []byte) []byte { return append(dst[:0], frameBatch, 0) }
+
+// appendBatched appends frame f (at most maxBatched bytes) to batch b, of
+// fewer than 255 frames.
+func appendBatched(b, f []byte) []byte {
+	b[1]++
+	b = binary.BigEndian.AppendUint16(b, uint16(len(f)))
+	return append(b, f...)
+}
+
+// batchReader returns the frames of a batch in order; its slices alias
+// the message.
+type batchReader struct {
+	rest []byte
+}
+
+// readBatch checks that b is a batch whose lengths add up, and returns a
+// reader of its frames.
+func readBatch(b []byte) (batchReader, error) {
+	if len(b) < batchHeaderLen || b[0] != frameBatch || b[1] == 0 {
+		return batchReader{}, errBatch
+	}
+	rest := b[batchHeaderLen:]
+	for range int(b[1]) {
+		if len(rest) < 2 {
+			return batchReader{}, errBatch
+		}
+		l := int(binary.BigEndian.Uint16(rest))
+		if len(rest) < 2+l {
+			return batchReader{}, errBatch
+		}
+		rest = rest[2+l:]
+	}
+	if len(rest) != 0 {
+		return batchReader{}, errBatch
+	}
+	return batchReader{rest: b[batchHeaderLen:]}, nil
+}
+
+// next returns the next frame of the batch, and false after the last.
+func (r *batchReader) next() ([]byte, bool) {
+	if len(r.rest) < 2 {
+		return nil, false
+	}
+	l := int(binary.BigEndian.Uint16(r.rest))
+	f := r.rest[2 : 2+l]
+	r.rest = r.rest[2+l:]
+	return f, true
 }
 
 // token escapes id into one NATS subject token or JetStream key token:

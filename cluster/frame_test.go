@@ -113,12 +113,32 @@ func TestTokenIsInjectiveAndReversible(t *testing.T) {
 	}
 }
 
-// FuzzParseFrame: no frame makes the parser panic, and what it accepts
-// encodes back to the same bytes.
+// FuzzParseFrame: no frame or batch makes the parsers panic, what they
+// accept encodes back to the same bytes, and a batch's frames parse as
+// frames do alone.
 func FuzzParseFrame(f *testing.F) {
-	f.Add(appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, &publisher{user: "alice", client: "phone"}, []byte{0x80, 111, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9}))
-	f.Add(appendFrame(nil, kindEnd, codecOpus, 0, 42, 7, 1, &publisher{user: "alice", client: "phone"}, nil))
+	pkt := appendFrame(nil, kindPacket, codecOpus, 1, 42, 7, 1, &publisher{user: "alice", client: "phone"}, []byte{0x80, 111, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9})
+	end := appendFrame(nil, kindEnd, codecOpus, 0, 42, 7, 1, &publisher{user: "alice", client: "phone"}, nil)
+	f.Add(pkt)
+	f.Add(end)
+	f.Add(appendBatched(appendBatched(startBatch(nil), pkt), end))
+	f.Add(appendBatched(startBatch(nil), appendBatched(startBatch(nil), pkt)))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > 0 && b[0] == frameBatch {
+			r, err := readBatch(b)
+			if err != nil {
+				return
+			}
+			again := startBatch(nil)
+			for fb, ok := r.next(); ok; fb, ok = r.next() {
+				_, _ = parseFrame(fb)
+				again = appendBatched(again, fb)
+			}
+			if !bytes.Equal(again, b) {
+				t.Fatalf("batch re-encoded differently:\n%x\n%x", b, again)
+			}
+			return
+		}
 		fr, err := parseFrame(b)
 		if err != nil {
 			return

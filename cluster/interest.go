@@ -36,6 +36,9 @@ type interestMsg struct {
 	// Origin is what the sender's relay frames carry as their origin: the
 	// remote tracks of a router that went silent end with it.
 	Origin uint64 `json:"o,omitempty"`
+	// Batches: the sender takes relay batches (frame.go); routers that
+	// predate them do not say so, and are sent frames one per message.
+	Batches bool `json:"b,omitempty"`
 }
 
 // interest is what this router knows of the others' interest.
@@ -48,12 +51,26 @@ type interest struct {
 // interestEntry counts the routers interested in one conversation.
 type interestEntry struct {
 	conv string
-	// routers is read on the packet path.
-	routers atomic.Int32
-	// Guarded by interest.mu: the routers, and the tracks holding the
-	// entry (it is forgotten once neither has any).
-	set   map[string]struct{}
+	// routers, and of them those that take no batches (plain), are read
+	// on the packet path.
+	routers, plain atomic.Int32
+	// Guarded by interest.mu: the routers (true: it takes batches), and
+	// the tracks holding the entry (it is forgotten once neither has any).
+	set   map[string]bool
 	holds int
+}
+
+// count updates the entry's counts after a change of its set. Callers
+// hold interest.mu.
+func (e *interestEntry) count() {
+	plain := 0
+	for _, batches := range e.set {
+		if !batches {
+			plain++
+		}
+	}
+	e.routers.Store(int32(len(e.set)))
+	e.plain.Store(int32(plain))
 }
 
 // remoteRouter is another router's last announcement.
@@ -73,7 +90,7 @@ func (in *interest) init() {
 func (in *interest) entryLocked(conv string) *interestEntry {
 	e := in.entries[conv]
 	if e == nil {
-		e = &interestEntry{conv: conv, set: make(map[string]struct{})}
+		e = &interestEntry{conv: conv, set: make(map[string]bool)}
 		in.entries[conv] = e
 	}
 	return e
@@ -103,9 +120,9 @@ func (in *interest) release(e *interestEntry) {
 	in.forgetLocked(e)
 }
 
-// set records that router, whose frames carry origin, listens in convs
-// (nil: nowhere, and it is forgotten).
-func (in *interest) set(router string, origin uint64, convs []string, now time.Time, expiry time.Duration) {
+// set records that router, whose frames carry origin and which takes
+// batches or not, listens in convs (nil: nowhere, and it is forgotten).
+func (in *interest) set(router string, origin uint64, batches bool, convs []string, now time.Time, expiry time.Duration) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	r := in.routers[router]
@@ -120,15 +137,15 @@ func (in *interest) set(router string, origin uint64, convs []string, now time.T
 				continue
 			}
 			delete(e.set, router)
-			e.routers.Store(int32(len(e.set)))
+			e.count()
 			in.forgetLocked(e)
 		}
 	}
 	for _, c := range convs {
 		e := in.entryLocked(c)
-		if _, ok := e.set[router]; !ok {
-			e.set[router] = struct{}{}
-			e.routers.Store(int32(len(e.set)))
+		if b, ok := e.set[router]; !ok || b != batches {
+			e.set[router] = batches
+			e.count()
 		}
 	}
 	if convs == nil {
@@ -158,7 +175,7 @@ func (in *interest) expire(now time.Time) (gone []goneRouter) {
 	}
 	in.mu.Unlock()
 	for _, g := range gone {
-		in.set(g.id, 0, nil, now, 0)
+		in.set(g.id, 0, false, nil, now, 0)
 	}
 	return gone
 }
@@ -192,9 +209,9 @@ func (n *Node) onInterest(m *nats.Msg) {
 		if convs == nil {
 			convs = []string{}
 		}
-		n.interest.set(im.Router, im.Origin, convs, time.Now(), 3*beat)
+		n.interest.set(im.Router, im.Origin, im.Batches, convs, time.Now(), 3*beat)
 	case opBye:
-		n.interest.set(im.Router, 0, nil, time.Now(), 0)
+		n.interest.set(im.Router, 0, false, nil, time.Now(), 0)
 		n.log.Info("cluster: router left", "peer", im.Router)
 		// Its tracks normally ended with end frames before; any left
 		// end now rather than after RemoteIdle.
@@ -207,7 +224,7 @@ func (n *Node) onInterest(m *nats.Msg) {
 
 // publishInterest announces this router's interest.
 func (n *Node) publishInterest(op string, convs []string) {
-	b, err := json.Marshal(interestMsg{Op: op, Router: n.cfg.ID, Convs: convs, Beat: n.cfg.Heartbeat.Milliseconds(), Origin: n.origin})
+	b, err := json.Marshal(interestMsg{Op: op, Router: n.cfg.ID, Convs: convs, Beat: n.cfg.Heartbeat.Milliseconds(), Origin: n.origin, Batches: true})
 	if err != nil {
 		return
 	}

@@ -7,6 +7,10 @@ type Stats struct {
 	// RelayedOut and RelayedIn count relay frames of packets published and
 	// received.
 	RelayedOut, RelayedIn uint64
+	// NATSOut and NATSIn count the NATS messages relay frames travelled
+	// in (one frame, or a batch of frames of one conversation);
+	// RelayedOut/NATSOut is about the frames per message.
+	NATSOut, NATSIn uint64
 	// DropQueue counts frames dropped because a sender's queue was full;
 	// DropNoTrack, packets of a remote track this router could not make;
 	// Malformed, frames not understood; SendErrors, publishes NATS refused;
@@ -47,6 +51,8 @@ func (n *Node) Stats() Stats {
 	s := Stats{
 		RelayedOut:       n.count.out.Load(),
 		RelayedIn:        n.count.in.Load(),
+		NATSOut:          n.count.natsOut.Load(),
+		NATSIn:           n.count.natsIn.Load(),
 		DropQueue:        n.count.dropQueue.Load(),
 		DropNoTrack:      n.count.dropNoTrack.Load(),
 		Malformed:        n.count.malformed.Load(),
@@ -92,6 +98,7 @@ type collector struct{ n *Node }
 
 var (
 	descPackets  = prometheus.NewDesc("router_relay_packets_total", "Relayed packets, by direction (out: published for other routers, in: received from them).", []string{"direction"}, nil)
+	descNATS     = prometheus.NewDesc("router_relay_nats_messages_total", "NATS messages relay frames travelled in (one frame, or a batch of a conversation's frames queued together), by direction (out: published, in: received from other routers).", []string{"direction"}, nil)
 	descDrops    = prometheus.NewDesc("router_relay_dropped_total", "Relay frames dropped, by reason.", []string{"reason"}, nil)
 	descSubj     = prometheus.NewDesc("router_relay_subjects", "Conversations relayed, by direction (in: subscribed here, out: published for another router).", []string{"direction"}, nil)
 	descRemote   = prometheus.NewDesc("router_relay_remote_tracks", "Remote tracks (publishers of other routers) fed here now.", nil, nil)
@@ -105,7 +112,7 @@ var (
 )
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descDrops, descSubj, descRemote, descRouters, descMembers, descStore, descLag, descRestart, descKeys, descMessages} {
+	for _, d := range []*prometheus.Desc{descPackets, descNATS, descDrops, descSubj, descRemote, descRouters, descMembers, descStore, descLag, descRestart, descKeys, descMessages} {
 		ch <- d
 	}
 }
@@ -114,6 +121,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.n.Stats()
 	ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(s.RelayedOut), "out")
 	ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(s.RelayedIn), "in")
+	ch <- prometheus.MustNewConstMetric(descNATS, prometheus.CounterValue, float64(s.NATSOut), "out")
+	ch <- prometheus.MustNewConstMetric(descNATS, prometheus.CounterValue, float64(s.NATSIn), "in")
 	ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(s.DropQueue), "queue_full")
 	ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(s.DropNoTrack), "no_track")
 	ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(s.Malformed), "malformed")

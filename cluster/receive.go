@@ -81,31 +81,56 @@ func (n *Node) follow(convs []string) {
 	}
 }
 
-// onMsg handles one relay frame, on the subscription's goroutine.
+// onMsg handles one relay message, on the subscription's goroutine.
 func (s *relaySub) onMsg(m *nats.Msg) {
-	s.handle(m.Data, time.Now())
+	s.receive(m.Data, time.Now())
 }
 
-// handle feeds one frame into its remote track.
-func (s *relaySub) handle(b []byte, now time.Time) {
+// receive handles one relay message: a frame, or a batch whose frames it
+// handles in order. A message counts in once one of its frames is another
+// router's.
+func (s *relaySub) receive(b []byte, now time.Time) {
+	if len(b) == 0 || b[0] != frameBatch {
+		if s.handle(b, now) {
+			s.n.count.natsIn.Add(1)
+		}
+		return
+	}
+	r, err := readBatch(b)
+	if err != nil {
+		s.n.count.malformed.Add(1)
+		return
+	}
+	theirs := false
+	for f, ok := r.next(); ok; f, ok = r.next() {
+		theirs = s.handle(f, now) || theirs
+	}
+	if theirs {
+		s.n.count.natsIn.Add(1)
+	}
+}
+
+// handle feeds one frame into its remote track, and says whether it was
+// another router's frame.
+func (s *relaySub) handle(b []byte, now time.Time) (theirs bool) {
 	n := s.n
 	f, err := parseFrame(b)
 	if err != nil {
 		n.count.malformed.Add(1)
-		return
+		return false
 	}
 	if f.origin == n.origin {
-		return // this router's own, echoed by NATS
+		return false // this router's own, echoed by NATS
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return
+		return true
 	}
 	if f.kind == kindMessage {
 		n.count.messagesIn.Add(1)
 		n.rooms.Deliver(s.conv, room.Identity{ID: string(f.part), Claim: claim.Claim{UserID: string(f.user), ClientID: string(f.client)}, Display: string(f.display)}, f.raw)
-		return
+		return true
 	}
 	rt := s.tracks[f.key]
 	if f.kind == kindEnd {
@@ -113,7 +138,7 @@ func (s *relaySub) handle(b []byte, now time.Time) {
 			delete(s.tracks, f.key)
 			s.end(rt)
 		}
-		return
+		return true
 	}
 	n.count.in.Add(1)
 	if rt == nil {
@@ -125,12 +150,12 @@ func (s *relaySub) handle(b []byte, now time.Time) {
 			delete(s.tracks, f.key) // retried at the next frame
 		}
 		n.count.dropNoTrack.Add(1)
-		return
+		return true
 	}
 	rt.last = now.UnixNano()
 	if !rt.t.Cache(f.raw) {
 		n.count.duplicates.Add(1) // see rtc.UpTrack.Cache
-		return
+		return true
 	}
 	// The speaker policy runs on this router's clock: the chain sees the
 	// local arrival; the publisher's (f.arrival) measures the hop.
@@ -140,6 +165,7 @@ func (s *relaySub) handle(b []byte, now time.Time) {
 	if err := rt.sink.WriteRTP(f.raw, now); err != nil {
 		n.count.malformed.Add(1)
 	}
+	return true
 }
 
 // open makes the remote track of f's publisher. Callers hold s.mu.

@@ -168,7 +168,7 @@ func TestSilentRouterTracksEnd(t *testing.T) {
 		t.Fatalf("%d remote tracks, want 2", n)
 	}
 
-	r.node.interest.set("ghost", 99, []string{}, now, 300*time.Millisecond)
+	r.node.interest.set("ghost", 99, false, []string{}, now, 300*time.Millisecond)
 	if gone := r.node.interest.expire(now.Add(200 * time.Millisecond)); len(gone) != 0 {
 		t.Fatalf("expired %v before three heartbeats", gone)
 	}

@@ -112,7 +112,7 @@ func BenchmarkRelaySendVideo(b *testing.B) {
 	if err := a.rooms.Join("alice", "c-1"); err != nil {
 		b.Fatal(err)
 	}
-	a.node.interest.set("other", 0, []string{"c-1"}, time.Now(), time.Hour)
+	a.node.interest.set("other", 0, true, []string{"c-1"}, time.Now(), time.Hour)
 	cam := rtc.NewRelayedUpTrack(claim.Claim{UserID: "alice", ClientID: "alice-phone"}, 4321,
 		webrtc.RTPCodecTypeVideo, codec.VP8.RTPCodecCapability, 0, func() {})
 	tr, err := a.node.Sink(nopSink{}).Open(room.NewTrack(a.rooms.User("alice"), cam))
@@ -152,7 +152,7 @@ func BenchmarkKeyframeRoundTrip(b *testing.B) {
 	if err := a.rooms.Join("alice", "c-1"); err != nil {
 		b.Fatal(err)
 	}
-	a.node.interest.set("other", 0, []string{"c-1"}, time.Now(), time.Hour)
+	a.node.interest.set("other", 0, true, []string{"c-1"}, time.Now(), time.Hour)
 	frames := make(chan *nats.Msg, 64)
 	sub, err := bn.nc.ChanSubscribe(DefaultPrefix+"relay.c-1", frames)
 	if err != nil {

@@ -400,6 +400,12 @@ func TestMultiRouterLoad(t *testing.T) {
 		if s.PID <= 0 || s.Cores <= 0 || s.EgressPPS < 100 || s.RelayedOutPPS < 25 || s.RelayedInPPS < 25 {
 			t.Errorf("router %d: %+v", s.Index+1, s)
 		}
+		// The frames travel in NATS messages: one each, or fewer in
+		// batches (5 %: the two counters are read one after the other,
+		// at each end of the window).
+		if s.RelayMessagesOutPS <= 0 || s.RelayMessagesOutPS > 1.05*s.RelayedOutPPS || s.RelayMessagesInPS <= 0 || s.RelayMessagesInPS > 1.05*s.RelayedInPPS {
+			t.Errorf("router %d's relay messages: %+v", s.Index+1, s)
+		}
 	}
 	if r.Router == nil || r.Router.Cores < cl.Routers[0].Cores+cl.Routers[1].Cores-1e-9 {
 		t.Errorf("router figures do not sum the routers': %+v", r.Router)

@@ -47,6 +47,11 @@ type routerShare struct {
 	// (router_relay_packets_total).
 	RelayedOutPPS float64 `json:"relayed_out_pps"`
 	RelayedInPPS  float64 `json:"relayed_in_pps"`
+	// RelayMessagesOutPS and RelayMessagesInPS are the NATS messages those
+	// frames travelled in, per second (router_relay_nats_messages_total; 0
+	// from a router without relay batches).
+	RelayMessagesOutPS float64 `json:"relay_messages_out_ps,omitempty"`
+	RelayMessagesInPS  float64 `json:"relay_messages_in_ps,omitempty"`
 }
 
 // clusterFigures are a multi-router run's own figures.
@@ -115,51 +120,63 @@ func (n *clusterNATS) close() {
 	_ = os.RemoveAll(n.dir)
 }
 
-// relayCounts reads router_relay_packets_total of the router at base: the
-// frames it published (out) and received (in).
-func relayCounts(ctx context.Context, c *http.Client, base string) (out, in float64, err error) {
+// relayCount is a router's relay counters: the frames it published (out)
+// and received (in), router_relay_packets_total, and the NATS messages
+// they travelled in, router_relay_nats_messages_total (0 if it has none).
+type relayCount struct {
+	out, in, msgOut, msgIn float64
+}
+
+// relayCounts reads the relay counters of the router at base.
+func relayCounts(ctx context.Context, c *http.Client, base string) (relayCount, error) {
+	var rc relayCount
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
 	if err != nil {
-		return 0, 0, err
+		return rc, err
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return 0, 0, err
+		return rc, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		_, _ = io.Copy(io.Discard, resp.Body)
-		return 0, 0, fmt.Errorf("%s/metrics: HTTP %d", base, resp.StatusCode)
+		return rc, fmt.Errorf("%s/metrics: HTTP %d", base, resp.StatusCode)
 	}
 	found := false
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		l := sc.Text()
+		out, in := &rc.out, &rc.in
 		rest, ok := strings.CutPrefix(l, `router_relay_packets_total{direction="`)
 		if !ok {
-			continue
+			if rest, ok = strings.CutPrefix(l, `router_relay_nats_messages_total{direction="`); !ok {
+				continue
+			}
+			out, in = &rc.msgOut, &rc.msgIn
+		} else {
+			found = true
 		}
 		dir, val, _ := strings.Cut(rest, `"} `)
 		v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("%s/metrics: %q", base, l)
+			return rc, fmt.Errorf("%s/metrics: %q", base, l)
 		}
-		found = true
 		switch dir {
 		case "out":
-			out = v
+			*out = v
 		case "in":
-			in = v
+			*in = v
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return 0, 0, err
+		return rc, err
 	}
 	if !found {
-		return 0, 0, fmt.Errorf("%s/metrics: no router_relay_packets_total (is the router's cluster on?)", base)
+		return rc, fmt.Errorf("%s/metrics: no router_relay_packets_total (is the router's cluster on?)", base)
 	}
-	return out, in, nil
+	return rc, nil
 }
 
 // relayCosts fills each multi-router run's RelayUSPerPacket against the
@@ -200,8 +217,12 @@ func printCluster(w io.Writer, runs []*runResult) {
 		}
 		var parts []string
 		for _, s := range cl.Routers {
-			parts = append(parts, fmt.Sprintf("router %d: %.2f cores, %.0f egress pkt/s, %.2f µs/egress pkt, relayed out %.0f/s in %.0f/s",
-				s.Index+1, s.Cores, s.EgressPPS, s.USPerEgressPacket, s.RelayedOutPPS, s.RelayedInPPS))
+			p := fmt.Sprintf("router %d: %.2f cores, %.0f egress pkt/s, %.2f µs/egress pkt, relayed out %.0f/s in %.0f/s",
+				s.Index+1, s.Cores, s.EgressPPS, s.USPerEgressPacket, s.RelayedOutPPS, s.RelayedInPPS)
+			if s.RelayMessagesOutPS > 0 || s.RelayMessagesInPS > 0 {
+				p += fmt.Sprintf(" in NATS messages out %.0f/s in %.0f/s", s.RelayMessagesOutPS, s.RelayMessagesInPS)
+			}
+			parts = append(parts, p)
 		}
 		fmt.Fprintf(w, "%s run %d: %s\n", r.Name, r.Run, strings.Join(parts, "; "))
 		if cl.RelayUSPerPacket != nil {
@@ -219,10 +240,7 @@ func printCluster(w io.Writer, runs []*runResult) {
 type multiWindow struct {
 	others   []routerRef
 	logf     func(string, ...any)
-	out0     []float64 // relay counters at the start, per router
-	in0      []float64
-	out1     []float64 // and at the end
-	in1      []float64
+	r0, r1   []relayCount // relay counters at the start and the end, per router
 	relayErr error
 	p0, p1   []procSample
 	procErr  error
@@ -233,7 +251,7 @@ func newMultiWindow(ctx context.Context, k *connector, others []routerRef, logf 
 		return nil
 	}
 	m := &multiWindow{others: others, logf: logf}
-	m.out0, m.in0, m.relayErr = scrapeRelays(ctx, k)
+	m.r0, m.relayErr = scrapeRelays(ctx, k)
 	for _, o := range others {
 		s, err := readProc(o.PID)
 		if err != nil && m.procErr == nil {
@@ -245,15 +263,15 @@ func newMultiWindow(ctx context.Context, k *connector, others []routerRef, logf 
 }
 
 // scrapeRelays reads every router's relay counters.
-func scrapeRelays(ctx context.Context, k *connector) (out, in []float64, err error) {
+func scrapeRelays(ctx context.Context, k *connector) (rcs []relayCount, err error) {
 	for _, b := range k.bases {
-		o, i, e := relayCounts(ctx, k.httpc, b)
+		rc, e := relayCounts(ctx, k.httpc, b)
 		if e != nil && err == nil {
 			err = e
 		}
-		out, in = append(out, o), append(in, i)
+		rcs = append(rcs, rc)
 	}
-	return out, in, err
+	return rcs, err
 }
 
 // endProc samples the other routers' /proc at the end of the window.
@@ -276,7 +294,7 @@ func (m *multiWindow) endRelay(ctx context.Context, k *connector) {
 		return
 	}
 	var err error
-	m.out1, m.in1, err = scrapeRelays(ctx, k)
+	m.r1, err = scrapeRelays(ctx, k)
 	if m.relayErr == nil {
 		m.relayErr = err
 	}
@@ -327,8 +345,9 @@ func (m *multiWindow) report(res *runResult, devs []*device, cpu0 time.Duration,
 			s.USPerEgressPacket = float64(cpu.Microseconds()) / float64(egress[i])
 		}
 		if m.relayErr == nil {
-			s.RelayedOutPPS = (m.out1[i] - m.out0[i]) / winS
-			s.RelayedInPPS = (m.in1[i] - m.in0[i]) / winS
+			r0, r1 := m.r0[i], m.r1[i]
+			s.RelayedOutPPS, s.RelayedInPPS = (r1.out-r0.out)/winS, (r1.in-r0.in)/winS
+			s.RelayMessagesOutPS, s.RelayMessagesInPS = (r1.msgOut-r0.msgOut)/winS, (r1.msgIn-r0.msgIn)/winS
 			cl.RelayedOutPPS += s.RelayedOutPPS
 			cl.RelayedInPPS += s.RelayedInPPS
 		}
