@@ -62,8 +62,15 @@ type sylkClient struct {
 
 func (r *testRouter) sylk(t *testing.T) *sylkClient {
 	t.Helper()
+	return dialSylk(t, r.a.addr())
+}
+
+// dialSylk opens a Sylk API socket on the router at addr and waits for its
+// ready-event; the socket closes at the end of the test.
+func dialSylk(t *testing.T, addr string) *sylkClient {
+	t.Helper()
 	d := websocket.Dialer{Subprotocols: []string{"sylkRTC-2"}, HandshakeTimeout: 5 * time.Second}
-	ws, resp, err := d.Dial("ws://"+r.a.addr()+"/webrtcgateway/ws", nil)
+	ws, resp, err := d.Dial("ws://"+addr+"/webrtcgateway/ws", nil)
 	if err != nil {
 		t.Fatalf("sylk dial: %v", err)
 	}
@@ -161,12 +168,19 @@ func (c *sylkClient) login(aor string) {
 }
 
 // sylkSpeaker is a pion peer that sends Opus with the RFC 6464 audio level
-// extension, the way a browser does: what the chunker cuts bites on.
+// extension, the way a browser does: what the chunker cuts bites on. It
+// counts the packets it receives by payload.
 type sylkSpeaker struct {
 	t         *testing.T
 	pc        *webrtc.PeerConnection
 	track     *webrtc.TrackLocalStaticRTP
 	connected chan struct{}
+	payload   []byte // of every packet sent: a silent Opus frame unless set
+
+	mu      sync.Mutex
+	heard   map[string]int // packets received by payload
+	missing int            // sequence numbers skipped between packets received
+	firstRx time.Time
 }
 
 func newSpeaker(t *testing.T) *sylkSpeaker {
@@ -176,6 +190,13 @@ func newSpeaker(t *testing.T) *sylkSpeaker {
 		RTPCodecCapability: webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2, SDPFmtpLine: "minptime=10;useinbandfec=1"},
 		PayloadType:        111,
 	}, webrtc.RTPCodecTypeAudio); err != nil {
+		t.Fatal(err)
+	}
+	// VP8, as a browser has: a listener answers the video of a feed offer.
+	if err := m.RegisterCodec(webrtc.RTPCodecParameters{
+		RTPCodecCapability: webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000},
+		PayloadType:        96,
+	}, webrtc.RTPCodecTypeVideo); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.AudioLevelURI}, webrtc.RTPCodecTypeAudio); err != nil {
@@ -191,7 +212,7 @@ func newSpeaker(t *testing.T) *sylkSpeaker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sp := &sylkSpeaker{t: t, pc: pc, connected: make(chan struct{})}
+	sp := &sylkSpeaker{t: t, pc: pc, connected: make(chan struct{}), payload: []byte{0xf8, 0xff, 0xfe}, heard: map[string]int{}}
 	t.Cleanup(func() { _ = pc.Close() })
 	var once sync.Once
 	pc.OnConnectionStateChange(func(st webrtc.PeerConnectionState) {
@@ -199,11 +220,25 @@ func newSpeaker(t *testing.T) *sylkSpeaker {
 			once.Do(func() { close(sp.connected) })
 		}
 	})
-	pc.OnTrack(func(tr *webrtc.TrackRemote, _ *webrtc.RTPReceiver) { // drain
-		for {
-			if _, _, err := tr.ReadRTP(); err != nil {
+	pc.OnTrack(func(tr *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
+		var last uint16
+		for i := 0; ; i++ {
+			p, _, err := tr.ReadRTP()
+			if err != nil {
 				return
 			}
+			sp.mu.Lock()
+			if sp.firstRx.IsZero() {
+				sp.firstRx = time.Now()
+			}
+			sp.heard[string(p.Payload)]++
+			if d := p.SequenceNumber - last; i == 0 || d < 0x8000 { // not a late packet
+				if i > 0 && d > 1 {
+					sp.missing += int(d - 1)
+				}
+				last = p.SequenceNumber
+			}
+			sp.mu.Unlock()
 		}
 	})
 	if sp.track, err = webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2}, "audio", "sylk"); err != nil {
@@ -248,6 +283,31 @@ func (sp *sylkSpeaker) answer(offer string) string {
 	return sp.gathered(sp.pc.CreateAnswer(nil))
 }
 
+// listen answers the router's offer, sending nothing.
+func (sp *sylkSpeaker) listen(offer string) string {
+	sp.t.Helper()
+	if err := sp.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
+		sp.t.Fatal(err)
+	}
+	return sp.gathered(sp.pc.CreateAnswer(nil))
+}
+
+// received returns how many packets sp received with from's payload and
+// with another, how many sequence numbers were skipped between them, and
+// when the first arrived.
+func (sp *sylkSpeaker) received(from *sylkSpeaker) (n, others, missing int, first time.Time) {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	for p, c := range sp.heard {
+		if p == string(from.payload) {
+			n += c
+		} else {
+			others += c
+		}
+	}
+	return n, others, sp.missing, sp.firstRx
+}
+
 // apply sets the router's answer.
 func (sp *sylkSpeaker) apply(answer string) {
 	sp.t.Helper()
@@ -259,6 +319,13 @@ func (sp *sylkSpeaker) apply(answer string) {
 // speak waits for the connection, then sends a second of loud 20 ms
 // packets followed by 0.8 s of silence, which ends the bite.
 func (sp *sylkSpeaker) speak(ctx context.Context) error {
+	return sp.talk(ctx, 50, 90)
+}
+
+// talk waits for the connection, then sends n 20 ms packets, the first
+// loud of them at voice level and the rest silent; n < 0 sends until ctx
+// ends, and then returns nil.
+func (sp *sylkSpeaker) talk(ctx context.Context, loud, n int) error {
 	select {
 	case <-sp.connected:
 	case <-ctx.Done():
@@ -277,13 +344,13 @@ func (sp *sylkSpeaker) speak(ctx context.Context) error {
 	}
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for i := 0; i < 90; i++ {
+	for i := 0; n < 0 || i < n; i++ {
 		level := byte(0x80 | 10) // voice, -10 dBov
-		if i >= 50 {
+		if i >= loud {
 			level = 127 // silence
 		}
 		p := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SequenceNumber: uint16(i), Timestamp: uint32(i * 960)},
-			Payload: []byte{0xf8, 0xff, 0xfe}}
+			Payload: sp.payload}
 		if err := p.SetExtension(levelID, []byte{level}); err != nil {
 			return err
 		}
@@ -293,6 +360,9 @@ func (sp *sylkSpeaker) speak(ctx context.Context) error {
 		select {
 		case <-tick.C:
 		case <-ctx.Done():
+			if n < 0 {
+				return nil
+			}
 			return ctx.Err()
 		}
 	}
