@@ -79,8 +79,7 @@ func TestBatchReceive(t *testing.T) {
 	if err := r.rooms.Join("bob", "c-1"); err != nil { // c-1 exists here
 		t.Fatal(err)
 	}
-	s := &relaySub{n: r.node, conv: "c-1", tracks: make(map[uint64]*remoteTrack)}
-	defer s.close0()
+	s := r.relaySub("c-1")
 	now := time.Now()
 	alice := &publisher{user: "alice", client: "alice-phone"}
 	carol := &publisher{user: "carol", client: "carol-phone"}

@@ -66,8 +66,7 @@ func BenchmarkRelayReceive(b *testing.B) {
 	if err := r.rooms.Join("bob", "c-1"); err != nil { // c-1 exists here
 		b.Fatal(err)
 	}
-	s := &relaySub{n: r.node, conv: "c-1", tracks: make(map[uint64]*remoteTrack)}
-	defer s.close0()
+	s := r.relaySub("c-1")
 	frame := appendFrame(nil, kindPacket, codecOpus, 1, 99, 7, time.Now().UnixNano(), &publisher{user: "alice", client: "alice-phone"}, rtpPacket(1))
 	raw := frame[len(frame)-len(rtpPacket(1)):]
 	now := time.Now()
@@ -93,24 +92,7 @@ func BenchmarkRelayReceiveNATS(b *testing.B) {
 	if err := r.rooms.Join("bob", "c-1"); err != nil {
 		b.Fatal(err)
 	}
-	s := &relaySub{n: r.node, conv: "c-1", tracks: make(map[uint64]*remoteTrack)}
-	defer s.close0()
-	done := make(chan struct{})
-	want := uint64(b.N)
-	sub, err := r.nc.Subscribe("bench.relay", func(m *nats.Msg) {
-		s.onMsg(m)
-		if r.node.count.in.Load() == want {
-			close(done)
-		}
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	_ = sub.SetPendingLimits(-1, -1)
-	if err := r.nc.Flush(); err != nil {
-		b.Fatal(err)
-	}
+	done := r.receiveBench(b, uint64(b.N))
 	pub := connect(b, ns.URL())
 	frame := appendFrame(nil, kindPacket, codecOpus, 1, 99, 7, time.Now().UnixNano(), &publisher{user: "alice", client: "alice-phone"}, rtpPacket(1))
 	raw := frame[len(frame)-len(rtpPacket(1)):]
@@ -125,6 +107,29 @@ func BenchmarkRelayReceiveNATS(b *testing.B) {
 	<-done
 }
 
+// receiveBench subscribes r's relay subscription of conversation c-1 to
+// subject bench.relay, and returns a channel closed once want frames came
+// in.
+func (r *router) receiveBench(b *testing.B, want uint64) <-chan struct{} {
+	s := r.relaySub("c-1")
+	done := make(chan struct{})
+	sub, err := r.nc.Subscribe("bench.relay", func(m *nats.Msg) {
+		s.onMsg(m)
+		if r.node.count.in.Load() == want {
+			close(done)
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = sub.Unsubscribe() })
+	_ = sub.SetPendingLimits(-1, -1)
+	if err := r.nc.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	return done
+}
+
 // BenchmarkRelayReceiveNATSBatch10 is BenchmarkRelayReceiveNATS with the
 // frames in batches of 10 (what a sender makes of frames queued
 // together): per packet, nats.go's delivery and its allocations are paid
@@ -137,25 +142,9 @@ func BenchmarkRelayReceiveNATSBatch10(b *testing.B) {
 	if err := r.rooms.Join("bob", "c-1"); err != nil {
 		b.Fatal(err)
 	}
-	s := &relaySub{n: r.node, conv: "c-1", tracks: make(map[uint64]*remoteTrack)}
-	defer s.close0()
-	done := make(chan struct{})
 	batches := (b.N + per - 1) / per
 	want := uint64(batches * per)
-	sub, err := r.nc.Subscribe("bench.relay", func(m *nats.Msg) {
-		s.onMsg(m)
-		if r.node.count.in.Load() == want {
-			close(done)
-		}
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	_ = sub.SetPendingLimits(-1, -1)
-	if err := r.nc.Flush(); err != nil {
-		b.Fatal(err)
-	}
+	done := r.receiveBench(b, want)
 	pub := connect(b, ns.URL())
 	alice := &publisher{user: "alice", client: "alice-phone"}
 	pkt := rtpPacket(1)

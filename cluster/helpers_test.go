@@ -27,6 +27,7 @@ func TestMain(m *testing.M) {
 // Manager whose sink is the Node's wrap of the default pipeline, on its own
 // NATS connection.
 type router struct {
+	tb    testing.TB
 	node  *Node
 	rooms *room.Manager
 	pipe  *pipeline.Pipeline
@@ -88,7 +89,16 @@ func newRouter(t testing.TB, url string) *router {
 	if err := node.waitOpen(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return &router{node: node, rooms: rooms, pipe: pipe, nc: nc}
+	return &router{tb: t, node: node, rooms: rooms, pipe: pipe, nc: nc}
+}
+
+// relaySub returns a subscription's handler of conversation conv's
+// relayed frames on r, fed by the test (handle, onMsg) rather than by a
+// NATS subscription; its remote tracks end at the end of the test.
+func (r *router) relaySub(conv string) *relaySub {
+	s := &relaySub{n: r.node, conv: conv, tracks: make(map[uint64]*remoteTrack)}
+	r.tb.Cleanup(s.close0)
+	return s
 }
 
 // nopSink is a pipeline that drops everything.

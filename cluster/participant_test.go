@@ -30,8 +30,7 @@ func TestRemoteParticipant(t *testing.T) {
 		t.Fatalf("listening in %v with a participant in room-1", got)
 	}
 
-	s := &relaySub{n: r.node, conv: "room-1", tracks: make(map[uint64]*remoteTrack)}
-	defer s.close0()
+	s := r.relaySub("room-1")
 	alice := &publisher{user: "alice@example.com", client: "ws-1", part: "p-alice", display: "Alice"}
 	now := time.Now()
 	s.handle(appendFrame(nil, kindPacket, codecOpus, 1, 99, 7, now.UnixNano(), alice, rtpPacket(1)), now)

@@ -159,8 +159,7 @@ func TestSilentRouterTracksEnd(t *testing.T) {
 	if err := r.rooms.Join("bob", "c-1"); err != nil { // c-1 exists here
 		t.Fatal(err)
 	}
-	s := &relaySub{n: r.node, conv: "c-1", tracks: make(map[uint64]*remoteTrack)}
-	defer s.close0()
+	s := r.relaySub("c-1")
 	now := time.Now()
 	s.handle(appendFrame(nil, kindPacket, codecOpus, 1, 99, 7, now.UnixNano(), &publisher{user: "alice", client: "alice-phone"}, rtpPacket(1)), now)
 	s.handle(appendFrame(nil, kindPacket, codecOpus, 1, 98, 8, now.UnixNano(), &publisher{user: "carol", client: "carol-phone"}, rtpPacket(1)), now)

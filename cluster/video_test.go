@@ -71,8 +71,7 @@ func TestRelayedVideoKeyframe(t *testing.T) {
 	}
 
 	// B receives the frame as its relay subscription would.
-	s := &relaySub{n: b.node, conv: "c-1", tracks: make(map[uint64]*remoteTrack)}
-	defer s.close0()
+	s := b.relaySub("c-1")
 	s.handle(m.Data, time.Now())
 	rt := s.tracks[relay.key]
 	if rt == nil || rt.t == nil || !rt.t.Video() || rt.t.Codec.MimeType != webrtc.MimeTypeVP8 {

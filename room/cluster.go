@@ -201,17 +201,7 @@ func (m *Manager) AddRemoteParticipantTrack(convID string, who Identity, up *rtc
 		return nil, fmt.Errorf("%w: %q", ErrParticipantExists, who.ID)
 	}
 	t := &Track{UpTrack: up, member: &p.conv, part: p, remoteUser: who.Claim.UserID}
-	first := len(p.tracks) == 0
-	p.tracks = append(p.tracks, t)
-	c.mu.Lock()
-	c.tracks = append(c.tracks, t)
-	c.mu.Unlock()
-	others := c.others(p)
-	m.mu.Unlock()
-	c.sync()
-	if first {
-		notify(others, Event{Kind: Published, Participant: p})
-	}
+	p.addTrack(t) // releases m.mu
 	return t, nil
 }
 

@@ -391,6 +391,15 @@ func (pb *publisher) Published(up *rtc.UpTrack) (rtc.TrackSink, error) {
 		sink.Close()
 		return nil, ErrLeft
 	}
+	p.addTrack(t)
+	return sink, nil
+}
+
+// addTrack adds t to p and to p's conversation, releases Manager.mu,
+// which the caller holds, and returns once the policies take t into
+// account; with p's first track, the other participants are told p
+// Published.
+func (p *Participant) addTrack(t *Track) {
 	first := len(p.tracks) == 0
 	p.tracks = append(p.tracks, t)
 	c := p.c
@@ -398,12 +407,11 @@ func (pb *publisher) Published(up *rtc.UpTrack) (rtc.TrackSink, error) {
 	c.tracks = append(c.tracks, t)
 	c.mu.Unlock()
 	others := c.others(p)
-	m.mu.Unlock()
+	p.m.mu.Unlock()
 	c.sync()
 	if first {
 		notify(others, Event{Kind: Published, Participant: p})
 	}
-	return sink, nil
 }
 
 // Unpublished implements rtc.Handler.
