@@ -247,8 +247,13 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 		return nil, fmt.Errorf("device signalling: %w", err)
 	}
 	a.devices.Register(r)
+	var sylkNATS *nats.Conn // invitations to the other routers of the cluster
+	if a.cluster != nil {
+		sylkNATS = a.nc
+	}
 	a.sylk, err = sylk.New(sylk.Config{
 		Rooms:               a.rooms,
+		NATS:                sylkNATS,
 		Permissions:         perms,
 		AccountsFile:        cfg.SylkAccounts,
 		Dev:                 cfg.Dev,

@@ -20,13 +20,17 @@ import (
 // other's feed, and receives the other's VP8 and Opus through the relay,
 // video from a keyframe on. The room requests (raised hands, active
 // participants, mute everyone) reach the members on the other router.
+// An invitation on A reaches an invitee registered on B.
 // When alice leaves on A, bob is told on B, her hand goes down there, and
 // a feed of her is refused there.
 func TestVideoRoomAcrossRouters(t *testing.T) {
 	frames := testmedia.Frames(t, testmedia.VP8(t))
 	ctx := deadline(t, 3*waitLong)
 	ns := testutil.StartNATS(t, testutil.JetStream)
-	onCluster := func(c *sylk.Config) { c.Rooms = testroom.NewClusterManager(t, ns.URL(), c.Logger) }
+	onCluster := func(c *sylk.Config) {
+		c.Rooms = testroom.NewClusterManager(t, ns.URL(), c.Logger)
+		c.NATS = testutil.ConnectNATS(t, ns.URL())
+	}
 	a, b := newEnv(t, onCluster), newEnv(t, onCluster)
 
 	alice := join(t, a, "alice@example.com", frames)
@@ -79,6 +83,16 @@ func TestVideoRoomAcrossRouters(t *testing.T) {
 	bob.c.mustAck("videoroom-mute-audio-participants", map[string]any{"session": bob.session})
 	if m := alice.c.wait(roomEvent(alice.session, "mute-audio"), "alice mute-audio"); m.str("originator") != bobID {
 		t.Errorf("alice: mute-audio %v, want from bob", m)
+	}
+
+	// An invitation reaches dave, registered on B only.
+	dave := b.dial(t, sylk.ProtocolV2)
+	dave.login("dave@example.com")
+	alice.c.mustAck("videoroom-invite", map[string]any{"session": alice.session, "participants": []string{"dave@example.com"}})
+	isInvite := func(m msg) bool { return m.str("sylkrtc") == "account-event" && m.str("event") == "conference-invite" }
+	inv := dave.wait(isInvite, "dave's conference-invite from A")
+	if org, _ := inv["originator"].(map[string]any); inv.str("room") != roomURI || inv.str("session_id") != aliceID || org["uri"] != alice.aor {
+		t.Errorf("dave's invitation %v, want to %s from alice", inv, roomURI)
 	}
 
 	// alice leaves A: bob is told on B, and her hand is down there.

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"slices"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/beepvoice/router/room"
 )
 
@@ -143,10 +145,10 @@ func (c *conn) roomConfigure(r *Request) {
 }
 
 // roomInvite invites accounts to the room: each socket where an invitee
-// is registered gets account-event conference-invite {account, room,
-// session_id, originator}. Invitees registered nowhere here are skipped
-// (there is no SIP gateway for others yet, and registrations are each
-// router's); the request is acked either way.
+// is registered, on this router or (Config.NATS) another of its cluster,
+// gets account-event conference-invite {account, room, session_id,
+// originator}. Invitees registered nowhere are skipped (there is no SIP
+// gateway for others yet); the request is acked either way.
 func (c *conn) roomInvite(r *Request) {
 	rs := c.liveSession(r)
 	if rs == nil {
@@ -161,14 +163,67 @@ func (c *conn) roomInvite(r *Request) {
 			continue
 		}
 		seen[aor] = true
-		for _, tc := range c.s.registered(aor) {
-			tc.send(message{"sylkrtc": "account-event", "account": aor, "event": "conference-invite", "room": rs.uri,
-				"session_id": rs.pubID, "originator": message{"uri": rs.account, "display_name": rs.display}})
-			sent++
-		}
+		inv := invitation{Account: aor, Room: rs.uri, SessionID: rs.pubID, From: rs.account, Display: rs.display}
+		sent += c.s.invite(inv)
+		c.s.shareInvite(inv)
 	}
 	c.log.Info("sylk room invite", "room", rs.uri, "account", rs.account, "invitees", len(seen), "sockets", sent)
 }
+
+// InviteSubject is the NATS subject on which the routers of a cluster pass
+// each other invitations (Config.NATS).
+const InviteSubject = "sylk.invite"
+
+// invitation is one invitee's conference-invite, as routers pass it.
+type invitation struct {
+	Account   string `json:"account"`
+	Room      string `json:"room"`
+	SessionID string `json:"session_id"`
+	From      string `json:"from"`
+	Display   string `json:"display_name"`
+	// Server is the sending router's Server, which skips its own.
+	Server string `json:"server"`
+}
+
+// invite sends inv to the sockets of this router where its invitee is
+// registered, and returns how many.
+func (s *Server) invite(inv invitation) int {
+	cs := s.registered(inv.Account)
+	for _, tc := range cs {
+		tc.send(message{"sylkrtc": "account-event", "account": inv.Account, "event": "conference-invite", "room": inv.Room,
+			"session_id": inv.SessionID, "originator": message{"uri": inv.From, "display_name": inv.Display}})
+	}
+	return len(cs)
+}
+
+// shareInvite passes inv to the other routers of the cluster, if any.
+func (s *Server) shareInvite(inv invitation) {
+	if s.cfg.NATS == nil {
+		return
+	}
+	inv.Server = s.id
+	b, _ := json.Marshal(inv) // cannot fail: strings
+	if err := s.cfg.NATS.Publish(InviteSubject, b); err != nil {
+		s.log.Warn("sylk invitation not passed to the other routers", "room", inv.Room, "err", err)
+	}
+}
+
+// onInvite delivers another router's invitation to the invitee's sockets
+// here. What does not parse, or names ids no client could have sent, is
+// dropped.
+func (s *Server) onInvite(m *nats.Msg) {
+	var inv invitation
+	if len(m.Data) > maxInvitation || json.Unmarshal(m.Data, &inv) != nil || inv.Server == s.id ||
+		inv.Account == "" || inv.Room == "" || !validID(inv.SessionID, maxID) {
+		return
+	}
+	if n := s.invite(inv); n > 0 {
+		s.log.Info("sylk room invite from another router", "room", inv.Room, "account", inv.Account, "sockets", n)
+	}
+}
+
+// maxInvitation bounds an invitation passed between routers.
+const maxInvitation = 8 << 10
 
 // roomToggleHand raises or lowers the requester's hand, or lowers the
 // hand of the participant session_id names (raising another's hand is

@@ -37,6 +37,8 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/beepvoice/router/internal/throttle"
+	"github.com/nats-io/nats.go"
+
 	"github.com/beepvoice/router/permissions"
 	"github.com/beepvoice/router/room"
 )
@@ -58,6 +60,11 @@ type Config struct {
 	// Dev lets any account register without a password check when there
 	// is no AccountsFile (logged loudly). Never in production.
 	Dev bool
+	// NATS, if set, is the connection of a cluster of routers (package
+	// cluster): videoroom-invite reaches the invitees registered on the
+	// other routers on it too (registrations are each router's), through
+	// InviteSubject. Nil: invitations reach this router's sockets only.
+	NATS *nats.Conn
 	// SIPRegistrar, when set, is the SIP registrar that decides and keeps
 	// registrations instead of the local accounts:
 	// sip:host[:port][;transport=udp]. account-register then sends a real
@@ -169,6 +176,8 @@ type Server struct {
 	upgrader websocket.Upgrader
 	accounts atomic.Pointer[Accounts]
 	sip      registrar // nil: local accounts decide registrations
+	id       string    // names this server in the invitations it sends
+	invites  *nats.Subscription
 	count    counters
 	open     atomic.Int64
 
@@ -275,6 +284,17 @@ func New(cfg Config) (*Server, error) {
 	default:
 		s.log.Info("sylk registration disabled: no local accounts file")
 	}
+	if cfg.NATS != nil {
+		s.id = newID()
+		sub, err := cfg.NATS.Subscribe(InviteSubject, s.onInvite)
+		if err != nil {
+			if s.sip != nil {
+				_ = s.sip.Close()
+			}
+			return nil, fmt.Errorf("sylk: subscribe to invitations: %w", err)
+		}
+		s.invites = sub
+	}
 	return s, nil
 }
 
@@ -344,6 +364,9 @@ func (s *Server) Stats() Stats {
 // for their handlers. New sockets are refused from then on. Call it
 // before closing the room Manager.
 func (s *Server) Close() {
+	if s.invites != nil {
+		_ = s.invites.Unsubscribe()
+	}
 	s.mu.Lock()
 	s.closed = true
 	conns := make([]*conn, 0, len(s.conns))
