@@ -32,26 +32,7 @@ func TestCallAcrossRouters(t *testing.T) {
 	ids := []string{"3f2c6a52-0b1d-4a8e-9a43-1d9c2f0e7a01", "7b9e1c44-5d2a-4f6b-8c1e-2a3b4c5d6e02"}
 	cs := []*client{join(t, a, ids[0], roomID, mediaFor(t, 0)), join(t, b, ids[1], roomID, mediaFor(t, 1))}
 
-	err := testutil.Until(ctx, func() bool {
-		for i, c := range cs {
-			s := c.snap()
-			got, ok := s.consumers[ids[1-i]]
-			if !ok || got.frames < 20 || len(got.audio) < 40 || s.feats[ids[1-i]] != (features{Audio: true, Video: true}) {
-				return false
-			}
-		}
-		return true
-	})
-	if err != nil {
-		for _, c := range cs {
-			s := c.snap()
-			for id, got := range s.consumers {
-				t.Logf("%s ← %s: %d frames, %d audio, %s", c.id[:4], id[:4], got.frames, len(got.audio), got.state)
-			}
-			t.Logf("%s: features %v, errors %v", c.id[:4], s.feats, s.errs)
-		}
-		t.Fatalf("the participants do not receive each other across routers: %v", err)
-	}
+	waitConsumers(t, ctx, cs, ids)
 	for i, c := range cs {
 		other := ids[1-i]
 		got, want := c.snap().consumers[other], mediaFor(t, 1-i)

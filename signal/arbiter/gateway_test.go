@@ -1,6 +1,7 @@
 package arbiter
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -22,26 +23,12 @@ func newCall(t *testing.T, cfg Config) (*router, string) {
 	return r, r.claim(t, "/call")
 }
 
-// TestCall: three participants behaving like Arbiter's client join one
-// room. Each gets two consumers, each carrying the right participant's VP8
-// (decodable by libvpx) and Opus (decodable, every packet one its
-// publisher sent), and the features of both others; chat is relayed to the
-// others only. Bad input from one participant is answered with errors and
-// leaves the call intact. A participant whose socket closes is gone within
-// 2 s: the others get clientDisconnect, and every connection of it (its
-// producer, its consumers, the others' consumers of it) is closed.
-func TestCall(t *testing.T) {
-	r, roomID := newCall(t, Config{})
-	ctx := deadline(t, waitLong)
-	ids := []string{"3f2c6a52-0b1d-4a8e-9a43-1d9c2f0e7a01", "7b9e1c44-5d2a-4f6b-8c1e-2a3b4c5d6e02", "c1d2e3f4-a5b6-4c7d-8e9f-0a1b2c3d4e03"}
-	var cs []*client
-	for i, id := range ids {
-		cs = append(cs, join(t, r, id, roomID, mediaFor(t, i)))
-	}
-	began := time.Now()
-
-	// Each client: two consumers with video frames and audio, the features
-	// of both others.
+// waitConsumers waits until each client of cs (whose ids are ids) has a
+// consumer of every other carrying video frames and audio, and the
+// other's features; it logs what each has and fails the test if ctx ends
+// first.
+func waitConsumers(t *testing.T, ctx context.Context, cs []*client, ids []string) {
+	t.Helper()
 	err := testutil.Until(ctx, func() bool {
 		for i, c := range cs {
 			s := c.snap()
@@ -65,8 +52,31 @@ func TestCall(t *testing.T) {
 			}
 			t.Logf("%s: features %v, errors %v", c.id[:4], s.feats, s.errs)
 		}
-		t.Fatalf("not every participant receives both others: %v", err)
+		t.Fatalf("not every participant receives every other: %v", err)
 	}
+}
+
+// TestCall: three participants behaving like Arbiter's client join one
+// room. Each gets two consumers, each carrying the right participant's VP8
+// (decodable by libvpx) and Opus (decodable, every packet one its
+// publisher sent), and the features of both others; chat is relayed to the
+// others only. Bad input from one participant is answered with errors and
+// leaves the call intact. A participant whose socket closes is gone within
+// 2 s: the others get clientDisconnect, and every connection of it (its
+// producer, its consumers, the others' consumers of it) is closed.
+func TestCall(t *testing.T) {
+	r, roomID := newCall(t, Config{})
+	ctx := deadline(t, waitLong)
+	ids := []string{"3f2c6a52-0b1d-4a8e-9a43-1d9c2f0e7a01", "7b9e1c44-5d2a-4f6b-8c1e-2a3b4c5d6e02", "c1d2e3f4-a5b6-4c7d-8e9f-0a1b2c3d4e03"}
+	var cs []*client
+	for i, id := range ids {
+		cs = append(cs, join(t, r, id, roomID, mediaFor(t, i)))
+	}
+	began := time.Now()
+
+	// Each client: two consumers with video frames and audio, the features
+	// of both others.
+	waitConsumers(t, ctx, cs, ids)
 	t.Logf("3 participants: every consumer carries video and audio %v after the joins", time.Since(began).Round(time.Millisecond))
 
 	// The room is a conversation keyed by the room id: its bites' key.

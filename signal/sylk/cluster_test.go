@@ -2,15 +2,11 @@ package sylk_test
 
 import (
 	"slices"
-	"strings"
 	"testing"
-
-	"github.com/pion/webrtc/v3"
 
 	"github.com/beepvoice/router/internal/testmedia"
 	"github.com/beepvoice/router/internal/testroom"
 	"github.com/beepvoice/router/internal/testutil"
-	"github.com/beepvoice/router/rtc/codec"
 	"github.com/beepvoice/router/signal/sylk"
 )
 
@@ -51,17 +47,8 @@ func TestVideoRoomAcrossRouters(t *testing.T) {
 	for _, mb := range []*member{alice, bob} {
 		for aor, sub := range mb.feeds {
 			sub.untilMedia(ctx, mb.name+"←"+aor, 60, 50)
-			n, errs, mime := sub.decodeVideo()
-			first, _, _ := sub.First()
-			_, audio := sub.Counts()
-			t.Logf("feed %s←%s across routers: %d VP8 frames decoded, %d audio packets", mb.name, aor, n, audio)
-			if !strings.EqualFold(mime, webrtc.MimeTypeVP8) || n < 50 || len(errs) > 0 {
-				t.Errorf("feed %s←%s: %s, %d frames decoded, want VP8 and ≥ 50; errors %q", mb.name, aor, mime, n, errs)
-			}
-			if !codec.Keyframe(webrtc.MimeTypeVP8, first.Payload) {
-				t.Errorf("feed %s←%s: the first video packet does not start a keyframe", mb.name, aor)
-			}
 		}
+		mb.checkFeeds(t)
 	}
 
 	// The room requests cross the routers: alice raises her hand on A,

@@ -123,6 +123,24 @@ func (mb *member) attach(t *testing.T, ctx context.Context, aor string) {
 	sub.waitConnected(ctx, feedID)
 }
 
+// checkFeeds checks the video of each of mb's feeds: VP8, at least 50
+// frames decoded without errors, from a keyframe on.
+func (mb *member) checkFeeds(t *testing.T) {
+	t.Helper()
+	for aor, sub := range mb.feeds {
+		n, errs, mime := sub.decodeVideo()
+		first, _, _ := sub.First()
+		_, audio := sub.Counts()
+		t.Logf("feed %s←%s: %d VP8 frames decoded, %d audio packets", mb.name, aor, n, audio)
+		if !strings.EqualFold(mime, webrtc.MimeTypeVP8) || n < 50 || len(errs) > 0 {
+			t.Errorf("feed %s←%s: %s, %d frames decoded, want VP8 and ≥ 50; errors %q", mb.name, aor, mime, n, errs)
+		}
+		if !codec.Keyframe(webrtc.MimeTypeVP8, first.Payload) {
+			t.Errorf("feed %s←%s: the first video packet does not start a keyframe", mb.name, aor)
+		}
+	}
+}
+
 // TestVideoRoomThreePublishers: three accounts publish VP8 and Opus in one
 // room and each attaches the other two. Publisher ids are the same for
 // everyone; a joiner sees those who publish in initial-publishers, the
@@ -175,17 +193,8 @@ func TestVideoRoomThreePublishers(t *testing.T) {
 		}
 	}
 	for _, a := range members {
-		for aor, sub := range a.feeds {
-			n, errs, mime := sub.decodeVideo()
-			first, _, _ := sub.First()
-			_, audio := sub.Counts()
-			t.Logf("feed %s←%s: %d VP8 frames decoded, %d audio packets", a.name, aor, n, audio)
-			if !strings.EqualFold(mime, webrtc.MimeTypeVP8) || n < 50 || len(errs) > 0 {
-				t.Errorf("feed %s←%s: %s, %d frames decoded, want VP8 and ≥ 50; errors %q", a.name, aor, mime, n, errs)
-			}
-			if !codec.Keyframe(webrtc.MimeTypeVP8, first.Payload) {
-				t.Errorf("feed %s←%s: the first video packet does not start a keyframe", a.name, aor)
-			}
+		a.checkFeeds(t)
+		for _, sub := range a.feeds {
 			sub.checkTrickles()
 		}
 		a.pub.checkTrickles()
