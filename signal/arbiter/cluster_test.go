@@ -6,8 +6,6 @@ import (
 
 	"github.com/pion/webrtc/v3"
 
-	"github.com/beepvoice/router/internal/testmedia"
-	"github.com/beepvoice/router/internal/testpeer"
 	"github.com/beepvoice/router/internal/testroom"
 	"github.com/beepvoice/router/internal/testutil"
 )
@@ -35,24 +33,7 @@ func TestCallAcrossRouters(t *testing.T) {
 	waitConsumers(t, ctx, cs, ids)
 	for i, c := range cs {
 		other := ids[1-i]
-		got, want := c.snap().consumers[other], mediaFor(t, 1-i)
-		if w, h := vp8Size(got.video); w != want.width || h != want.height {
-			t.Errorf("%s's consumer of %s carries VP8 of %dx%d, want %dx%d", c.id[:4], other[:4], w, h, want.width, want.height)
-		}
-		frames, errs := testmedia.DecodeVP8(t, testpeer.ThroughMarker(got.video))
-		if frames < 15 || len(errs) > 0 {
-			t.Errorf("%s's consumer of %s: %d frames decoded, errors %v", c.id[:4], other[:4], frames, errs)
-		}
-		foreign := 0
-		for _, p := range got.audio {
-			if !want.opusSet[string(p)] {
-				foreign++
-			}
-		}
-		if foreign > 0 {
-			t.Errorf("%s's consumer of %s: %d of %d Opus packets are not %s's", c.id[:4], other[:4], foreign, len(got.audio), other[:4])
-		}
-		t.Logf("%s ← %s across routers: %d VP8 frames decoded, %d Opus packets", c.id[:4], other[:4], frames, len(got.audio))
+		checkConsumer(t, c, other, c.snap().consumers[other], mediaFor(t, 1-i))
 	}
 
 	// Chat and features cross the routers too, each to the other only.

@@ -56,6 +56,33 @@ func waitConsumers(t *testing.T, ctx context.Context, cs []*client, ids []string
 	}
 }
 
+// checkConsumer checks what c's consumer of participant other carried,
+// got, against other's media, want: VP8 of its size that decodes, Opus
+// packets all its own that decode.
+func checkConsumer(t *testing.T, c *client, other string, got received, want *media) {
+	t.Helper()
+	if w, h := vp8Size(got.video); w != want.width || h != want.height {
+		t.Errorf("%s's consumer of %s carries VP8 of %dx%d, want %s's %dx%d", c.id[:4], other[:4], w, h, other[:4], want.width, want.height)
+	}
+	frames, errs := testmedia.DecodeVP8(t, testpeer.ThroughMarker(got.video))
+	if frames < 15 || len(errs) > 0 {
+		t.Errorf("%s's consumer of %s: %d frames decoded, errors %v", c.id[:4], other[:4], frames, errs)
+	}
+	foreign := 0
+	for _, p := range got.audio {
+		if !want.opusSet[string(p)] {
+			foreign++
+		}
+	}
+	if foreign > 0 {
+		t.Errorf("%s's consumer of %s: %d of %d Opus packets are not %s's", c.id[:4], other[:4], foreign, len(got.audio), other[:4])
+	}
+	if err := decodeOpus(t, got.audio); err != nil {
+		t.Errorf("%s's consumer of %s: Opus does not decode: %v", c.id[:4], other[:4], err)
+	}
+	t.Logf("%s ← %s: %d VP8 frames decoded (%dx%d), %d Opus packets, all %s's", c.id[:4], other[:4], frames, want.width, want.height, len(got.audio), other[:4])
+}
+
 // TestCall: three participants behaving like Arbiter's client join one
 // room. Each gets two consumers, each carrying the right participant's VP8
 // (decodable by libvpx) and Opus (decodable, every packet one its
@@ -94,28 +121,7 @@ func TestCall(t *testing.T) {
 			if i == j {
 				continue
 			}
-			got := s.consumers[other]
-			want := mediaFor(t, j)
-			if w, h := vp8Size(got.video); w != want.width || h != want.height {
-				t.Errorf("%s's consumer of %s carries VP8 of %dx%d, want %s's %dx%d", c.id[:4], other[:4], w, h, other[:4], want.width, want.height)
-			}
-			frames, errs := testmedia.DecodeVP8(t, testpeer.ThroughMarker(got.video))
-			if frames < 15 || len(errs) > 0 {
-				t.Errorf("%s's consumer of %s: %d frames decoded, errors %v", c.id[:4], other[:4], frames, errs)
-			}
-			foreign := 0
-			for _, p := range got.audio {
-				if !want.opusSet[string(p)] {
-					foreign++
-				}
-			}
-			if foreign > 0 {
-				t.Errorf("%s's consumer of %s: %d of %d Opus packets are not %s's", c.id[:4], other[:4], foreign, len(got.audio), other[:4])
-			}
-			if err := decodeOpus(t, got.audio); err != nil {
-				t.Errorf("%s's consumer of %s: Opus does not decode: %v", c.id[:4], other[:4], err)
-			}
-			t.Logf("%s ← %s: %d VP8 frames decoded (%dx%d), %d Opus packets, all %s's", c.id[:4], other[:4], frames, want.width, want.height, len(got.audio), other[:4])
+			checkConsumer(t, c, other, s.consumers[other], mediaFor(t, j))
 		}
 		if errs := s.errs; len(errs) > 0 {
 			t.Errorf("%s got errors: %v", c.id[:4], errs)
