@@ -365,3 +365,24 @@ func sameOrderPerUser(got, want []string) bool {
 	}
 	return true
 }
+
+// TestRecycleShrinksLargeFrames: a frame whose buffer a large message grew
+// goes back to the free frames with a packet's buffer; a packet's frame
+// keeps its own.
+func TestRecycleShrinksLargeFrames(t *testing.T) {
+	s := newSendShard(2)
+	small, large := <-s.free, <-s.free
+	kept := &small.b[:1][0]
+	large.b = append(large.b[:0], make([]byte, 32<<10)...)
+	s.recycle(small)
+	s.recycle(large)
+	for range 2 {
+		f := <-s.free
+		if cap(f.b) > maxKeptCap {
+			t.Errorf("a free frame keeps a buffer of %d bytes", cap(f.b))
+		}
+		if f == small && &f.b[:1][0] != kept {
+			t.Error("a packet's frame lost its buffer")
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/beepvoice/router/internal/testutil"
+	"github.com/beepvoice/router/rtc"
 )
 
 // BenchmarkRelaySend is the publisher's side on the track's goroutine: the
@@ -25,9 +26,19 @@ func BenchmarkRelaySend(b *testing.B) {
 	tr := openRelay(b, a, "alice")
 	pkt := rtpPacket(1)
 	now := time.Now()
-	// Paced as a busy router is: a burst of 64 packets, then the senders
-	// catch up, so that the figure is the cost of relaying, not of drops.
 	b.ReportAllocs()
+	s := relayBursts(b, a.node, tr, pkt, now)
+	// NATS messages per packet: the frames of a burst that queued while
+	// the sender published share batches.
+	b.ReportMetric(float64(s.NATSOut)/float64(b.N), "msgs/op")
+	tr.Close()
+}
+
+// relayBursts writes b.N packets (pkt, its sequence number counting) to
+// tr, a relay of n, paced as a busy router is: a burst of 64 packets, then
+// the senders catch up, so that the figure is the cost of relaying, not
+// of drops. It reports the drops per packet and returns n's counts.
+func relayBursts(b *testing.B, n *Node, tr rtc.TrackSink, pkt []byte, now time.Time) Stats {
 	b.ResetTimer()
 	for i := range b.N {
 		binary.BigEndian.PutUint16(pkt[2:4], uint16(i))
@@ -35,17 +46,14 @@ func BenchmarkRelaySend(b *testing.B) {
 			b.Fatal(err)
 		}
 		if i%64 == 63 {
-			waitIdle(a.node)
+			waitIdle(n)
 		}
 	}
-	waitIdle(a.node)
+	waitIdle(n)
 	b.StopTimer()
-	s := a.node.Stats()
+	s := n.Stats()
 	b.ReportMetric(float64(s.DropQueue)/float64(b.N), "drops/op")
-	// NATS messages per packet: the frames of a burst that queued while
-	// the sender published share batches.
-	b.ReportMetric(float64(s.NATSOut)/float64(b.N), "msgs/op")
-	tr.Close()
+	return s
 }
 
 // waitIdle waits until every frame of n is back in its free list.

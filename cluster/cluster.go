@@ -329,6 +329,16 @@ type outFrame struct {
 	frame, batch bool
 }
 
+// frameCap is the capacity of a free frame's buffer: an RTP packet of any
+// size a WebRTC peer sends, its ids and the header. A frame that grew past
+// maxKeptCap (a participant's message) gets a buffer of frameCap again
+// once published, so that rare large messages do not leave every free
+// frame large.
+const (
+	frameCap   = 1600
+	maxKeptCap = 4 << 10
+)
+
 // maxWoken bounds the frames a sender goroutine takes from its queue at
 // one wake-up to batch them.
 const maxWoken = 128
@@ -336,7 +346,7 @@ const maxWoken = 128
 func newSendShard(n int) *sendShard {
 	s := &sendShard{q: make(chan *outFrame, n), free: make(chan *outFrame, n), woken: make([]*outFrame, 0, maxWoken)}
 	for range n {
-		s.free <- &outFrame{b: make([]byte, 0, 1600)}
+		s.free <- &outFrame{b: make([]byte, 0, frameCap)}
 	}
 	return s
 }
@@ -395,7 +405,7 @@ take:
 			if err := n.nc.Publish(f.subj, f.b); err != nil {
 				n.count.sendErrors.Add(1)
 			}
-			s.free <- f
+			s.recycle(f)
 			continue
 		}
 		// The frames of f's subject behind it, in order, while they fit.
@@ -415,7 +425,7 @@ take:
 			b = appendBatched(b, g.b)
 			frames, size = frames+1, size+2+len(g.b)
 			w[j] = nil
-			s.free <- g
+			s.recycle(g)
 		}
 		msg := f.b
 		if b != nil {
@@ -427,9 +437,18 @@ take:
 			n.count.out.Add(uint64(frames))
 			n.count.natsOut.Add(1)
 		}
-		s.free <- f
+		s.recycle(f)
 	}
 	s.woken = w[:0]
+}
+
+// recycle returns published frame f to the free frames of s, with a
+// buffer of frameCap if it grew past maxKeptCap.
+func (s *sendShard) recycle(f *outFrame) {
+	if cap(f.b) > maxKeptCap {
+		f.b = make([]byte, 0, frameCap)
+	}
+	s.free <- f
 }
 
 // take returns a free frame of s to fill and queue, or nil, counted as
@@ -458,14 +477,15 @@ func (n *Node) enqueue(s *sendShard, subj string, batch bool, kind, cn, ext byte
 
 // Broadcast implements room.MessageRelay: the message goes, as one frame
 // queued like a packet's, to the routers listening in convID, if any. It
-// is dropped and counted when the queue is full, or the ids are too long.
+// is dropped and counted when the queue is full (queue_full), or when its
+// ids are too long for a frame (malformed).
 func (n *Node) Broadcast(convID string, who room.Identity, data []byte) {
 	if n.Relaying(convID) == 0 {
 		return
 	}
 	p := publisher{user: who.Claim.UserID, client: who.Claim.ClientID, part: who.ID, display: truncate(who.Display, maxID)}
 	if len(p.user) > maxID || len(p.client) > maxID || len(p.part) > maxID || p.part == "" {
-		n.count.dropQueue.Add(1)
+		n.count.malformed.Add(1)
 		return
 	}
 	s := n.shards[int(n.next.Add(1))%len(n.shards)]

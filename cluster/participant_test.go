@@ -75,8 +75,15 @@ func TestRemoteParticipant(t *testing.T) {
 			t.Fatalf("bob did not get %s's message", from.part)
 		}
 	}
-	if st := r.node.Stats(); st.MessagesIn != 2 {
-		t.Fatalf("%d messages in, want 2", st.MessagesIn)
+	// One over room.MaxMessage reaches nobody (Deliver is synchronous).
+	s.handle(appendFrame(nil, kindMessage, codecOpus, 0, 99, 0, 0, alice, make([]byte, room.MaxMessage+1)), now)
+	select {
+	case e := <-events:
+		t.Fatalf("an oversized message reached bob: %+v", e)
+	default:
+	}
+	if st := r.node.Stats(); st.MessagesIn != 3 {
+		t.Fatalf("%d messages in, want 3", st.MessagesIn)
 	}
 
 	s.handle(appendFrame(nil, kindEnd, codecOpus, 0, 99, 7, now.UnixNano(), alice, nil), now)

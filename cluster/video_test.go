@@ -122,19 +122,7 @@ func BenchmarkRelaySendVideo(b *testing.B) {
 	now := time.Now()
 	b.ReportAllocs()
 	b.SetBytes(int64(len(pkt)))
-	b.ResetTimer()
-	for i := range b.N {
-		binary.BigEndian.PutUint16(pkt[2:4], uint16(i))
-		if err := tr.WriteRTP(pkt, now); err != nil {
-			b.Fatal(err)
-		}
-		if i%64 == 63 {
-			waitIdle(a.node)
-		}
-	}
-	waitIdle(a.node)
-	b.StopTimer()
-	b.ReportMetric(float64(a.node.Stats().DropQueue)/float64(b.N), "drops/op")
+	relayBursts(b, a.node, tr, pkt, now)
 	tr.Close()
 }
 

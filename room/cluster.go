@@ -208,6 +208,10 @@ func (m *Manager) AddRemoteParticipantTrack(convID string, who Identity, up *rtc
 // RemoveRemoteTrack takes a track of AddRemoteTrack or
 // AddRemoteParticipantTrack out of its conversation: from here on its
 // packets reach nobody. A remote participant leaves with its last track.
+// The calls of AddRemoteParticipantTrack and RemoveRemoteTrack for one
+// conversation must not run concurrently (the cluster makes them from the
+// conversation's relay subscription, one frame at a time): a track added
+// while its participant leaves would leave with it.
 func (m *Manager) RemoveRemoteTrack(t *Track) {
 	if t == nil || t.remoteUser == "" {
 		return

@@ -195,8 +195,8 @@ func (p *Participant) Others() []*Participant {
 	return p.c.others(p)
 }
 
-// Other returns the participant id of p's conversation, or nil if there
-// is none or it is p.
+// Other returns the participant of p's conversation named id, or nil if
+// there is none or it is p.
 func (p *Participant) Other(id string) *Participant {
 	p.m.mu.Lock()
 	defer p.m.mu.Unlock()
@@ -240,9 +240,13 @@ func (p *Participant) Broadcast(data []byte) error {
 
 // Deliver hands a message of participant who, connected to another router
 // of a cluster, to the participants of conversation convID here, as
-// Broadcast does on who's router. A conversation that is not here, or a
-// sender whose id a local participant holds, is ignored.
+// Broadcast does on who's router. A message over MaxMessage, a
+// conversation that is not here, or a sender whose id a local participant
+// holds, is ignored.
 func (m *Manager) Deliver(convID string, who Identity, data []byte) {
+	if len(data) > MaxMessage {
+		return
+	}
 	m.mu.Lock()
 	c := m.convs[convID]
 	if c == nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/pion/webrtc/v3"
+	"golang.org/x/time/rate"
 
 	"github.com/beepvoice/router/rtc"
 )
@@ -35,6 +36,10 @@ type conn struct {
 	// never registers an account unregistered meanwhile. Taken before mu
 	// and Server.mu.
 	regMu sync.Mutex
+
+	// roomRequests bounds the socket's room requests, which fan out to
+	// the room's members on every router.
+	roomRequests *rate.Limiter
 
 	mu       sync.Mutex
 	closed   bool
@@ -202,14 +207,22 @@ func (c *conn) handle(data []byte) (ok bool) {
 		c.feedAnswer(r)
 	case reqFeedDetach:
 		c.feedDetach(r)
-	case reqRoomConfigure:
-		c.roomConfigure(r)
-	case reqRoomInvite:
-		c.roomInvite(r)
-	case reqRoomToggleHand:
-		c.roomToggleHand(r)
-	case reqRoomMuteAudio:
-		c.roomMuteAudio(r)
+	case reqRoomConfigure, reqRoomInvite, reqRoomToggleHand, reqRoomMuteAudio:
+		if !c.roomRequests.Allow() {
+			c.s.count.throttled.Add(1)
+			c.fail(r.Transaction, "too many room requests: slow down")
+			return true
+		}
+		switch r.Type {
+		case reqRoomConfigure:
+			c.roomConfigure(r)
+		case reqRoomInvite:
+			c.roomInvite(r)
+		case reqRoomToggleHand:
+			c.roomToggleHand(r)
+		default:
+			c.roomMuteAudio(r)
+		}
 	default: // validators and this switch disagree
 		c.fail(r.Transaction, "unknown request "+r.Type)
 	}

@@ -89,6 +89,14 @@ const (
 	maxInvitees      = 32 // participants of one videoroom-invite
 )
 
+// roomRequestRate and roomRequestBurst bound a socket's room requests
+// (configure, invite, raised hands, mute everyone) per second, each of
+// which goes to every member of the room, on every router of a cluster.
+const (
+	roomRequestRate  = 5
+	roomRequestBurst = 20
+)
+
 // Candidate is one trickled ICE candidate, an RTCIceCandidate in JSON.
 // A null sdpMid or sdpMLineIndex is accepted.
 type Candidate struct {

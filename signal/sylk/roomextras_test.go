@@ -2,6 +2,7 @@ package sylk_test
 
 import (
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/beepvoice/router/internal/testmedia"
@@ -136,5 +137,40 @@ func TestVideoRoomExtras(t *testing.T) {
 		if r.str("sylkrtc") != "error" || r.str("error") != typ+": not supported" {
 			t.Errorf("%s: %v, want error %q", typ, r, typ+": not supported")
 		}
+	}
+}
+
+// TestRoomRequestsThrottled: a socket's room requests, which reach every
+// member of the room on every router, are bounded: a burst is answered,
+// those past it get an error and are counted, and none is lost unanswered.
+func TestRoomRequestsThrottled(t *testing.T) {
+	frames := testmedia.Frames(t, testmedia.VP8(t))
+	e := newEnv(t, nil)
+	alice := join(t, e, "alice@example.com", frames)
+	// 100 at once: more than the burst and what the rate refills over
+	// the seconds even a slow machine takes to send them.
+	const n = 100
+	txs := make([]string, n)
+	for i := range txs {
+		txs[i] = alice.c.tx()
+		alice.c.send(map[string]any{"sylkrtc": "videoroom-mute-audio-participants", "transaction": txs[i], "session": alice.session})
+	}
+	acks, refused := 0, 0
+	for _, tx := range txs {
+		r := alice.c.reply(tx)
+		switch {
+		case r.str("sylkrtc") == "ack":
+			acks++
+		case strings.Contains(r.str("error"), "too many room requests"):
+			refused++
+		default:
+			t.Errorf("reply %v, want an ack or too many room requests", r)
+		}
+	}
+	if acks < 20 || refused == 0 {
+		t.Errorf("%d acked, %d refused, want the burst (20) acked and some refused", acks, refused)
+	}
+	if st := e.srv.Stats(); st.Throttled != uint64(refused) {
+		t.Errorf("Stats.Throttled %d, want %d", st.Throttled, refused)
 	}
 }

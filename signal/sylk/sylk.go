@@ -35,6 +35,7 @@ import (
 
 	"github.com/gorilla/mux"
 	"github.com/gorilla/websocket"
+	"golang.org/x/time/rate"
 
 	"github.com/beepvoice/router/internal/throttle"
 	"github.com/nats-io/nats.go"
@@ -162,11 +163,15 @@ type Stats struct {
 	// Panics counts requests whose handler panicked (answered "Internal
 	// error", the socket closed).
 	Panics uint64
+	// Throttled counts room requests refused for coming too fast (a
+	// socket's configure, invite, raised hands and mute everyone).
+	Throttled uint64
 }
 
 // counters are the Stats counters.
 type counters struct {
 	refused, bad, slow, registered, regFailed, calls, answered, joins, feeds, panics atomic.Uint64
+	throttled                                                                        atomic.Uint64
 }
 
 // Server serves the sylkRTC API.
@@ -357,6 +362,7 @@ func (s *Server) Stats() Stats {
 		RoomJoins:      s.count.joins.Load(),
 		Feeds:          s.count.feeds.Load(),
 		Panics:         s.count.panics.Load(),
+		Throttled:      s.count.throttled.Load(),
 	}
 }
 
@@ -436,7 +442,8 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return // the upgrader has answered
 	}
 	c := &conn{s: s, ws: ws, id: rand.Text(), proto: proto, quit: make(chan struct{}), out: make(chan []byte, s.cfg.SendQueue),
-		accounts: make(map[string]*account), sessions: make(map[string]any)}
+		roomRequests: rate.NewLimiter(roomRequestRate, roomRequestBurst),
+		accounts:     make(map[string]*account), sessions: make(map[string]any)}
 	c.log = s.log.With("conn", c.id, "protocol", proto, "addr", r.RemoteAddr)
 	s.mu.Lock()
 	if closed || s.closed {

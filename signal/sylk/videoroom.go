@@ -238,11 +238,12 @@ func (rs *roomSession) watch(e room.Event) {
 	// taken without rs.mu: the requests' handlers hold it while they
 	// share.
 	switch {
-	case !e.Participant.Remote():
 	case e.Kind == room.Message:
-		rs.applyExtra(e.Participant, e.Data)
+		if e.Participant.Remote() {
+			rs.applyExtra(e.Participant, e.Data)
+		}
 		return
-	case e.Kind == room.Left:
+	case e.Kind == room.Left && e.Participant.Remote():
 		rs.c.s.forgetRemote(rs.uri, id)
 	}
 	rs.mu.Lock()
