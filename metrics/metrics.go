@@ -46,7 +46,7 @@ type collector struct {
 	users, convs, peers, direct, tracks, slots                                          *prometheus.Desc
 	pktsIn, bytesIn, malformed, dups, pktsOut, bytesOut                                 *prometheus.Desc
 	nacks, nacksRefused, refused, plis, keyReqs, twcc, nacksSent, overload, stageEvents *prometheus.Desc
-	resent                                                                              *prometheus.Desc
+	resent, ingress                                                                     *prometheus.Desc
 	natsUp                                                                              *prometheus.Desc
 }
 
@@ -77,13 +77,14 @@ func newCollector(src Sources) *collector {
 		refused:      d("refused_total", "What clients asked for and were refused, by what: ICE candidates (forbidden network or past the bound per peer), sends to forbidden networks, tracks past MAX_TRACKS_PER_PEER, peers closed for naming too many SSRCs in their RTP and RTCP (stream), new peers past the ICE sockets' share of the file descriptors (socket_limit).", "what"),
 		nacksSent:    d("rtcp_nacks_sent_total", "NACKs sent to publishers for packets lost on the way in."),
 		overload:     d("rtp_dropped_overload_total", "Received RTP packets dropped because their track's reader was TRACK_BUFFER_BYTES behind (the router is overloaded)."),
+		ingress:      d("rtp_ingress_total", "Received RTP by how the router read it (INGRESS=direct): taken at the socket (direct), left to pion for not authenticating (fallback), dropped as replayed or too old (replay).", "path"),
 		stageEvents:  d("stage_events_total", "What each pipeline stage counted: forwarded packets, bites, published bites, and drops by reason (event=drop_*).", "stage", "event"),
 		natsUp:       d("nats_connected", "1 while the NATS connection is up."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.direct, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.dups, c.pktsOut, c.bytesOut, c.nacks, c.resent, c.plis, c.keyReqs, c.twcc, c.nacksRefused, c.refused, c.nacksSent, c.overload, c.stageEvents, c.natsUp} {
+	for _, d := range []*prometheus.Desc{c.users, c.convs, c.peers, c.direct, c.tracks, c.slots, c.pktsIn, c.bytesIn, c.malformed, c.dups, c.pktsOut, c.bytesOut, c.nacks, c.resent, c.plis, c.keyReqs, c.twcc, c.nacksRefused, c.refused, c.nacksSent, c.overload, c.ingress, c.stageEvents, c.natsUp} {
 		ch <- d
 	}
 }
@@ -122,6 +123,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.refused, s.Refused.Sockets, "socket_limit")
 		counter(c.nacksSent, s.NACKsSent)
 		counter(c.overload, s.Overload)
+		counter(c.ingress, s.IngressDirect, "direct")
+		counter(c.ingress, s.IngressFallback, "fallback")
+		counter(c.ingress, s.IngressReplays, "replay")
 	}
 	if p := c.src.Pipeline; p != nil {
 		for stage, events := range p.Stats() {

@@ -157,9 +157,7 @@ func newSettings(cfg *Config, c *counters, socks *sockets) (webrtc.SettingEngine
 	if len(cfg.PublicIPs) > 0 {
 		s.SetNAT1To1IPs(cfg.PublicIPs, webrtc.ICECandidateTypeHost)
 	}
-	if cfg.DisconnectedTimeout > 0 || cfg.FailedTimeout > 0 {
-		s.SetICETimeouts(cfg.DisconnectedTimeout, cfg.FailedTimeout, cfg.KeepaliveInterval)
-	}
+	s.SetICETimeouts(iceTimeouts(cfg))
 	var mux ice.UDPMux
 	if cfg.UDPPort > 0 || cfg.SharedSocket {
 		opts := []ice.UDPMuxFromPortOption{
@@ -183,6 +181,37 @@ func newSettings(cfg *Config, c *counters, socks *sockets) (webrtc.SettingEngine
 		mux = mm
 	}
 	return s, mux, nil
+}
+
+// pion's ICE timeouts, which the router keeps unless configured.
+const (
+	defaultDisconnectedTimeout = 5 * time.Second
+	defaultFailedTimeout       = 25 * time.Second
+	defaultKeepaliveInterval   = 2 * time.Second
+)
+
+// iceTimeouts returns cfg's ICE timeouts, pion's defaults for those left
+// zero (pion would take a zero it is given for "never"). With the direct
+// ingress path the agent no longer sees the media arrive, only its own
+// keepalives' answers. It pings when it has heard nothing for a keepalive
+// interval, checked once an interval, so what it heard last can be two
+// intervals old: the interval is at most a third of the disconnected
+// timeout, lest the agent take a peer that sends media for gone.
+func iceTimeouts(cfg *Config) (disconnected, failed, keepalive time.Duration) {
+	disconnected, failed, keepalive = cfg.DisconnectedTimeout, cfg.FailedTimeout, cfg.KeepaliveInterval
+	if disconnected <= 0 {
+		disconnected = defaultDisconnectedTimeout
+	}
+	if failed <= 0 {
+		failed = defaultFailedTimeout
+	}
+	if keepalive <= 0 {
+		keepalive = defaultKeepaliveInterval
+	}
+	if !cfg.PionIngress {
+		keepalive = min(keepalive, disconnected/3)
+	}
+	return disconnected, failed, keepalive
 }
 
 // followNomination makes the router, always the controlled ICE agent, use

@@ -59,12 +59,19 @@ type streamGuard struct {
 	// trip is called once, from a pion goroutine holding its session's
 	// lock, when a stream past limit is made.
 	trip func()
+	// in, if set, is the peer's direct ingress path: it gets every SRTP
+	// read stream's buffer (ingress.go).
+	in *ingress
 }
 
 // buffer is the peer's BufferFactory.
 func (g *streamGuard) buffer(t packetio.BufferPacketType, ssrc uint32) io.ReadWriteCloser {
 	if g.n.Add(1) <= g.limit {
-		return g.inner(t, ssrc)
+		b := g.inner(t, ssrc)
+		if t == packetio.RTPBufferPacket && g.in != nil {
+			return g.in.newStream(ssrc, b)
+		}
+		return b
 	}
 	if g.tripped.CompareAndSwap(false, true) && g.trip != nil {
 		g.trip()

@@ -94,22 +94,7 @@ func (c *cmSealer) newState() *cmState {
 // authentication tag: it returns pkt[:n+cmTagLen], so pkt must have room
 // for the tag. st is the calling down-track's own state.
 func (c *cmSealer) seal(pkt []byte, hdrLen, n int, ssrc uint32, index uint64, st *cmState) []byte {
-	// IV = (k_s · 2^16) XOR (SSRC · 2^64) XOR (i · 2^16), block counter in
-	// the last two octets (RFC 3711 section 4.1.1).
-	iv := &st.iv
-	copy(iv[:], c.salt[:])
-	iv[14], iv[15] = 0, 0
-	binary.BigEndian.PutUint32(iv[4:], binary.BigEndian.Uint32(iv[4:])^ssrc)
-	binary.BigEndian.PutUint16(iv[8:], binary.BigEndian.Uint16(iv[8:])^uint16(index>>32))
-	binary.BigEndian.PutUint32(iv[10:], binary.BigEndian.Uint32(iv[10:])^uint32(index))
-	payload := pkt[hdrLen:n]
-	for ctr := uint16(0); len(payload) > 0; ctr++ {
-		binary.BigEndian.PutUint16(iv[14:], ctr)
-		c.block.Encrypt(st.ks[:], iv[:])
-		m := min(len(payload), aes.BlockSize)
-		subtle.XORBytes(payload[:m], payload[:m], st.ks[:m])
-		payload = payload[m:]
-	}
+	c.keystream(pkt[hdrLen:n], ssrc, index, st)
 	// Tag = HMAC-SHA1(k_a, header || encrypted payload || ROC), 80 bits
 	// (RFC 3711 section 4.2).
 	binary.BigEndian.PutUint32(st.rocWord[:], uint32(index>>16))
@@ -119,4 +104,46 @@ func (c *cmSealer) seal(pkt []byte, hdrLen, n int, ssrc uint32, index uint64, st
 	tag := st.mac.Sum(st.tag[:0])
 	copy(pkt[n:], tag[:cmTagLen])
 	return pkt[:n+cmTagLen]
+}
+
+// keystream XORs payload, of packet index of ssrc, with the AES-CM key
+// stream: it encrypts and decrypts.
+func (c *cmSealer) keystream(payload []byte, ssrc uint32, index uint64, st *cmState) {
+	// IV = (k_s · 2^16) XOR (SSRC · 2^64) XOR (i · 2^16), block counter in
+	// the last two octets (RFC 3711 section 4.1.1).
+	iv := &st.iv
+	copy(iv[:], c.salt[:])
+	iv[14], iv[15] = 0, 0
+	binary.BigEndian.PutUint32(iv[4:], binary.BigEndian.Uint32(iv[4:])^ssrc)
+	binary.BigEndian.PutUint16(iv[8:], binary.BigEndian.Uint16(iv[8:])^uint16(index>>32))
+	binary.BigEndian.PutUint32(iv[10:], binary.BigEndian.Uint32(iv[10:])^uint32(index))
+	for ctr := uint16(0); len(payload) > 0; ctr++ {
+		binary.BigEndian.PutUint16(iv[14:], ctr)
+		c.block.Encrypt(st.ks[:], iv[:])
+		m := min(len(payload), aes.BlockSize)
+		subtle.XORBytes(payload[:m], payload[:m], st.ks[:m])
+		payload = payload[m:]
+	}
+}
+
+// open authenticates pkt, an SRTP packet whose RTP header is pkt[:hdrLen],
+// as packet index of ssrc and, if it does, decrypts it in place and
+// returns the RTP packet, pkt without its tag: with the remote keys of a
+// session, a cmSealer opens what the peer sealed (see ingress.go). A
+// packet that does not authenticate is left as it was. st is the caller's.
+func (c *cmSealer) open(pkt []byte, hdrLen int, ssrc uint32, index uint64, st *cmState) ([]byte, bool) {
+	n := len(pkt) - cmTagLen
+	if n < hdrLen {
+		return nil, false
+	}
+	binary.BigEndian.PutUint32(st.rocWord[:], uint32(index>>16))
+	st.mac.Reset()
+	st.mac.Write(pkt[:n])
+	st.mac.Write(st.rocWord[:])
+	tag := st.mac.Sum(st.tag[:0])
+	if subtle.ConstantTimeCompare(tag[:cmTagLen], pkt[n:]) != 1 {
+		return nil, false
+	}
+	c.keystream(pkt[hdrLen:n], ssrc, index, st)
+	return pkt[:n], true
 }

@@ -476,6 +476,10 @@ type trackedConn struct {
 	// family, made on first use (see batchWriter).
 	batchOnce      sync.Once
 	batch4, batch6 batchWriter
+
+	// routes are the peers whose packets the socket's reader takes on the
+	// direct ingress path (ingress.go).
+	routes routes
 }
 
 // batchWriter returns the socket's batch writer (sendmmsg) for
@@ -494,8 +498,27 @@ func (c *trackedConn) batchWriter(to netip.AddrPort) batchWriter {
 	return c.batch6
 }
 
-// ReadFrom reads one datagram, noting when it arrived.
+// ReadFrom reads one datagram for pion, noting when it arrived. The
+// media of a peer with a direct ingress path it hands over itself, and
+// reads on.
 func (c *trackedConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	for {
+		n, addr, err := c.read(b)
+		if err != nil || c.routes.n.Load() == 0 {
+			return n, addr, err
+		}
+		ua, ok := addr.(*net.UDPAddr)
+		if !ok {
+			return n, addr, err
+		}
+		in := c.routes.lookup(ua.AddrPort())
+		if in == nil || !in.receive(b[:n]) {
+			return n, addr, err
+		}
+	}
+}
+
+func (c *trackedConn) read(b []byte) (int, net.Addr, error) {
 	if c.stamped != nil {
 		return c.stamped.ReadFrom(b)
 	}
@@ -596,8 +619,17 @@ func (p *Peer) startEgress() {
 		cm     *cmSealer
 		err    error
 	)
-	if !p.e.cfg.PionEgress {
-		keys, err = egressKeys(p.pc)
+	var open *opener
+	if !p.e.cfg.PionEgress || !p.e.cfg.PionIngress {
+		var all *SRTPKeys
+		if all, err = ExportSRTPKeys(p.pc); err == nil {
+			if !p.e.cfg.PionEgress {
+				keys = &srtpKeys{key: all.LocalKey, salt: all.LocalSalt, profile: all.Profile}
+			}
+			if !p.e.cfg.PionIngress {
+				open = newOpener(srtpKeys{key: all.RemoteKey, salt: all.RemoteSalt, profile: all.Profile})
+			}
+		}
 	}
 	if keys != nil {
 		var serr error
@@ -613,6 +645,9 @@ func (p *Peer) startEgress() {
 		p.egressErr(err)
 	}
 	p.keys, p.sealer, p.cm = keys, sealer, cm
+	if open != nil {
+		p.in.open.Store(open)
+	}
 	if p.pair == nil {
 		if pair, err := p.pc.SCTP().Transport().ICETransport().GetSelectedCandidatePair(); err == nil {
 			p.pair = pair
@@ -625,6 +660,7 @@ func (p *Peer) startEgress() {
 // current pair. Callers hold p.egressMu.
 func (p *Peer) updateRoute() {
 	tc, to, err := route(p.pair, p.e.socks)
+	p.setIngressRoute(tc, to)
 	if err != nil {
 		p.arrivals.Store(nil)
 		p.egress.Store(nil)
@@ -647,6 +683,26 @@ func (p *Peer) updateRoute() {
 		e.addr = net.UDPAddrFromAddrPort(to)
 	}
 	p.egress.Store(&e)
+}
+
+// setIngressRoute sends the packets tc receives from to, the selected
+// pair's, on the peer's direct ingress path, once it has an opener, and
+// no longer those of the previous pair. A nil tc drops the route. Callers
+// hold p.egressMu.
+func (p *Peer) setIngressRoute(tc *trackedConn, to netip.AddrPort) {
+	if p.in.open.Load() == nil {
+		tc = nil
+	}
+	if tc == p.inConn && to == p.inTo {
+		return
+	}
+	if p.inConn != nil {
+		p.inConn.routes.remove(p.inTo, &p.in)
+	}
+	p.inConn, p.inTo = tc, to
+	if tc != nil {
+		tc.routes.set(to, &p.in)
+	}
 }
 
 // egressDesc says, for the log, how the peer's down-tracks encrypt: the

@@ -40,7 +40,9 @@ type Config struct {
 	// ConnectTimeout closes a peer that has not connected by then.
 	ConnectTimeout time.Duration
 	// DisconnectedTimeout, FailedTimeout and KeepaliveInterval tune ICE;
-	// zero keeps pion's defaults (5 s, 25 s, 2 s).
+	// zero keeps pion's defaults (5 s, 25 s, 2 s). Unless PionIngress,
+	// the keepalive interval is at most a third of the disconnected timeout (see
+	// iceTimeouts).
 	DisconnectedTimeout, FailedTimeout, KeepaliveInterval time.Duration
 	// MaxDownTracks bounds the receiving m-lines of one offer.
 	MaxDownTracks int
@@ -77,6 +79,11 @@ type Config struct {
 	// the direct path of egress.go. It costs more CPU per packet; it is
 	// there to compare and as a fallback.
 	PionEgress bool
+	// PionIngress leaves every received packet to pion's generic read
+	// path (ICE, DTLS/SRTP mux, SRTP session) instead of the direct path
+	// of ingress.go, which takes a connected peer's media at the socket.
+	// It is there to compare and as a fallback.
+	PionIngress bool
 	// MaxSockets bounds the UDP sockets of the Engine's ICE agents: a new
 	// peer whose sockets would pass it is refused with ErrSocketLimit.
 	// Zero means no bound.
@@ -140,7 +147,10 @@ type counters struct {
 	overload                      atomic.Uint64
 	keyframeRequests              atomic.Uint64
 	twccSent                      atomic.Uint64
-	nacksRefused                  atomic.Uint64 // pion path; and of closed peers' down-tracks
+	// The direct ingress path's packets (ingress.go): taken, left to pion
+	// for not authenticating, and dropped as replays by either path.
+	ingressDirect, ingressFallback, ingressReplays atomic.Uint64
+	nacksRefused                                   atomic.Uint64 // pion path; and of closed peers' down-tracks
 }
 
 // NewEngine returns an Engine. It opens the UDP port, if one is configured.
@@ -250,6 +260,8 @@ func (e *Engine) NewPeer(c claim.Claim, h Handler, opts PeerOptions) (*Peer, err
 	}
 	p := newPeer(e, c, pc, h, opts)
 	p.net, p.streams = n, g
+	p.in.count, p.in.log = &e.count, p.log
+	g.in = &p.in
 	// Before any packet: pion's sessions start with the negotiation.
 	g.trip = p.tripStreams
 	e.mu.Lock()
@@ -329,6 +341,11 @@ type Stats struct {
 	// Overload counts received packets dropped because their track's reader
 	// was TrackBuffer behind.
 	Overload uint64
+	// IngressDirect counts the received RTP packets the direct ingress
+	// path took at the socket (ingress.go); IngressFallback those it left
+	// to pion because they did not authenticate; IngressReplays those
+	// either path dropped as replays or too old.
+	IngressDirect, IngressFallback, IngressReplays uint64
 }
 
 // SharedAddrs returns the local addresses of the socket every peer shares
@@ -373,6 +390,9 @@ func (e *Engine) Stats() Stats {
 	s.PLIs = e.count.plis.Load()
 	s.NACKsSent = e.count.nacksSent.Load()
 	s.Overload = e.count.overload.Load()
+	s.IngressDirect = e.count.ingressDirect.Load()
+	s.IngressFallback = e.count.ingressFallback.Load()
+	s.IngressReplays = e.count.ingressReplays.Load()
 	s.KeyframeRequests = e.count.keyframeRequests.Load()
 	s.TWCCSent = e.count.twccSent.Load()
 	s.NACKsRefused += e.count.nacksRefused.Load()

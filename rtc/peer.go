@@ -107,6 +107,13 @@ type Peer struct {
 	cm           *cmSealer  // their one AES-CM sealer; both nil: a context each
 	pair         *webrtc.ICECandidatePair
 	egressLogged bool
+
+	// The direct ingress path (ingress.go): in is the peer's; inConn and
+	// inTo are the socket and remote address it is routed from, under
+	// egressMu.
+	in     ingress
+	inConn *trackedConn
+	inTo   netip.AddrPort
 }
 
 func newPeer(e *Engine, c claim.Claim, pc *webrtc.PeerConnection, h Handler, opts PeerOptions) *Peer {
@@ -145,7 +152,7 @@ func (p *Peer) start() {
 				}
 				p.h.Connected(p)
 				close(p.connected)
-				p.log.Info("peer connected", "down_tracks", len(p.downs), "srtp", p.egressDesc())
+				p.log.Info("peer connected", "down_tracks", len(p.downs), "srtp", p.egressDesc(), "direct_ingress", p.in.open.Load() != nil)
 			})
 		case webrtc.PeerConnectionStateFailed:
 			p.logFailure()
@@ -579,6 +586,9 @@ func (p *Peer) CloseWith(reason error) {
 		if err != nil {
 			p.log.Debug("close peer connection", "err", err)
 		}
+		p.egressMu.Lock()
+		p.setIngressRoute(nil, netip.AddrPort{})
+		p.egressMu.Unlock()
 		if p.net != nil {
 			if n := p.net.closeAll(); n > 0 {
 				p.log.Debug("closed sockets the ICE agent left open", "sockets", n)

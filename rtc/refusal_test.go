@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pion/dtls/v2"
 	"github.com/pion/rtp"
 	"github.com/pion/transport/v2"
 	"github.com/pion/webrtc/v3"
@@ -28,8 +29,9 @@ import (
 var loopback4 = []net.IP{net.IPv4(127, 0, 0, 1)}
 
 // loopbackClient returns a pion peer connection that offers Opus and
-// gathers on 127.0.0.1 only.
-func loopbackClient(t *testing.T) *webrtc.PeerConnection {
+// gathers on 127.0.0.1 only; with profiles, it offers only those SRTP
+// protection profiles.
+func loopbackClient(t *testing.T, profiles ...dtls.SRTPProtectionProfile) *webrtc.PeerConnection {
 	t.Helper()
 	m := &webrtc.MediaEngine{}
 	if err := m.RegisterCodec(webrtc.RTPCodecParameters{
@@ -38,7 +40,11 @@ func loopbackClient(t *testing.T) *webrtc.PeerConnection {
 	}, webrtc.RTPCodecTypeAudio); err != nil {
 		t.Fatal(err)
 	}
-	pc, err := webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithSettingEngine(testpeer.Settings())).NewPeerConnection(webrtc.Configuration{})
+	s := testpeer.Settings()
+	if len(profiles) > 0 {
+		s.SetSRTPProtectionProfiles(profiles...)
+	}
+	pc, err := webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithSettingEngine(s)).NewPeerConnection(webrtc.Configuration{})
 	if err != nil {
 		t.Fatal(err)
 	}

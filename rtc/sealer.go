@@ -132,13 +132,18 @@ func srtpIndex(seq, first uint64) (index uint64, ok bool) {
 // section 8.1) is built in nonce, the caller's: two goroutines may seal
 // with one sealer, each with its own nonce buffer.
 func (g *gcmSealer) seal(pkt []byte, hdrLen, n int, ssrc uint32, index uint64, nonce *[gcmNonceLen]byte) []byte {
-	// 2 zero octets, SSRC, ROC, SEQ (= the 48-bit index), XOR the salt.
+	g.nonce(nonce, ssrc, index)
+	g.aead.Seal(pkt[hdrLen:hdrLen], nonce[:], pkt[hdrLen:n], pkt[:hdrLen])
+	return pkt[:n+gcmTagLen]
+}
+
+// nonce writes the nonce of packet index of ssrc (RFC 7714 section 8.1):
+// 2 zero octets, SSRC, ROC, SEQ (= the 48-bit index), XOR the salt.
+func (g *gcmSealer) nonce(nonce *[gcmNonceLen]byte, ssrc uint32, index uint64) {
 	nonce[0], nonce[1] = g.salt[0], g.salt[1]
 	binary.BigEndian.PutUint32(nonce[2:], ssrc^binary.BigEndian.Uint32(g.salt[2:]))
 	binary.BigEndian.PutUint16(nonce[6:], uint16(index>>32)^binary.BigEndian.Uint16(g.salt[6:]))
 	binary.BigEndian.PutUint32(nonce[8:], uint32(index)^binary.BigEndian.Uint32(g.salt[8:]))
-	g.aead.Seal(pkt[hdrLen:hdrLen], nonce[:], pkt[hdrLen:n], pkt[:hdrLen])
-	return pkt[:n+gcmTagLen]
 }
 
 // putHeader writes into b the RTP header of a down-track's packet: version
@@ -173,3 +178,22 @@ func putHeader(b []byte, pt uint8, marker bool, seq uint16, ts, ssrc uint32, lev
 
 // maxHeader is the longest header putHeader writes.
 const maxHeader = 20
+
+// open authenticates and decrypts pkt, an SRTP packet whose RTP header is
+// pkt[:hdrLen], as packet index of ssrc: with the remote keys of a
+// session, a gcmSealer opens what the peer sealed (see ingress.go). The
+// RTP packet is written to dst, which must have room for len(pkt) bytes,
+// and returned; pkt is left as it was, so that a packet that does not
+// authenticate can still go to pion. nonce is the caller's.
+func (g *gcmSealer) open(dst, pkt []byte, hdrLen int, ssrc uint32, index uint64, nonce *[gcmNonceLen]byte) ([]byte, bool) {
+	if len(pkt) < hdrLen+gcmTagLen || len(dst) < len(pkt) {
+		return nil, false
+	}
+	g.nonce(nonce, ssrc, index)
+	copy(dst, pkt[:hdrLen])
+	out, err := g.aead.Open(dst[hdrLen:hdrLen], nonce[:], pkt[hdrLen:], pkt[:hdrLen])
+	if err != nil {
+		return nil, false
+	}
+	return dst[:hdrLen+len(out)], true
+}

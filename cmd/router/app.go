@@ -153,6 +153,7 @@ func start(cfg config, log *slog.Logger, reg *pipeline.Registry) (_ *app, err er
 			KeyframeInterval:    cfg.KeyframeEvery,
 			TrackBuffer:         cfg.TrackBuffer,
 			PionEgress:          cfg.PionEgress,
+			PionIngress:         cfg.PionIngress,
 			MaxSockets:          a.fds.iceSockets,
 		},
 		Sink:                    a.pipe,

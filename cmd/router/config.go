@@ -45,6 +45,7 @@ type config struct {
 	KeyframeEvery   time.Duration
 	TrackBuffer     int
 	PionEgress      bool
+	PionIngress     bool
 	LogFormat       string
 	LogLevel        slog.Level
 	ShutdownTimeout time.Duration
@@ -184,6 +185,7 @@ var settings = []setting{
 	{"AUTH_JWT_PUBLIC_KEY", "", "path of a PEM RSA public key: verify Beep's RS256 token (?token= or Authorization: Bearer, claims userid and clientid) instead of trusting X-User-Claim"},
 	{"TRACK_BUFFER_BYTES", "4096", "received audio of one track that may wait for the router (about half a second of Opus); past it packets are dropped and counted rather than delivered late"},
 	{"EGRESS", "direct", "`direct`: slots encrypt and send their packets themselves (less CPU per packet); `pion`: through pion's generic write path"},
+	{"INGRESS", "direct", "`direct`: a connected peer's media is taken, authenticated and decrypted at the socket and handed to its track once; `pion`: through pion's generic read path (four goroutine hand-offs)"},
 	{"LOG_FORMAT", "text", "`text` or `json`"},
 	{"LOG_LEVEL", "info", "`debug`, `info`, `warn` or `error`"},
 	{"SHUTDOWN_TIMEOUT", "10s", "how long SIGTERM waits for peers to close and bites to flush"},
@@ -329,6 +331,13 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 		c.PionEgress = true
 	default:
 		bad("EGRESS", errors.New("want direct or pion"))
+	}
+	switch get("INGRESS") {
+	case "direct":
+	case "pion":
+		c.PionIngress = true
+	default:
+		bad("INGRESS", errors.New("want direct or pion"))
 	}
 	c.LogFormat = get("LOG_FORMAT")
 	if c.LogFormat != "text" && c.LogFormat != "json" {
