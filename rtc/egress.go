@@ -480,6 +480,10 @@ type trackedConn struct {
 	// routes are the peers whose packets the socket's reader takes on the
 	// direct ingress path (ingress.go).
 	routes routes
+	// lastAP and lastAddr are the sender of the last datagram ReadFrom
+	// returned, as pion takes it; only ReadFrom uses them.
+	lastAP   netip.AddrPort
+	lastAddr *net.UDPAddr
 }
 
 // batchWriter returns the socket's batch writer (sendmmsg) for
@@ -500,29 +504,32 @@ func (c *trackedConn) batchWriter(to netip.AddrPort) batchWriter {
 
 // ReadFrom reads one datagram for pion, noting when it arrived. The
 // media of a peer with a direct ingress path it hands over itself, and
-// reads on.
+// reads on. It is called by one goroutine at a time (the UDP mux's, or
+// the ICE candidate's reader), and allocates nothing while the datagrams
+// it returns come from one address.
 func (c *trackedConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	for {
-		n, addr, err := c.read(b)
-		if err != nil || c.routes.n.Load() == 0 {
-			return n, addr, err
+		var (
+			n   int
+			ap  netip.AddrPort
+			err error
+		)
+		if c.stamped != nil {
+			n, ap, err = c.stamped.ReadFromAddrPort(b)
+		} else {
+			n, ap, err = c.UDPConn.ReadFromUDPAddrPort(b)
 		}
-		ua, ok := addr.(*net.UDPAddr)
-		if !ok {
-			return n, addr, err
+		if err != nil {
+			return n, nil, err
 		}
-		in := c.routes.lookup(ua.AddrPort())
-		if in == nil || !in.receive(b[:n]) {
-			return n, addr, err
+		if in := c.routes.lookup(ap); in != nil && in.receive(b[:n]) {
+			continue
 		}
+		if c.lastAddr == nil || ap != c.lastAP {
+			c.lastAP, c.lastAddr = ap, net.UDPAddrFromAddrPort(ap)
+		}
+		return n, c.lastAddr, nil
 	}
-}
-
-func (c *trackedConn) read(b []byte) (int, net.Addr, error) {
-	if c.stamped != nil {
-		return c.stamped.ReadFrom(b)
-	}
-	return c.UDPConn.ReadFrom(b)
 }
 
 // errForbiddenDestination refuses a datagram to a forbidden network.

@@ -124,17 +124,33 @@ func (c *Conn) Table() *Table { return c.table }
 func (c *Conn) ReadFrom(b []byte) (int, net.Addr, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n, oobn, _, ap, err := c.ReadMsgUDPAddrPort(b, c.oob)
+	n, ap, err := c.readAddrPort(b)
 	if err != nil {
 		return n, nil, err
-	}
-	if at, ok := kernelTime(c.oob[:oobn]); ok {
-		c.table.Record(b[:n], at)
 	}
 	if c.lastAddr == nil || ap != c.lastAP {
 		c.lastAP, c.lastAddr = ap, net.UDPAddrFromAddrPort(ap)
 	}
 	return n, c.lastAddr, nil
+}
+
+// ReadFromAddrPort is ReadFrom with the sender's address as a value: it
+// allocates nothing, whoever sent the datagram.
+func (c *Conn) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.readAddrPort(b)
+}
+
+func (c *Conn) readAddrPort(b []byte) (int, netip.AddrPort, error) {
+	n, oobn, _, ap, err := c.ReadMsgUDPAddrPort(b, c.oob)
+	if err != nil {
+		return n, ap, err
+	}
+	if at, ok := kernelTime(c.oob[:oobn]); ok {
+		c.table.Record(b[:n], at)
+	}
+	return n, ap, nil
 }
 
 // Close closes the socket and waits until a read in progress has returned.
