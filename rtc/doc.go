@@ -13,6 +13,12 @@
 //     sequence numbers, timestamps, header extensions), encrypts and sends
 //     it, reports on it and answers NACKs for it.
 //
+// Media takes direct paths through pion's connection: the socket's reader
+// authenticates and decrypts a connected peer's RTP and hands it to its
+// track's reader once (ingress.go), and down-tracks encrypt and send their
+// packets themselves (egress.go). pion keeps ICE, DTLS, RTCP and the
+// interceptors (NACK generation, receiver reports, TWCC).
+//
 // Which up-track a down-track carries is not decided here: a policy above
 // (package room) binds them with DownTrack.SetSource and tells up-tracks
 // where their packets go.
