@@ -227,6 +227,18 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 		}
 		return n
 	}
+	// either reports whether setting name is other, not def: the one two
+	// values it may have.
+	either := func(name, def, other string) bool {
+		switch get(name) {
+		case def:
+		case other:
+			return true
+		default:
+			bad(name, fmt.Errorf("want %s or %s", def, other))
+		}
+		return false
+	}
 
 	c.Listen = get("LISTEN")
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
@@ -270,13 +282,7 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 	}
 	c.PermTimeout = duration("PERMISSIONS_TIMEOUT")
 	c.UDPPort = integer("UDP_PORT", 0, 65535)
-	switch get("ICE_SOCKETS") {
-	case "shared":
-	case "per-peer":
-		c.ICEPerPeer = true
-	default:
-		bad("ICE_SOCKETS", errors.New("want shared or per-peer"))
-	}
+	c.ICEPerPeer = either("ICE_SOCKETS", "shared", "per-peer")
 	for _, s := range splitList(get("ICE_IPS")) {
 		ip := net.ParseIP(s)
 		if ip == nil {
@@ -325,20 +331,8 @@ func loadConfig(getenv func(string) string, dev bool) (config, error) {
 	}
 	c.KeyframeEvery = duration("KEYFRAME_INTERVAL")
 	c.TrackBuffer = integer("TRACK_BUFFER_BYTES", 1500, 1<<20)
-	switch get("EGRESS") {
-	case "direct":
-	case "pion":
-		c.PionEgress = true
-	default:
-		bad("EGRESS", errors.New("want direct or pion"))
-	}
-	switch get("INGRESS") {
-	case "direct":
-	case "pion":
-		c.PionIngress = true
-	default:
-		bad("INGRESS", errors.New("want direct or pion"))
-	}
+	c.PionEgress = either("EGRESS", "direct", "pion")
+	c.PionIngress = either("INGRESS", "direct", "pion")
 	c.LogFormat = get("LOG_FORMAT")
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		bad("LOG_FORMAT", errors.New("want text or json"))

@@ -12,7 +12,8 @@ import (
 
 // TestPacketLossRecoveredByNACK sends a publisher's audio through a relay
 // that drops 5% of its RTP, with and without NACK, and compares what a
-// receiver gets.
+// receiver gets. The router reads the audio on its direct ingress path;
+// the retransmissions pass its replay window.
 func TestPacketLossRecoveredByNACK(t *testing.T) {
 	const sent, loss = 250, 0.05
 	delivered := map[bool]float64{}
@@ -54,8 +55,14 @@ func TestPacketLossRecoveredByNACK(t *testing.T) {
 		if dropped == 0 {
 			t.Fatal("the relay dropped nothing: the test proves nothing")
 		}
-		if sent := r.a.rooms.Stats().NACKsSent; nack && sent == 0 {
+		st := r.a.rooms.Stats()
+		if nack && st.NACKsSent == 0 {
 			t.Fatal("router_rtcp_nacks_sent_total stayed 0 under loss")
+		}
+		// The NACKs are pion's generator's, reading what the direct
+		// ingress path took at the socket (INGRESS=direct, the default).
+		if st.IngressDirect == 0 {
+			t.Fatal("alice's packets did not take the direct ingress path")
 		}
 	}
 	if delivered[true] <= delivered[false] || delivered[true] < 99 {
