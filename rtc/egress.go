@@ -694,11 +694,17 @@ func (p *Peer) updateRoute() {
 
 // setIngressRoute sends the packets tc receives from to, the selected
 // pair's, on the peer's direct ingress path, once it has an opener, and
-// no longer those of the previous pair. A nil tc drops the route. Callers
-// hold p.egressMu.
+// no longer those of the previous pair. A nil tc drops the route, as does
+// a closed peer: a route added after Close dropped it would stay on the
+// shared socket. Callers hold p.egressMu.
 func (p *Peer) setIngressRoute(tc *trackedConn, to netip.AddrPort) {
 	if p.in.open.Load() == nil {
 		tc = nil
+	}
+	select {
+	case <-p.done:
+		tc = nil
+	default:
 	}
 	if tc == p.inConn && to == p.inTo {
 		return

@@ -45,7 +45,7 @@ func TestDirectIngress(t *testing.T) {
 				t.Fatal(err)
 			}
 			h := recordHandler{sink: recordSink{pkts: make(chan *rtp.Packet, 512)}, ups: make(chan *UpTrack, 1)}
-			connectClient(t, e, client, h)
+			peer := connectClient(t, e, client, h)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			send := func(seq uint16) {
@@ -113,6 +113,15 @@ func TestDirectIngress(t *testing.T) {
 			}
 			if st.IngressFallback != 0 || st.IngressReplays != 0 || st.Overload != 0 {
 				t.Errorf("left to pion %d, replays %d, dropped %d: want none", st.IngressFallback, st.IngressReplays, st.Overload)
+			}
+			// A closed peer leaves no route on any socket.
+			if n := e.socks.routed(); n != 1 {
+				t.Fatalf("%d routes while the peer is connected, want 1", n)
+			}
+			peer.Close()
+			<-peer.Done()
+			if n := e.socks.routed(); n != 0 {
+				t.Errorf("%d routes left after the peer closed", n)
 			}
 		})
 	}
@@ -422,4 +431,15 @@ func BenchmarkIngress(b *testing.B) {
 			}
 		})
 	}
+}
+
+// routed counts the direct ingress routes of every open socket.
+func (s *sockets) routed() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, c := range s.byAddr {
+		n += int(c.routes.n.Load())
+	}
+	return n
 }
