@@ -789,11 +789,18 @@ func TestFeedsInChromium(t *testing.T) {
 	if n := len(s.allFeeds()); n != 2 {
 		t.Errorf("server made %d feeds for two participants, want 2", n)
 	}
-	if st := s.m.Stats(); st.TWCCSent == 0 {
+	st := s.m.Stats()
+	if st.TWCCSent == 0 {
 		t.Error("the router sent the publishers no transport-wide congestion control feedback: their encoders cannot adapt")
 	} else {
 		t.Logf("router: %d TWCC feedback packets sent to the publishers", st.TWCCSent)
 	}
+	// Chromium's AES-CM audio and video reach the tracks on the direct
+	// ingress path, and the TWCC above is made from what it took.
+	if st.IngressDirect == 0 {
+		t.Error("no packet of the browsers took the direct ingress path")
+	}
+	t.Logf("router: %d packets on the direct ingress path, %d left to pion, %d replays", st.IngressDirect, st.IngressFallback, st.IngressReplays)
 
 	// 2. The server makes A leave: the feeds of A and to A end, and both
 	// pages are told.
