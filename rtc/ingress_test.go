@@ -11,7 +11,6 @@ import (
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
 	"github.com/pion/transport/v2/packetio"
-	"github.com/pion/webrtc/v3"
 )
 
 // TestDirectIngress: a pion client publishes; with the direct ingress
@@ -36,16 +35,8 @@ func TestDirectIngress(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer closeEngine(t, e)
-			client := loopbackClient(t, tc.profile)
-			tr, err := webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2}, "a", "s")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := client.AddTransceiverFromTrack(tr, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
-				t.Fatal(err)
-			}
 			h := recordHandler{sink: recordSink{pkts: make(chan *rtp.Packet, 512)}, ups: make(chan *UpTrack, 1)}
-			peer := connectClient(t, e, client, h)
+			tr, peer := opusPublisher(t, e, h, tc.profile)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			send := func(seq uint16) {
@@ -56,17 +47,8 @@ func TestDirectIngress(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			// The first packet makes the track; until it is read, resend it.
 			seq := uint16(65000) // the stream wraps on the direct path
-			for up := (*UpTrack)(nil); up == nil; {
-				send(seq)
-				select {
-				case up = <-h.ups:
-				case <-time.After(100 * time.Millisecond):
-				case <-ctx.Done():
-					t.Fatal("no track")
-				}
-			}
+			untilTrack(ctx, t, h, func() { send(seq) })
 			select {
 			case p := <-h.sink.pkts:
 				if p.SequenceNumber != seq {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pion/dtls/v2"
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v3"
 
@@ -68,6 +69,39 @@ func (h recordHandler) Published(t *UpTrack) (TrackSink, error) {
 	return h.sink, nil
 }
 
+// opusPublisher connects a pion client that publishes one Opus track, and
+// offers only profiles if any, to a new peer of e whose handler is h. It
+// returns the client's track and the peer.
+func opusPublisher(t *testing.T, e *Engine, h Handler, profiles ...dtls.SRTPProtectionProfile) (*webrtc.TrackLocalStaticRTP, *Peer) {
+	t.Helper()
+	client := loopbackClient(t, profiles...)
+	tr, err := webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2}, "a", "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.AddTransceiverFromTrack(tr, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
+		t.Fatal(err)
+	}
+	return tr, connectClient(t, e, client, h)
+}
+
+// untilTrack calls send until h is told of the published track, which the
+// first packet to arrive makes, and returns the track.
+func untilTrack(ctx context.Context, t *testing.T, h recordHandler, send func()) *UpTrack {
+	t.Helper()
+	for {
+		send()
+		select {
+		case up := <-h.ups:
+			return up
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatal("no track")
+			return nil
+		}
+	}
+}
+
 // TestReplayedSequenceNumberDropped: a publisher that sends a second,
 // different packet under a sequence number it already sent (SRTP lets it
 // through: a jump of half the number space moves the rollover counter, so
@@ -80,16 +114,8 @@ func TestReplayedSequenceNumberDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer closeEngine(t, e)
-	client := loopbackClient(t)
-	tr, err := webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2}, "a", "s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client.AddTransceiverFromTrack(tr, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
-		t.Fatal(err)
-	}
 	h := recordHandler{sink: recordSink{pkts: make(chan *rtp.Packet, 16)}, ups: make(chan *UpTrack, 1)}
-	p := connectClient(t, e, client, h)
+	tr, p := opusPublisher(t, e, h)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
@@ -110,17 +136,7 @@ func TestReplayedSequenceNumberDropped(t *testing.T) {
 			return nil
 		}
 	}
-	// The first packet makes the track; until it is read, resend it.
-	var up *UpTrack
-	for up == nil {
-		send(3, 'a')
-		select {
-		case up = <-h.ups:
-		case <-time.After(100 * time.Millisecond):
-		case <-ctx.Done():
-			t.Fatal("no track")
-		}
-	}
+	up := untilTrack(ctx, t, h, func() { send(3, 'a') })
 	if got := next(); got.SequenceNumber != 3 || got.Payload[1] != 'a' {
 		t.Fatalf("first packet: seq %d payload %q", got.SequenceNumber, got.Payload)
 	}
