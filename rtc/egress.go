@@ -39,8 +39,8 @@ import (
 // down-tracks share one sealer (sealer.go), with AES_CM_128_HMAC_SHA1_80
 // (what browsers negotiate) one AES-CM sealer (cmsealer.go); with another
 // profile each keeps a pion SRTP context of its own. pion keeps doing everything else
-// (ICE, DTLS, RTCP, the receive side). Nothing in pion's
-// API hands out the DTLS connection's keys, so egressKeys reads the
+// (ICE, DTLS, RTCP, a stream's first packets; see ingress.go). Nothing in pion's
+// API hands out the DTLS connection's keys, so ExportSRTPKeys reads the
 // DTLSTransport's connection by reflection; if that ever fails (another
 // pion version), the down-track keeps writing through pion, logged once.
 //
@@ -77,16 +77,6 @@ type egress struct {
 
 // errNoDirectEgress explains why a peer's down-tracks write through pion.
 var errNoDirectEgress = errors.New("direct egress unavailable")
-
-// egressKeys returns the profile and the sending master key and salt of
-// pc's DTLS-SRTP session. pc must be connected.
-func egressKeys(pc *webrtc.PeerConnection) (*srtpKeys, error) {
-	k, err := ExportSRTPKeys(pc)
-	if err != nil {
-		return nil, err
-	}
-	return &srtpKeys{key: k.LocalKey, salt: k.LocalSalt, profile: k.Profile}, nil
-}
 
 // SRTPKeys are both directions' master keys and salts of a DTLS-SRTP
 // session, with its protection profile.
