@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"math"
 	"testing"
 	"time"
 
@@ -352,21 +353,27 @@ func (s *inStream) rewind() {
 }
 
 // TestIngressAllocatesNothing: the direct path takes a packet without
-// allocating, with each profile.
+// allocating, with each profile. AllocsPerRun counts the whole process's
+// allocations, and an earlier test's goroutines may still be ending: the
+// best of a few measurements counts, as a path that allocates does so in
+// every one.
 func TestIngressAllocatesNothing(t *testing.T) {
 	for _, keys := range ingressKeys() {
-		in, _, pkts := ingressBench(t, keys, 200)
+		in, _, pkts := ingressBench(t, keys, 1000)
 		buf := make([]byte, 1500)
 		in.receive(append(buf[:0], pkts[0]...)) // the stream's scratch and state
 		i := 1
-		allocs := testing.AllocsPerRun(100, func() {
-			if !in.receive(append(buf[:0], pkts[i]...)) {
-				t.Fatalf("%s: packet %d not taken", keys.profile, i)
-			}
-			i++
-		})
-		if allocs != 0 {
-			t.Errorf("%s: %.1f allocations per packet, want 0", keys.profile, allocs)
+		best := math.Inf(1)
+		for range 5 {
+			best = min(best, testing.AllocsPerRun(100, func() {
+				if !in.receive(append(buf[:0], pkts[i]...)) {
+					t.Fatalf("%s: packet %d not taken", keys.profile, i)
+				}
+				i++
+			}))
+		}
+		if best != 0 {
+			t.Errorf("%s: %.2f allocations per packet, want 0", keys.profile, best)
 		}
 	}
 }
