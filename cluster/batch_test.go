@@ -74,11 +74,7 @@ func TestBatchRoundTrip(t *testing.T) {
 // up is one malformed message and feeds nothing; a batch of this router's
 // own frames (echoed by NATS) counts no message in.
 func TestBatchReceive(t *testing.T) {
-	ns := testutil.StartNATS(t, testutil.JetStream)
-	r := newRouter(t, ns.URL())
-	if err := r.rooms.Join("bob", "c-1"); err != nil { // c-1 exists here
-		t.Fatal(err)
-	}
+	_, r := bobsRouter(t)
 	s := r.relaySub("c-1")
 	now := time.Now()
 	alice := &publisher{user: "alice", client: "alice-phone"}

@@ -69,11 +69,7 @@ func waitIdle(n *Node) {
 // the remote track's lookup, its packet cache and its relayed pipeline
 // chain (gate and forwarder; no slot listens, so no fan-out).
 func BenchmarkRelayReceive(b *testing.B) {
-	ns := testutil.StartNATS(b, testutil.JetStream)
-	r := newRouter(b, ns.URL())
-	if err := r.rooms.Join("bob", "c-1"); err != nil { // c-1 exists here
-		b.Fatal(err)
-	}
+	_, r := bobsRouter(b)
 	s := r.relaySub("c-1")
 	frame := appendFrame(nil, kindPacket, codecOpus, 1, 99, 7, time.Now().UnixNano(), &publisher{user: "alice", client: "alice-phone"}, rtpPacket(1))
 	raw := frame[len(frame)-len(rtpPacket(1)):]
@@ -95,11 +91,7 @@ func BenchmarkRelayReceive(b *testing.B) {
 // another. nats.go allocates its Msg per message: that is its cost, not
 // the relay's (BenchmarkRelayReceive).
 func BenchmarkRelayReceiveNATS(b *testing.B) {
-	ns := testutil.StartNATS(b, testutil.JetStream)
-	r := newRouter(b, ns.URL())
-	if err := r.rooms.Join("bob", "c-1"); err != nil {
-		b.Fatal(err)
-	}
+	ns, r := bobsRouter(b)
 	done := r.receiveBench(b, uint64(b.N))
 	pub := connect(b, ns.URL())
 	frame := appendFrame(nil, kindPacket, codecOpus, 1, 99, 7, time.Now().UnixNano(), &publisher{user: "alice", client: "alice-phone"}, rtpPacket(1))
@@ -145,11 +137,7 @@ func (r *router) receiveBench(b *testing.B, want uint64) <-chan struct{} {
 // NATS server's included, as with -benchmem).
 func BenchmarkRelayReceiveNATSBatch10(b *testing.B) {
 	const per = 10
-	ns := testutil.StartNATS(b, testutil.JetStream)
-	r := newRouter(b, ns.URL())
-	if err := r.rooms.Join("bob", "c-1"); err != nil {
-		b.Fatal(err)
-	}
+	ns, r := bobsRouter(b)
 	batches := (b.N + per - 1) / per
 	want := uint64(batches * per)
 	done := r.receiveBench(b, want)

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 
+	"github.com/beepvoice/router/internal/testutil"
 	"github.com/beepvoice/router/pipeline"
 	"github.com/beepvoice/router/room"
 	"github.com/beepvoice/router/rtc"
@@ -90,6 +91,19 @@ func newRouter(t testing.TB, url string) *router {
 		t.Fatal(err)
 	}
 	return &router{tb: t, node: node, rooms: rooms, pipe: pipe, nc: nc}
+}
+
+// bobsRouter returns a NATS server of its own and a router on it where bob
+// is a member of conversation c-1: c-1 exists there, so its relayed frames
+// are taken.
+func bobsRouter(tb testing.TB) (*testutil.NATS, *router) {
+	tb.Helper()
+	ns := testutil.StartNATS(tb, testutil.JetStream)
+	r := newRouter(tb, ns.URL())
+	if err := r.rooms.Join("bob", "c-1"); err != nil {
+		tb.Fatal(err)
+	}
+	return ns, r
 }
 
 // relaySub returns a subscription's handler of conversation conv's

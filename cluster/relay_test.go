@@ -154,11 +154,7 @@ func next(t *testing.T, ch <-chan *nats.Msg) *nats.Msg {
 // was killed) end when its interest expires, after three of its
 // heartbeats, long before RemoteIdle; another router's tracks stay.
 func TestSilentRouterTracksEnd(t *testing.T) {
-	ns := testutil.StartNATS(t, testutil.JetStream)
-	r := newRouter(t, ns.URL())
-	if err := r.rooms.Join("bob", "c-1"); err != nil { // c-1 exists here
-		t.Fatal(err)
-	}
+	_, r := bobsRouter(t)
 	s := r.relaySub("c-1")
 	now := time.Now()
 	s.handle(appendFrame(nil, kindPacket, codecOpus, 1, 99, 7, now.UnixNano(), &publisher{user: "alice", client: "alice-phone"}, rtpPacket(1)), now)

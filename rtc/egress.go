@@ -470,10 +470,9 @@ type trackedConn struct {
 	// routes are the peers whose packets the socket's reader takes on the
 	// direct ingress path (ingress.go).
 	routes routes
-	// lastAP and lastAddr are the sender of the last datagram ReadFrom
-	// returned, as pion takes it; only ReadFrom uses them.
-	lastAP   netip.AddrPort
-	lastAddr *net.UDPAddr
+	// last is the sender of the last datagram ReadFrom returned, as pion
+	// takes it; only ReadFrom uses it.
+	last stamp.AddrCache
 }
 
 // batchWriter returns the socket's batch writer (sendmmsg) for
@@ -515,10 +514,7 @@ func (c *trackedConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		if in := c.routes.lookup(ap); in != nil && in.receive(b[:n]) {
 			continue
 		}
-		if c.lastAddr == nil || ap != c.lastAP {
-			c.lastAP, c.lastAddr = ap, net.UDPAddrFromAddrPort(ap)
-		}
-		return n, c.lastAddr, nil
+		return n, c.last.Addr(ap), nil
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+
+	"github.com/beepvoice/router/internal/stamp"
 )
 
 // The direct ingress path.
@@ -103,9 +105,8 @@ type inStream struct {
 
 	mu      sync.Mutex
 	started bool
-	roc     uint32
-	high    uint16 // s_l: the highest sequence number received, under roc
-	window  uint64 // bit i: the packet of index highest−i was received
+	top     uint64 // the highest index received: ROC · 2^16 + s_l
+	window  uint64 // bit i: the packet of index top−i was received
 	fails   int    // packets in a row that did not authenticate
 	off     bool   // the stream is left to pion
 
@@ -172,49 +173,44 @@ func (s *inStream) guess(seq uint16) (uint64, bool) {
 	if !s.started {
 		return uint64(seq), true
 	}
-	v := s.roc
+	roc, high := s.top>>16, uint16(s.top)
 	switch {
-	case s.high < 1<<15 && seq > s.high && seq-s.high > 1<<15:
-		if v == 0 {
+	case high < 1<<15 && seq > high && seq-high > 1<<15:
+		if roc == 0 {
 			return 0, false
 		}
-		v--
-	case s.high >= 1<<15 && seq < s.high-1<<15:
-		v++
+		roc--
+	case high >= 1<<15 && seq < high-1<<15:
+		roc++
 	}
-	return uint64(v)<<16 | uint64(seq), true
+	return roc<<16 | uint64(seq), true
 }
 
 // fresh reports whether index is new to the replay window.
 func (s *inStream) fresh(index uint64) bool {
-	if !s.started {
+	if !s.started || index > s.top {
 		return true
 	}
-	high := uint64(s.roc)<<16 | uint64(s.high)
-	if index > high {
-		return true
-	}
-	d := high - index
+	d := s.top - index
 	return d < replayWindow && s.window&(1<<d) == 0
 }
 
 // accept notes index, found fresh, as received.
 func (s *inStream) accept(index uint64) {
-	high := uint64(s.roc)<<16 | uint64(s.high)
 	switch {
 	case !s.started:
 		s.started, s.window = true, 1
-	case index > high:
-		if d := index - high; d < replayWindow {
+	case index > s.top:
+		if d := index - s.top; d < replayWindow {
 			s.window = s.window<<d | 1
 		} else {
 			s.window = 1
 		}
 	default:
-		s.window |= 1 << (high - index)
+		s.window |= 1 << (s.top - index)
 		return
 	}
-	s.roc, s.high = uint32(index>>16), uint16(index)
+	s.top = index
 }
 
 // receive is the direct path for datagram b from the peer's selected
@@ -283,11 +279,11 @@ func (s *inStream) receive(b []byte, hdrLen int, o *opener) bool {
 // a tag of tagLen, if b is SRTP (RFC 7983: first byte 128–191; RFC 5761:
 // not an RTCP packet type) and long enough for its header, CSRCs,
 // extension and tag.
+//
+// Written here rather than with rtp.Header.Unmarshal, which parses every
+// extension into the header to find the same length.
 func srtpHeaderLen(b []byte, tagLen int) (int, bool) {
-	if len(b) < 12 || b[0]>>6 != 2 {
-		return 0, false
-	}
-	if pt := b[1] & 0x7f; pt >= 64 && pt <= 95 {
+	if _, _, ok := stamp.RTP(b); !ok {
 		return 0, false
 	}
 	n := 12 + 4*int(b[0]&0x0f)
@@ -306,6 +302,8 @@ func srtpHeaderLen(b []byte, tagLen int) (int, bool) {
 // routes are a socket's peers with a direct ingress path, by the remote
 // address of their selected candidate pair.
 type routes struct {
+	// n is len(m), so that the reader of a socket no peer is routed on
+	// (a peer's own, before it connects) takes no lock.
 	n  atomic.Int32
 	mu sync.RWMutex
 	m  map[netip.AddrPort]*ingress

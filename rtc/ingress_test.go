@@ -348,7 +348,7 @@ func ingressBench(tb testing.TB, keys srtpKeys, n int) (*ingress, *inStream, [][
 // rewind makes s take its packets from the start again.
 func (s *inStream) rewind() {
 	s.mu.Lock()
-	s.started, s.roc, s.high, s.window = false, 0, 0, 0
+	s.started, s.top, s.window = false, 0, 0
 	s.mu.Unlock()
 }
 

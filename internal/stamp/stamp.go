@@ -99,10 +99,9 @@ type Conn struct {
 
 	// mu is held for a whole ReadFrom: it guards oob and the cached
 	// address, and lets Close wait for a read in progress.
-	mu       sync.Mutex
-	oob      []byte
-	lastAP   netip.AddrPort
-	lastAddr *net.UDPAddr
+	mu   sync.Mutex
+	oob  []byte
+	last AddrCache
 }
 
 // Wrap turns on kernel receive timestamps for conn and returns it as a
@@ -128,10 +127,24 @@ func (c *Conn) ReadFrom(b []byte) (int, net.Addr, error) {
 	if err != nil {
 		return n, nil, err
 	}
-	if c.lastAddr == nil || ap != c.lastAP {
-		c.lastAP, c.lastAddr = ap, net.UDPAddrFromAddrPort(ap)
+	return n, c.last.Addr(ap), nil
+}
+
+// AddrCache turns the sender of a datagram into the net.Addr a
+// net.PacketConn's ReadFrom returns, allocating only when the sender
+// changes: the address it returns is shared by the datagrams of one sender
+// and never changed. One reader at a time uses it.
+type AddrCache struct {
+	ap   netip.AddrPort
+	addr *net.UDPAddr
+}
+
+// Addr returns ap as a *net.UDPAddr.
+func (c *AddrCache) Addr(ap netip.AddrPort) *net.UDPAddr {
+	if c.addr == nil || ap != c.ap {
+		c.ap, c.addr = ap, net.UDPAddrFromAddrPort(ap)
 	}
-	return n, c.lastAddr, nil
+	return c.addr
 }
 
 // ReadFromAddrPort is ReadFrom with the sender's address as a value: it
